@@ -1,0 +1,66 @@
+"""The ``galnet`` command line: one subcommand per stage.
+
+Each subcommand lives in its stage as a module with ``add_arguments(parser)`` and
+``run(args) -> int``; this file only dispatches, and imports a stage only when it is used.
+Logging is configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import GalnetError
+
+#: subcommand → (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "render": ("galnet.render.command", "draw Sérsic ⊗ PSF model images from a parameter table"),
+    "simulate": ("galnet.simulate.command", "write a reproducible simulated training/test set"),
+    "train": ("galnet.train.command", "train (or resume training) a network"),
+    "predict": ("galnet.predict.command", "measure galaxies with a trained network"),
+    "fit": ("galnet.fit.command", "batched least-squares Sérsic fits (moments, network or catalog starts)"),
+    "evaluate": ("galnet.evaluate.command", "metrics, chi2, plots and an HTML report"),
+    "demo": ("galnet.evaluate.demo", "the whole chain on a small simulated set, with a report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="galnet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"galnet {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("galnet"):
+                continue  # stage not built yet
+            raise
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except GalnetError as exc:
+        print(f"galnet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
