@@ -137,7 +137,7 @@ def bad_parameter_rows(params) -> tuple[np.ndarray, list[str]]:
             out = np.zeros_like(nonfinite)
         for i in np.flatnonzero((nonfinite | out) & ~bad):
             reasons[i] = (
-                f"{spec.column} = {col[i]!r} is not finite"
+                f"{spec.column} = {float(col[i])} is not finite"
                 if nonfinite[i]
                 else f"{spec.column} = {col[i]:g} outside the valid range [{lo:g}, {hi:g}]"
             )

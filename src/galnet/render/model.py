@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ def required_fourier_size(
 ) -> np.ndarray:
     """Smallest DFT size per galaxy such that wrapped-around light stays below tolerance.
 
-    A bound: the stamp (H W pixels, twice for the two nearest copies) times the surface brightness
+    A bound: the stamp (H W pixels, times 8 for the first ring of copies) times the surface brightness
     at the nearest copy's distance must be below ``wrap_tolerance`` of the total flux.
 
     Parameters
@@ -82,7 +83,7 @@ def required_fourier_size(
     xc, yc, re, n, q = p[:, 0], p[:, 1], p[:, 3], p[:, 4], p[:, 5]
     b = gammaincinv(2 * n, 0.5)
     log_norm = 2 * n * np.log(b) - np.log(2 * np.pi * n) - b - gammaln(2 * n) - np.log(q * re**2)
-    excess = log_norm + math.log(2 * h * w) - math.log(wrap_tolerance)
+    excess = log_norm + math.log(8 * h * w) - math.log(wrap_tolerance)
     a_needed = re * np.maximum(1 + excess / b, 0.0) ** n
     d_far = np.max(np.stack([xc - 1, w - xc, yc - 1, h - yc]), axis=0)
     needed = d_far + (psf_size // 2) + a_needed + 1
@@ -124,26 +125,41 @@ def _analytic_psf_terms(psf: AnalyticPSF, size: int, dtype, device, *, alias_flo
     return terms
 
 
-def _inverse_dft(spectrum: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, shape, size: int) -> torch.Tensor:
-    """Real image (B, H, W) from a Hermitian half spectrum (B, N, K) centred at 0-based (x0, y0)."""
-    h, w = shape
-    rdtype = x0.dtype
-    kx, ky = _k_grids(size, rdtype, x0.device)
+@lru_cache(maxsize=32)
+def _dft_bases(size: int, h: int, w: int, dtype: torch.dtype, device: str):
+    """Shared inverse-DFT factors: ``w_k e^{i kx col} / N^2`` (K, W) and ``e^{i ky row}`` (H, N)."""
+    kx, ky = _k_grids(size, dtype, device)
     weight = torch.full_like(kx, 2.0)
     weight[0] = 1.0
     if size % 2 == 0:
         weight[-1] = 1.0
-    cols = torch.arange(w, dtype=rdtype, device=x0.device)
-    rows = torch.arange(h, dtype=rdtype, device=x0.device)
-    ex = (weight / size**2)[None, :, None] * torch.exp(
-        1j * kx[None, :, None] * (cols[None, None, :] - x0[:, None, None])
-    )  # (B, K, W)
-    ey = torch.exp(1j * ky[None, None, :] * (rows[None, :, None] - y0[:, None, None]))  # (B, H, N)
+    cols = torch.arange(w, dtype=dtype, device=device)
+    rows = torch.arange(h, dtype=dtype, device=device)
+    base_x = (weight / size**2)[:, None] * torch.exp(1j * kx[:, None] * cols[None, :])
+    base_y = torch.exp(1j * rows[:, None] * ky[None, :])
+    return kx, ky, base_x, base_y
+
+
+def _inverse_dft(
+    spectrum: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, shape, size: int
+) -> torch.Tensor:
+    """Real image (B, H, W) from a Hermitian half spectrum (B, N, K) centred at 0-based (x0, y0).
+
+    The centre shift ``e^{-i k.x0}`` is separable, so it is folded into the two small DFT factors.
+    """
+    h, w = shape
+    kx, ky, base_x, base_y = _dft_bases(size, h, w, x0.dtype, str(x0.device))
+    ex = base_x[None] * torch.exp(-1j * kx[None, :] * x0[:, None])[:, :, None]  # (B, K, W)
+    ey = base_y[None] * torch.exp(-1j * ky[None, :] * y0[:, None])[:, None, :]  # (B, H, N)
     return torch.real(ey @ (spectrum @ ex))
 
 
-def _sersic_spectrum(re, n, q, pa_deg, kx, ky):
-    """Unit-flux Sérsic transform on the grid (B, N, K) for shifted wavenumber axes kx (K,), ky (N,)."""
+def _sersic_spectrum(re, n, q, pa_deg, kx, ky, kappa2_floor=None):
+    """Unit-flux Sérsic transform on the grid (B, N, K) for shifted wavenumber axes kx (K,), ky (N,).
+
+    ``kappa2_floor`` (B,) clamps ``kappa^2`` from below (used to keep the DC mode, whose exact
+    value 1 is restored by the caller, from widening the table range).
+    """
     pa = torch.deg2rad(pa_deg)
     s, c = torch.sin(pa), torch.cos(pa)
     re2 = re * re
@@ -154,8 +170,12 @@ def _sersic_spectrum(re, n, q, pa_deg, kx, ky):
     kx2 = (kx * kx)[None, None, :]
     ky2 = (ky * ky)[None, :, None]
     kxy = ky[None, :, None] * kx[None, None, :]
-    kappa2 = a * kx2 + cc * ky2 + bxy * kxy
-    ln_kappa = 0.5 * torch.log(kappa2.clamp_min(1e-30))
+    kappa2 = torch.addcmul(torch.addcmul(a * kx2, cc, ky2), bxy, kxy)
+    if kappa2_floor is None:
+        kappa2 = kappa2.clamp_min(1e-30)
+    else:
+        kappa2 = torch.maximum(kappa2, kappa2_floor[:, None, None])
+    ln_kappa = 0.5 * torch.log(kappa2)
     return sersic_fourier(n, ln_kappa)
 
 
@@ -177,6 +197,7 @@ def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=
     """Render galaxies sharing one DFT size. All 1-D tensors (B,)."""
     dtype, device = x0.dtype, x0.device
     kx, ky = _k_grids(size, dtype, device)
+    dc_offset = None
     if isinstance(psf, AnalyticPSF):
         spectrum = None
         for mx, my, e_hat in _analytic_psf_terms(psf, size, dtype, device):
@@ -193,14 +214,21 @@ def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=
             spectrum = term if spectrum is None else spectrum + term
     else:
         e_hat = _image_psf_spectrum(psf, size)
-        t = (
-            torch.ones((x0.shape[0], size, kx.shape[0]), dtype=dtype, device=device)
-            if point_source
-            else _sersic_spectrum(re, n, q, pa, kx, ky)
-        )
+        if point_source:
+            t = torch.ones((x0.shape[0], size, kx.shape[0]), dtype=dtype, device=device)
+        else:
+            # kappa^2 >= (re q dk)^2 for every mode but DC; flooring DC there keeps the table
+            # range short, and its exact value T = 1 is restored below as a constant offset.
+            floor = (re * q * (2 * math.pi / size)) ** 2 * 0.999
+            t = _sersic_spectrum(re, n, q, pa, kx, ky, kappa2_floor=floor)
+            e_dc = e_hat[..., 0, 0].real
+            dc_offset = (1.0 - t[:, 0, 0]) * e_dc / size**2
         spectrum = t * e_hat
     spectrum = spectrum.to(torch.complex64 if dtype == torch.float32 else torch.complex128)
-    return flux[:, None, None] * _inverse_dft(spectrum, x0, y0, shape, size)
+    image = _inverse_dft(spectrum, x0, y0, shape, size)
+    if dc_offset is not None:
+        image = image + dc_offset[:, None, None]
+    return flux[:, None, None] * image
 
 
 def render_sersic(

@@ -99,7 +99,8 @@ class AnalyticPSF:
     Attributes
     ----------
     fwhm : float
-        Full width at half maximum along the major axis, pixels.
+        Full width at half maximum along the major axis, pixels (the minor axis has ``q * fwhm``;
+        GalSim's area-preserving ``shear`` would need ``fwhm * sqrt(q)`` before shearing).
     q : float
         Axis ratio b/a of the PSF (1 = round).
     pa : float
