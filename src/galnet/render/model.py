@@ -57,11 +57,15 @@ def required_fourier_size(
     psf_size: int,
     *,
     wrap_tolerance: float = DEFAULT_WRAP_TOLERANCE,
-) -> np.ndarray:
-    """Smallest DFT size per galaxy such that wrapped-around light stays below tolerance.
+    return_correction: bool = False,
+):
+    """DFT size per galaxy such that wrapped-around light stays below tolerance.
 
-    A bound: the stamp (H W pixels, times 8 for the first ring of copies) times the surface brightness
-    at the nearest copy's distance must be below ``wrap_tolerance`` of the total flux.
+    The light of the first ring of periodic copies is subtracted in real space (see
+    :func:`_first_ring_wrap`), so only the rings beyond must be negligible: the estimate sums, over
+    rings r >= 2 of 8 r copies, the stamp area times the surface brightness at each ring's nearest
+    distance; it must stay below ``wrap_tolerance`` of the total flux. The first ring must lie in the far field (2 re and
+    16 px beyond the PSF's reach) for its real-space subtraction, which ignores the PSF, to be accurate.
 
     Parameters
     ----------
@@ -71,10 +75,14 @@ def required_fourier_size(
         Stamp (H, W).
     psf_size : int
         PSF stamp size (its half-width is added to the distance), pixels.
+    return_correction : bool
+        Also return whether each galaxy needs the first-ring subtraction.
 
     Returns
     -------
-    ndarray of int, shape (B,): a size from :data:`FOURIER_SIZES` (the largest if none suffices).
+    sizes : ndarray of int, shape (B,)
+        A size from :data:`FOURIER_SIZES` (the largest if none suffices).
+    correct : ndarray of bool, shape (B,), only with ``return_correction``.
     """
     from scipy.special import gammaincinv, gammaln
 
@@ -83,13 +91,51 @@ def required_fourier_size(
     xc, yc, re, n, q = p[:, 0], p[:, 1], p[:, 3], p[:, 4], p[:, 5]
     b = gammaincinv(2 * n, 0.5)
     log_norm = 2 * n * np.log(b) - np.log(2 * np.pi * n) - b - gammaln(2 * n) - np.log(q * re**2)
-    excess = log_norm + math.log(8 * h * w) - math.log(wrap_tolerance)
-    a_needed = re * np.maximum(1 + excess / b, 0.0) ** n
-    d_far = np.max(np.stack([xc - 1, w - xc, yc - 1, h - yc]), axis=0)
-    needed = d_far + (psf_size // 2) + a_needed + 1
-    sizes = np.asarray(FOURIER_SIZES)
-    idx = np.minimum(np.searchsorted(sizes, needed), len(sizes) - 1)
-    return sizes[idx]
+    d_far = np.max(np.stack([xc - 1, w - xc, yc - 1, h - yc]), axis=0) + psf_size // 2
+    sizes = np.asarray(FOURIER_SIZES, dtype=float)
+    rings = np.arange(2, 65, dtype=float)
+    # light left after the first-ring subtraction: ring r holds 8 r copies, each bounded by the
+    # stamp area times the surface brightness at its nearest distance r N - d_far.
+    dist = rings[None, None, :] * sizes[None, :, None] - d_far[:, None, None]
+    ln_sb = log_norm[:, None, None] - b[:, None, None] * (
+        (np.maximum(dist, 1.0) / re[:, None, None]) ** (1.0 / n[:, None, None]) - 1.0)
+    left = (8 * rings * h * w * np.exp(ln_sb)).sum(-1)  # (B, sizes)
+    # the first ring is corrected without the PSF: keep it beyond 2 re and 16 px past the PSF's reach
+    ok = (left <= wrap_tolerance) & (sizes[None, :] >= (d_far + 16 + 2 * re)[:, None])
+    idx = np.where(ok.any(1), ok.argmax(1), len(sizes) - 1)
+    chosen = sizes[idx].astype(int)
+    ln_first = log_norm - b * ((np.maximum(chosen - d_far, 1.0) / re) ** (1.0 / n) - 1.0)
+    needs_first_ring = 8 * h * w * np.exp(ln_first) > 0.1 * wrap_tolerance
+    if return_correction:
+        return chosen, needs_first_ring
+    return chosen
+
+
+def _first_ring_wrap(x0, y0, re, n, q, pa_deg, shape, size):
+    """Light of the 8 nearest periodic copies of unit-flux galaxies, on the stamp (B, H, W).
+
+    The copies lie ``size`` pixels away, in the far field where the PSF no longer matters: the
+    profile is evaluated at the pixel centres (8 H W evaluations, only for galaxies that need it).
+    """
+    from .sersic import sersic_bn, sersic_log_norm
+
+    h, w = shape
+    dtype = x0.dtype
+    gx = torch.arange(w, dtype=dtype, device=x0.device)
+    gy = torch.arange(h, dtype=dtype, device=x0.device)
+    shifts = torch.tensor([(mx, my) for mx in (-1, 0, 1) for my in (-1, 0, 1) if mx or my],
+                          dtype=dtype, device=x0.device) * size
+    dx = gx[None, None, None, :] - x0[:, None, None, None] - shifts[None, :, 0, None, None]
+    dy = gy[None, None, :, None] - y0[:, None, None, None] - shifts[None, :, 1, None, None]
+    pa = torch.deg2rad(pa_deg)[:, None, None, None]
+    s, c = torch.sin(pa), torch.cos(pa)
+    x_major = -dx * s + dy * c
+    x_minor = (dx * c + dy * s) / q[:, None, None, None]
+    a_over_re = torch.sqrt(x_major**2 + x_minor**2) / re[:, None, None, None]
+    bn = sersic_bn(n)
+    log_i = (sersic_log_norm(n, bn) - torch.log(q * re * re))[:, None, None, None]
+    nn = n[:, None, None, None]
+    return torch.exp(log_i - bn[:, None, None, None] * (a_over_re ** (1.0 / nn) - 1.0)).sum(1)
 
 
 def _k_grids(size: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +239,7 @@ def _as_psf(psf, batch: int, dtype, device):
     return torch.as_tensor(arr, dtype=dtype, device=device)
 
 
-def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=False):
+def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=False, correct=None):
     """Render galaxies sharing one DFT size. All 1-D tensors (B,)."""
     dtype, device = x0.dtype, x0.device
     kx, ky = _k_grids(size, dtype, device)
@@ -228,6 +274,10 @@ def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=
     image = _inverse_dft(spectrum, x0, y0, shape, size)
     if dc_offset is not None:
         image = image + dc_offset[:, None, None]
+    if correct is not None and bool(correct.any()):
+        idx = torch.nonzero(correct).squeeze(1)
+        wrap = _first_ring_wrap(x0[idx], y0[idx], re[idx], n[idx], q[idx], pa[idx], shape, size)
+        image = image.index_add(0, idx, -wrap)
     return flux[:, None, None] * image
 
 
@@ -282,12 +332,15 @@ def render_sersic(
     if validate:
         validate_parameters(params.detach().cpu().numpy())
     psf_obj = _as_psf(psf, batch, params.dtype, params.device)
-    psf_size = psf_obj.shape[-1] if isinstance(psf_obj, torch.Tensor) else int(6 * psf_obj.fwhm) | 1
-    if fourier_size is None:
-        sizes = required_fourier_size(
-            params.detach().cpu().numpy(), (h, w), psf_size, wrap_tolerance=wrap_tolerance
-        )
-    else:
+    if isinstance(psf_obj, torch.Tensor):
+        psf_size = psf_obj.shape[-1]
+    else:  # the extent holding all but a fraction of the analytic PSF's light (Moffat wings are long)
+        psf_size = min(2 * int(psf_obj.outer_radius(wrap_tolerance / 4)) + 1, 2047)
+    sizes, correct = required_fourier_size(
+        params.detach().cpu().numpy(), (h, w), psf_size, wrap_tolerance=wrap_tolerance,
+        return_correction=True,
+    )
+    if fourier_size is not None:
         sizes = np.full(batch, int(fourier_size))
     x, y, mag, re, n, q, pa = params.unbind(-1)
     flux = exptime * torch.pow(torch.as_tensor(10.0, dtype=params.dtype), -0.4 * (mag - zeropoint))
@@ -304,6 +357,7 @@ def render_sersic(
             img = _render_group(
                 flux[sel], x[sel] - 1, y[sel] - 1, re[sel], n[sel], q[sel], pa[sel],
                 group_psf, (h, w), int(size),
+                correct=torch.as_tensor(correct[idx_np[start : start + chunk]], device=params.device),
             )
             pieces.append((sel, img))
     if len(pieces) == 1 and pieces[0][0].numel() == batch and bool(

@@ -121,6 +121,10 @@ class AnalyticPSF:
     def _radial_fourier(self, k: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def outer_radius(self, fraction: float) -> float:
+        """Radius (pixels, major axis) outside which less than ``fraction`` of the light lies."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def fourier(self, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
         """Fourier transform (unit flux, no pixel) at wavenumbers ``kx, ky`` (radians / pixel)."""
         s, c = math.sin(math.radians(self.pa)), math.cos(math.radians(self.pa))
@@ -146,6 +150,10 @@ class AnalyticPSF:
 class GaussianPSF(AnalyticPSF):
     """Elliptical Gaussian PSF."""
 
+    def outer_radius(self, fraction: float) -> float:
+        sigma = self.fwhm / (2 * math.sqrt(2 * math.log(2)))
+        return sigma * math.sqrt(-2 * math.log(fraction))
+
     def _radial_fourier(self, k):
         sigma = self.fwhm / (2 * math.sqrt(2 * math.log(2)))
         return np.exp(-0.5 * (sigma * k) ** 2)
@@ -167,6 +175,9 @@ class MoffatPSF(AnalyticPSF):
         """Scale radius, pixels: ``fwhm / (2 sqrt(2^(1/beta) - 1))``."""
         return self.fwhm / (2 * math.sqrt(2 ** (1 / self.beta) - 1))
 
+    def outer_radius(self, fraction: float) -> float:
+        return self.alpha * math.sqrt(fraction ** (1 / (1 - self.beta)) - 1)
+
     def _radial_fourier(self, k):
         from scipy.special import gammaln, kv
 
@@ -184,6 +195,10 @@ class MoffatPSF(AnalyticPSF):
 @dataclass(frozen=True)
 class KolmogorovPSF(AnalyticPSF):
     """Kolmogorov turbulence PSF: ``exp(-(k/k0)^(5/3))`` with GalSim's FWHM definition."""
+
+    def outer_radius(self, fraction: float) -> float:
+        # the Kolmogorov PSF's light outside r falls as ~0.2 (r / fwhm)^(-5/3)
+        return self.fwhm * (0.2 / fraction) ** 0.6
 
     def _radial_fourier(self, k):
         lam_over_r0 = self.fwhm / 0.975865

@@ -1,0 +1,154 @@
+"""Benchmark of the simulation stage: galaxies / s of generate_batch (default preset, neighbours on),
+with the time split between rendering and the rest, GalSim's rate for the same stamps, and peak memory.
+
+Usage::
+
+    python benchmarks/simulate.py            # 4096 stamps, GalSim on 50
+    python benchmarks/simulate.py --quick    # < 1 minute
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+
+import numpy as np
+
+
+def _galsim_rate(config, batch, n_gal: int) -> dict:
+    """Draw the first ``n_gal`` stamps of ``batch`` (target + neighbours, same ePSFs) with GalSim."""
+    import galsim
+
+    from galnet.conventions import to_galsim
+
+    size, zp = config.stamp_size, config.zeropoint
+    params, nb, owner = batch["params"], batch["_nb_params"], batch["_owner"]
+    t0 = time.perf_counter()
+    for i in range(n_gal):
+        psf = galsim.InterpolatedImage(galsim.Image(batch["psfs"][i].astype(np.float64), scale=1.0))
+        img = galsim.Image(size, size, scale=1.0)
+        for p in [params[i], *nb[owner == i]]:
+            g = to_galsim(*p, zeropoint=zp)
+            if p[3] <= 0.011:  # star
+                obj = galsim.DeltaFunction(flux=g["flux"])
+            else:
+                n = float(np.clip(g["n"], 0.3, 6.2))  # GalSim's Sersic range
+                obj = galsim.Sersic(n, half_light_radius=g["half_light_radius"], flux=g["flux"]).shear(
+                    q=g["q"], beta=g["beta_deg"] * galsim.degrees)
+            conv = galsim.Convolve(obj, psf)
+            # ePSF already holds the pixel: no_pixel; GalSim's image centre convention: true_center
+            conv.drawImage(img, method="no_pixel", add_to_image=True,
+                           offset=(g["x"] - img.true_center.x, g["y"] - img.true_center.y))
+        img.array[:] += np.random.default_rng(i).normal(0, batch["sky_sigma"][i], (size, size))
+    dt = time.perf_counter() - t0
+    return {"galsim_galaxies_per_s": n_gal / dt, "galsim_n": n_gal}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small run (< 1 minute)")
+    ap.add_argument("--n", type=int, default=None, help="stamps to generate (default 4096, quick 768)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--galsim-n", type=int, default=None,
+                    help="stamps drawn with GalSim (default 50, quick 20)")
+    ap.add_argument("--preset", default="hsc-r")
+    ap.add_argument("--wrap-tolerance", type=float, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's; use 1 on a CPU shared with other jobs, where "
+                         "oversubscribed OpenMP threads are ~10x slower)")
+    args = ap.parse_args(argv)
+    n = args.n or (768 if args.quick else 4096)
+    n_gs = args.galsim_n if args.galsim_n is not None else (20 if args.quick else 50)
+
+    import torch
+
+    import galnet.render
+    from galnet.simulate import generate as gen
+    from galnet.simulate import generate_batch, load_preset, simulate_dataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    over = {} if args.wrap_tolerance is None else {"wrap_tolerance": args.wrap_tolerance}
+    config = load_preset(args.preset, over)
+    print(f"preset {config.name}: wrap_tolerance {config.wrap_tolerance}, render {config.render_dtype}, "
+          f"torch threads {torch.get_num_threads()}")
+
+    # time spent inside the renderer, and objects rendered
+    real_render = galnet.render.render_sersic
+    stats = {"render_s": 0.0, "objects": 0}
+
+    def timed_render(params, *a, **k):
+        t = time.perf_counter()
+        out = real_render(params, *a, **k)
+        stats["render_s"] += time.perf_counter() - t
+        stats["objects"] += len(params)
+        return out
+
+    real_nb = gen._draw_neighbours
+    keep = {}
+
+    def keep_nb(*a, **k):
+        out = real_nb(*a, **k)
+        keep["nb"], keep["owner"] = out[0], out[1]
+        return out
+
+    galnet.render.render_sersic = timed_render
+    gen._draw_neighbours = keep_nb
+    try:
+        generate_batch(config, 32, seed=0)  # warm-up (tables, caches)
+        stats.update(render_s=0.0, objects=0)
+        rng = np.random.default_rng(1)
+        t0 = time.perf_counter()
+        done, first = 0, None
+        while done < n:
+            b = generate_batch(config, min(args.batch, n - done), seed=rng)
+            if first is None:
+                first = {**b, "_nb_params": keep["nb"], "_owner": keep["owner"]}
+            done += len(b["images"])
+        dt = time.perf_counter() - t0
+    finally:
+        galnet.render.render_sersic = real_render
+        gen._draw_neighbours = real_nb
+    rate = n / dt
+    res = {
+        "galaxies_per_s": rate,
+        "n": n,
+        "seconds": dt,
+        "render_fraction": stats["render_s"] / dt,
+        "objects_per_stamp": stats["objects"] / n,
+        "objects_rendered_per_s": stats["objects"] / stats["render_s"],
+        "wrap_tolerance": config.wrap_tolerance,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print(f"generate_batch: {rate:.0f} galaxies/s ({n} stamps, {res['objects_per_stamp']:.2f} objects/stamp, "
+          f"{100 * res['render_fraction']:.0f}% of the time in render_sersic)")
+
+    # end to end, with HDF5 writing
+    n_w = min(n, 512)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        simulate_dataset(config, tmp, n_w, seed=0, shard_size=256, progress=False)
+        res["write_galaxies_per_s"] = n_w / (time.perf_counter() - t0)
+    print(f"simulate_dataset (generate + write HDF5): {res['write_galaxies_per_s']:.0f} galaxies/s "
+          f"({n_w} stamps)")
+
+    if n_gs > 0:
+        try:
+            res.update(_galsim_rate(config, first, min(n_gs, len(first["images"]))))
+            print(f"GalSim, same stamps (InterpolatedImage ePSF, no_pixel): "
+                  f"{res['galsim_galaxies_per_s']:.1f} galaxies/s ({res['galsim_n']} stamps)")
+        except ImportError:
+            print("GalSim not installed: skipped")
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (RSS): {res['peak_rss_mb']:.0f} MB")
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
+    return res
+
+
+if __name__ == "__main__":
+    main()

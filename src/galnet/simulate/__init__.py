@@ -1,0 +1,41 @@
+"""Simulation: reproducible training / test sets of galaxy stamps.
+
+* :mod:`.config`: typed configuration (:class:`SimulationConfig`) and presets (:func:`load_preset`).
+* :mod:`.generate`: :func:`generate_batch` draws stamps (target + neighbours + stars, per-stamp
+  PSF, noise or a real background) with the one forward model :func:`galnet.render.render_sersic`.
+* :mod:`.writer`: :func:`simulate_dataset` writes sharded, resumable, worker-count independent
+  HDF5 splits (schema: :mod:`galnet.data.h5`).
+
+See ``docs/simulate.md``.
+"""
+
+from .config import (
+    BackgroundConfig,
+    NeighbourConfig,
+    NoiseConfig,
+    Prior,
+    PriorsConfig,
+    PSFConfig,
+    SimulationConfig,
+    list_presets,
+    load_preset,
+)
+from .generate import draw_analytic_psfs, generate_batch, load_psf_library, recenter_psf
+from .writer import simulate_dataset
+
+__all__ = [
+    "Prior",
+    "PriorsConfig",
+    "PSFConfig",
+    "NoiseConfig",
+    "NeighbourConfig",
+    "BackgroundConfig",
+    "SimulationConfig",
+    "load_preset",
+    "list_presets",
+    "generate_batch",
+    "draw_analytic_psfs",
+    "recenter_psf",
+    "load_psf_library",
+    "simulate_dataset",
+]
