@@ -1,0 +1,170 @@
+"""Train (or resume training) a network, and export a run as a model card.
+
+Examples
+--------
+galnet train --data data/hsc --model galnet-psf --epochs 20 --batch-size 256 --out runs/hsc-r
+galnet train --resume runs/hsc-r                   # after a kill: continues exactly where it stopped
+galnet train export runs/hsc-r --name hsc-r --to src/galnet/weights
+torchrun --nproc_per_node=4 -m galnet.cli train --data data/hsc --out runs/hsc-r   # multi-GPU (DDP)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import ConfigError
+from .config import LOSSES, SCHEDULES, TrainConfig
+
+__all__ = ["add_arguments", "run", "export_run"]
+
+# CLI flag → TrainConfig field (only the ones that differ from the plain dash-ified name)
+_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``galnet train`` and its ``export`` sub-action."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", help="directory with train.h5 and val.h5 (galnet simulate output)")
+    g.add_argument("--on-the-fly", metavar="PRESET",
+                   help="draw fresh simulated training samples from this preset")
+    g.add_argument("--steps-per-epoch", type=int, help="steps per epoch with --on-the-fly")
+    g.add_argument("--train-size", type=int, help="use only the first N training stamps")
+    g.add_argument("--val-size", type=int, help="use only the first N validation stamps")
+    g = parser.add_argument_group("model and optimisation")
+    g.add_argument("--config", help="TrainConfig file (.json or .toml); command-line options override it")
+    g.add_argument("--model", help="architecture (galnet-psf, galnet-image, galnet-psf-small)")
+    g.add_argument("--model-config", help='JSON overrides of the network config, e.g. \'{"hidden": 128}\'')
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="global batch size (split over DDP ranks)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--loss", choices=LOSSES)
+    g.add_argument("--huber-delta", type=float)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--early-stopping-patience", type=int, help="epochs without val improvement (0 = off)")
+    g.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
+                   help="no random flips/transposes")
+    g.add_argument("--seed", type=int)
+    g = parser.add_argument_group("run")
+    g.add_argument("--out", help="run directory (default runs/galnet)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (or --out) from its last checkpoint")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint every N steps")
+    g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    sub = parser.add_subparsers(dest="train_action", metavar="ACTION")
+    e = sub.add_parser("export", help="write <name>.safetensors + <name>.json from a run",
+                       description="Export a training run as a model card (weights at the best val loss).")
+    e.add_argument("run_dir", help="the run directory (--out of galnet train)")
+    e.add_argument("--name", required=True, help="model name, e.g. hsc-r")
+    e.add_argument("--to", default=".", help="output directory (src/galnet/weights to ship it)")
+    e.add_argument("--test", help="test split (default: <data>/test.h5 of the run, if present)")
+    e.add_argument("--which", choices=("best", "last"), default="best", help="which weights")
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig.from_file(args.config) if getattr(args, "config", None) else TrainConfig()
+    over = {}
+    for name in _FIELDS:
+        v = getattr(args, name, None)
+        if v is not None and name not in ("command",):
+            over[name] = v
+    if "model_config" in over:
+        try:
+            over["model_config"] = json.loads(over["model_config"])
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--model-config is not valid JSON: {exc}") from exc
+    data = {**cfg.to_dict(), **over}
+    data["command"] = shlex.join(["galnet", *sys.argv[1:]]) if sys.argv and sys.argv[1:] else "galnet train"
+    return TrainConfig.from_dict(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``galnet train``."""
+    if getattr(args, "train_action", None) == "export":
+        card = export_run(args.run_dir, args.name, args.to, test=args.test, which=args.which)
+        print(f"wrote {card} and {card.with_suffix('.safetensors')}")
+        return 0
+    from .loop import train
+
+    resume = args.resume
+    if isinstance(resume, str):
+        args.out = resume
+        resume = True
+    cfg = _config_from_args(args)
+    summary = train(cfg, resume=bool(resume))
+    print(json.dumps(summary))
+    return 0
+
+
+def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Path | None = None,
+               which: str = "best") -> Path:
+    """Write ``<to>/<name>.safetensors`` + ``<to>/<name>.json`` from a finished (or running) run.
+
+    The card records the architecture and scalings, the training preset and seed (from the
+    dataset's ``meta``), the exact training command and config, and metrics on the test split.
+
+    Returns
+    -------
+    Path of the JSON card.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from ..errors import ModelCardError
+    from ..models import create_model, save_model
+    from ..models.scaling import OutputScalingConfig
+    from .loop import CHECKPOINT, evaluate_model, load_split
+    from .metrics import regression_metrics
+
+    run_dir = Path(run_dir)
+    ck = run_dir / f"{CHECKPOINT}.json"
+    if not ck.is_file():
+        raise ModelCardError(f"{run_dir}: not a training run (no {ck.name})")
+    state = json.loads(ck.read_text())
+    cfg = TrainConfig.from_dict(state["config"])
+    model = create_model(cfg.model, input_scaling=cfg.input_scaling or None,
+                         output_scaling=OutputScalingConfig(**state["output_scaling"]), **cfg.model_config)
+    if which == "best" and (run_dir / "best.safetensors").is_file():
+        weights = load_file(str(run_dir / "best.safetensors"))
+        best = json.loads((run_dir / "best.json").read_text())
+    else:
+        tensors = load_file(str(run_dir / f"{CHECKPOINT}.safetensors"))
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        best = {"epoch": state["epoch"], "val_loss": None}
+    model.load_state_dict(weights)
+    model.eval()
+    metrics: dict = {}
+    test_path = Path(test) if test else (Path(cfg.data) / "test.h5" if cfg.data else None)
+    if test_path is not None and test_path.is_file():
+        split = load_split(test_path)
+        _, pred = evaluate_model(model, split, device="cpu")
+        metrics = {"split": str(test_path), "n": len(pred),
+                   "per_parameter": regression_metrics(split["params"].double().numpy(), pred)}
+    meta = state.get("meta") or {}
+    extra = {
+        "training": {
+            "preset": meta.get("preset", cfg.on_the_fly),
+            "seed": meta.get("seed"),
+            "train_seed": cfg.seed,
+            "dataset_meta": meta,
+            "command": cfg.command,
+            "config": cfg.to_dict(),
+            "epochs_done": state["epoch"],
+            "steps": state["step"],
+            "weights_from_epoch": best.get("epoch"),
+            "best_val_loss": best.get("val_loss"),
+            "stopped_early": state.get("stopped_early", False),
+            "torch_version": torch.__version__,
+        },
+        "metrics": {"test": metrics} if metrics else {},
+    }
+    return save_model(model, to, name, extra=extra)

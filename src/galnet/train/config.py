@@ -1,0 +1,161 @@
+"""The typed training configuration: saved as ``config.json`` in every run and inside every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["TrainConfig", "LOSSES", "SCHEDULES"]
+
+LOSSES = ("huber", "mse", "l1")
+SCHEDULES = ("cosine", "plateau", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the ones used for the shipped ``hsc-r``.
+
+    Attributes
+    ----------
+    out : str
+        Run directory (config.json, checkpoint.*, best.safetensors, metrics.csv).
+    data : str or None
+        Directory holding ``train.h5``, ``val.h5`` (and ``test.h5``, used by ``export``).
+    on_the_fly : str or None
+        Simulation preset name or path: draw fresh training samples every step
+        (``galnet.data.OnTheFlyDataset``); validation uses ``data``'s val.h5 if given, else a fixed
+        simulated set of ``val_size`` galaxies.
+    steps_per_epoch : int or None
+        Steps per epoch when training on the fly (default: ``train_size // batch_size``).
+    train_size, val_size : int or None
+        Use at most this many stamps of train.h5 / val.h5 (all if None); for on-the-fly runs
+        ``train_size`` sets the epoch length and ``val_size`` the simulated validation set (2048).
+    model : str
+        Registered architecture (``galnet.models.list_models()``).
+    model_config : dict
+        Overrides of :class:`galnet.models.NetworkConfig`.
+    input_scaling : dict
+        Overrides of :class:`galnet.models.InputScalingConfig`.
+    epochs, batch_size : int
+        ``batch_size`` is global (split over DDP ranks).
+    lr, weight_decay : float
+        Adam(W) learning rate and decoupled weight decay (0 = plain Adam).
+    loss : {"huber", "mse", "l1"}
+    huber_delta : float
+        Huber transition, in standardised target units.
+    loss_weights : list of 8 float or None
+        Per-output weights (dx, dy, mag_rel, log10_re, log10_n, q, cos2pa, sin2pa).
+    schedule : {"cosine", "plateau", "none"}
+    warmup_steps : int
+        Linear warm-up (cosine and none).
+    min_lr_ratio : float
+        Final LR / initial LR of the cosine schedule.
+    plateau_factor, plateau_patience : float, int
+        Reduce-on-plateau: multiply LR by the factor after this many epochs without improvement.
+    early_stopping_patience : int
+        Stop after this many epochs without a val-loss improvement (0 = never).
+    min_delta : float
+        Smallest val-loss decrease that counts as an improvement.
+    grad_clip : float
+        Clip the gradient norm (0 = off).
+    augment : bool
+        Random x/y flips of image + PSF (parameters transformed accordingly).
+    seed : int
+    device : str
+        ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+    threads : int or None
+        torch intra-op threads (CPU).
+    channels_last : bool
+        channels_last memory format (faster convolutions on CPU).
+    checkpoint_every_steps : int
+        Also checkpoint every N optimizer steps (0 = at epoch ends only).
+    progress : bool
+        tqdm progress bar.
+    command : str
+        The exact command line that started the run (filled in by ``galnet train``).
+    """
+
+    out: str = "runs/galnet"
+    data: str | None = None
+    on_the_fly: str | None = None
+    steps_per_epoch: int | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    model: str = "galnet-psf"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    input_scaling: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    loss: str = "huber"
+    huber_delta: float = 1.0
+    loss_weights: list[float] | None = None
+    schedule: str = "cosine"
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.02
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    early_stopping_patience: int = 5
+    min_delta: float = 1e-4
+    grad_clip: float = 5.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    channels_last: bool = True
+    checkpoint_every_steps: int = 0
+    progress: bool = True
+    command: str = ""
+
+    def validate(self) -> TrainConfig:
+        """Check values; raises :class:`~galnet.errors.ConfigError`. Returns self."""
+        if self.data is None and self.on_the_fly is None:
+            raise ConfigError("give --data (a directory with train.h5 and val.h5) or --on-the-fly PRESET")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be >= 2 (BatchNorm)")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.loss_weights is not None and len(self.loss_weights) != 8:
+            raise ConfigError(f"loss_weights needs 8 values, got {len(self.loss_weights)}")
+        return self
+
+    # ------------------------------------------------------------------ I/O
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(data) - known)
+        if bad:
+            raise ConfigError(f"unknown training config key(s) {bad}; known: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a ``.json`` or ``.toml`` file (a ``[train]`` table in TOML is accepted too)."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read the training config: {exc}") from exc
+        if path.suffix == ".toml" and "train" in data and isinstance(data["train"], dict):
+            data = data["train"]
+        return cls.from_dict(data)
