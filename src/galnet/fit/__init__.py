@@ -1,0 +1,22 @@
+"""The classical fitter: batched Levenberg–Marquardt Sérsic ⊗ PSF fits (GALFIT-style).
+
+See ``docs/fit.md``. Public API: :func:`fit_stamps`, :func:`fit_multistart`, :class:`FitResult`,
+:class:`FitConfig`, :class:`FitStatus`, the starts (:func:`moments_start`, :func:`catalog_start`,
+:func:`feedme_start`) and GALFIT / Imfit interoperability (:mod:`galnet.fit.galfit_io`).
+"""
+
+from .solver import FitConfig, FitResult, FitStatus, fit_multistart, fit_stamps, pixel_weights
+from .starts import catalog_start, feedme_start, moments_start, with_n
+
+__all__ = [
+    "fit_stamps",
+    "fit_multistart",
+    "FitResult",
+    "FitConfig",
+    "FitStatus",
+    "pixel_weights",
+    "moments_start",
+    "catalog_start",
+    "feedme_start",
+    "with_n",
+]

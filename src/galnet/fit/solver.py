@@ -1,0 +1,830 @@
+"""Batched Levenberg–Marquardt Sérsic ⊗ PSF fits in PyTorch (float64).
+
+Every galaxy of a batch is fitted at once, but each has its own damping ``λ``, its own convergence
+test and its own DFT size: the batch only shares the tensor operations.
+
+Model and Jacobian
+------------------
+The model is :func:`galnet.render.render_sersic` (plus an optional constant sky). Its Jacobian is
+obtained by forward-mode automatic differentiation (``torch.autograd.forward_ad``): because the
+galaxies are independent, one JVP whose tangent is the unit vector of parameter ``j`` *for every
+galaxy* gives ``∂model_b/∂θ_bj`` for the whole batch, so a full Jacobian costs one JVP per
+non-linear parameter (x, y, re, n, q, pa). The magnitude and sky columns are analytic
+(``∂M/∂mag = -0.4 ln10 · M_gal``, ``∂M/∂sky = 1``).
+
+Bounds by reparameterisation
+----------------------------
+The LM step is taken in unconstrained internal variables ``u`` (each a smooth, monotonic,
+element-wise map, so the chain rule is a per-column scale of the Jacobian):
+
+* ``x, y = start ± center_box · tanh(u)``: the centre stays within ``center_box`` px of its start;
+* ``mag = u`` (free); ``sky = u`` (free, counts / px);
+* ``ln re``, ``ln n``: ``lo + (hi - lo) · sigmoid(u)`` between the logs of the ``fit_bounds`` of
+  :data:`galnet.params.PARAMETERS`;
+* ``ln q = L tanh(u)`` with ``L = -ln(q_min)``: like GALFIT, the axis ratio may cross 1 smoothly
+  during the fit (round galaxies do not sit at a bound); at the end ``q > 1`` is folded back
+  (``q → 1/q``, ``re → re q``, ``pa → pa + 90``);
+* ``pa = u`` (free, wrapped to [-90, 90) at the end).
+
+Errors
+------
+At the solution the Jacobian is recomputed with respect to the *catalog* parameters, and the
+covariance is ``C = (Jᵀ W J)⁻¹`` with ``W = 1/σ²`` on good pixels. Reported errors are
+``sqrt(diag C)``, *not* rescaled by χ²ν — as GALFIT and Imfit (L-M) do, i.e. they assume the σ map
+is right. ``error_scale="chi2nu"`` multiplies them by ``sqrt(χ²ν)`` instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwad
+
+from ..conventions import DEFAULT_ZEROPOINT, wrap_pa
+from ..errors import InputDataError, PSFError
+from ..flags import Flag
+from ..params import PARAMETERS, index
+from ..render import render_sersic, required_fourier_size, validate_psf_image
+
+__all__ = ["FitResult", "FitStatus", "FitConfig", "fit_stamps", "fit_multistart", "pixel_weights"]
+
+log = logging.getLogger(__name__)
+
+_LN10 = math.log(10.0)
+#: Parameters whose Jacobian column needs a JVP (mag and sky are analytic).
+_JVP_COLUMNS = tuple(index(n) for n in ("x", "y", "re", "n", "q", "pa"))
+
+
+class FitStatus(enum.IntEnum):
+    """Why the fit of one galaxy stopped (``status`` column)."""
+
+    NOT_FITTED = -1  #: bad input: not fitted at all (values NaN)
+    CONVERGED_CHI2 = 0  #: χ² changed by less than the tolerance on consecutive accepted steps
+    CONVERGED_STEP = 1  #: the accepted step was below the step tolerance
+    STALLED = 2  #: no step lowers χ² even with very large damping (a minimum to working precision)
+    MAX_ITER = 3  #: iteration limit reached (flagged NOT_CONVERGED)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Accuracy and robustness knobs of :func:`fit_stamps`, with their defaults.
+
+    Attributes
+    ----------
+    max_iter : int
+        Maximum number of LM iterations (trial steps) per galaxy.
+    rtol_chi2, atol_chi2 : float
+        Convergence when an accepted step lowers χ² by less than ``rtol_chi2 χ² + atol_chi2``
+        on ``patience`` consecutive accepted steps, or on one followed by a rejected step (GALFIT
+        uses 5e-4 relative, 5 times). ``atol_chi2 = 1e-3`` means the minimum is within ~0.03 σ;
+        the default is much tighter than GALFIT's so that noise-free fits reach 1e-5 accuracy.
+    xtol : float
+        Convergence when the largest internal step is below ``xtol`` (internal units ~ relative).
+    patience : int
+        Consecutive small-Δχ² accepted steps needed.
+    lambda_init, lambda_up, lambda_down, lambda_max : float
+        Marquardt damping: start, factor on a rejected step, divisor on an accepted one, and the
+        value above which the fit is declared stalled.
+    center_box : float
+        The centre may move at most this many pixels from its start.
+    wrap_tolerance : float
+        Wrap-around tolerance for the DFT size (see :func:`galnet.render.required_fourier_size`).
+    size_margin : float
+        The DFT size is chosen once from the start with ``re × size_margin`` (and re-checked at
+        the end: galaxies that outgrew it are refitted with a larger size).
+    fourier_size : int, optional
+        Force one DFT size for every galaxy (no per-galaxy choice, no refit pass).
+    max_fourier_size : int, optional
+        Cap on the per-galaxy DFT size (default: the smallest size ≥ 4 × the stamp side, 256 for
+        61×61 stamps, 1024 for 256×256). The cost grows as N² (a 61×61 stamp at N = 2048 costs ~100×
+        N = 128); faint galaxies whose fit wanders to very large re and n would otherwise be refitted
+        at huge N. Galaxies that would need more get wrap-around light above ``wrap_tolerance``.
+    min_good_pixels : int
+        Fewer good pixels than this → ``FEW_GOOD_PIXELS``, not fitted.
+    error_scale : str
+        ``"none"`` (GALFIT/Imfit convention) or ``"chi2nu"`` (errors × sqrt(χ²ν)).
+    max_batch : int
+        Galaxies per tensor batch (bounds memory: the Jacobian is (batch, 8, H, W) float64).
+    """
+
+    max_iter: int = 100
+    rtol_chi2: float = 1e-8
+    atol_chi2: float = 1e-3
+    xtol: float = 1e-10
+    patience: int = 2
+    lambda_init: float = 1e-3
+    lambda_up: float = 10.0
+    lambda_down: float = 10.0
+    lambda_max: float = 1e10
+    center_box: float = 5.0
+    wrap_tolerance: float = 1e-3
+    size_margin: float = 1.2
+    min_good_pixels: int = 20
+    fourier_size: int | None = None
+    max_fourier_size: int | None = None
+    error_scale: str = "none"
+    max_batch: int = 256
+
+
+@dataclass
+class FitResult:
+    """Result of :func:`fit_stamps`; numpy arrays, one row per input stamp.
+
+    Attributes
+    ----------
+    params : ndarray, shape (B, 7)
+        ``x, y, mag, re, n, q, pa`` (catalog conventions; NaN where not fitted).
+    errors : ndarray, shape (B, 7)
+        1-σ errors from the covariance matrix (see the module notes).
+    sky, sky_err : ndarray, shape (B,)
+        Fitted (or fixed, then error NaN) sky level, counts / px.
+    chi2 : ndarray (B,)
+        χ² over good pixels. ``ndof``: good pixels − free parameters. ``chi2nu = chi2 / ndof``.
+    niter : ndarray of int (B,)
+        LM iterations (trial steps) used.
+    status : ndarray of int (B,)
+        :class:`FitStatus` values.
+    flags : ndarray of int64 (B,)
+        :class:`galnet.flags.Flag` bits.
+    fourier_size : ndarray of int (B,)
+        DFT size used for each galaxy.
+    messages : list of str
+        Per-row explanation of problems ('' if none).
+    """
+
+    params: np.ndarray
+    errors: np.ndarray
+    sky: np.ndarray
+    sky_err: np.ndarray
+    chi2: np.ndarray
+    ndof: np.ndarray
+    chi2nu: np.ndarray
+    niter: np.ndarray
+    status: np.ndarray
+    flags: np.ndarray
+    fourier_size: np.ndarray
+    messages: list[str] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, b: int) -> FitResult:
+        nan = np.full(b, np.nan)
+        return cls(
+            params=np.full((b, 7), np.nan), errors=np.full((b, 7), np.nan), sky=nan.copy(),
+            sky_err=nan.copy(), chi2=nan.copy(), ndof=np.zeros(b, dtype=np.int64), chi2nu=nan.copy(),
+            niter=np.zeros(b, dtype=np.int64), status=np.full(b, int(FitStatus.NOT_FITTED)),
+            flags=np.zeros(b, dtype=np.int64), fourier_size=np.zeros(b, dtype=np.int64),
+            messages=[""] * b,
+        )
+
+    def take(self, other: FitResult, rows: np.ndarray, src: np.ndarray | None = None) -> None:
+        """Copy rows ``src`` of ``other`` into rows ``rows`` of self (in place)."""
+        src = np.arange(len(rows)) if src is None else src
+        for name in ("params", "errors", "sky", "sky_err", "chi2", "ndof", "chi2nu", "niter", "status",
+                     "flags", "fourier_size"):
+            getattr(self, name)[rows] = getattr(other, name)[src]
+        for r, s in zip(rows, src):
+            self.messages[r] = other.messages[s]
+
+
+# ----------------------------------------------------------------------------- transforms
+def _bounds(name: str) -> tuple[float, float]:
+    spec = PARAMETERS[index(name)]
+    assert spec.fit_bounds is not None
+    return spec.fit_bounds
+
+
+class _Transform:
+    """Element-wise maps internal ``u`` (B, P) ↔ external parameters (B, 7) + sky (B,)."""
+
+    def __init__(self, start: torch.Tensor, center_box: float, fit_sky: bool):
+        self.start = start  # (B, 7) external start (centre reference)
+        self.box = center_box
+        self.fit_sky = fit_sky
+        self.lnre = tuple(math.log(v) for v in _bounds("re"))
+        self.lnn = tuple(math.log(v) for v in _bounds("n"))
+        self.lq = -math.log(_bounds("q")[0])
+
+    @property
+    def n_free(self) -> int:
+        return 8 if self.fit_sky else 7
+
+    def to_internal(self, p: torch.Tensor, sky: torch.Tensor) -> torch.Tensor:
+        eps = 1e-9
+
+        def logit(t):
+            t = t.clamp(eps, 1 - eps)
+            return torch.log(t) - torch.log1p(-t)
+
+        u = torch.empty(p.shape[0], self.n_free, dtype=p.dtype)
+        u[:, 0] = torch.atanh(((p[:, 0] - self.start[:, 0]) / self.box).clamp(-1 + eps, 1 - eps))
+        u[:, 1] = torch.atanh(((p[:, 1] - self.start[:, 1]) / self.box).clamp(-1 + eps, 1 - eps))
+        u[:, 2] = p[:, 2]
+        lo, hi = self.lnre
+        u[:, 3] = logit((torch.log(p[:, 3]) - lo) / (hi - lo))
+        lo, hi = self.lnn
+        u[:, 4] = logit((torch.log(p[:, 4]) - lo) / (hi - lo))
+        u[:, 5] = torch.atanh((torch.log(p[:, 5]) / self.lq).clamp(-1 + eps, 1 - eps))
+        u[:, 6] = p[:, 6]
+        if self.fit_sky:
+            u[:, 7] = sky
+        return u
+
+    def to_external(self, u: torch.Tensor, sel: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """External params (B, 7), sky (B,) or None, and d(external)/d(u) (B, P); ``sel``: rows."""
+        start = self.start if sel is None else self.start[sel]
+        p = torch.empty(u.shape[0], 7, dtype=u.dtype)
+        d = torch.ones_like(u)
+        for j in (0, 1):
+            t = torch.tanh(u[:, j])
+            p[:, j] = start[:, j] + self.box * t
+            d[:, j] = self.box * (1 - t * t)
+        p[:, 2] = u[:, 2]
+        for j, (lo, hi) in ((3, self.lnre), (4, self.lnn)):
+            s = torch.sigmoid(u[:, j])
+            p[:, j] = torch.exp(lo + (hi - lo) * s)
+            d[:, j] = p[:, j] * (hi - lo) * s * (1 - s)
+        t = torch.tanh(u[:, 5])
+        p[:, 5] = torch.exp(self.lq * t)
+        d[:, 5] = p[:, 5] * self.lq * (1 - t * t)
+        p[:, 6] = u[:, 6]
+        sky = u[:, 7] if self.fit_sky else None
+        return p, sky, d
+
+
+def _fold(p: np.ndarray) -> np.ndarray:
+    """Fold q > 1 back into (0, 1] (GALFIT's convention) and wrap pa."""
+    p = p.copy()
+    big = p[:, 5] > 1
+    p[big, 3] = p[big, 3] * p[big, 5]
+    p[big, 5] = 1.0 / p[big, 5]
+    p[big, 6] = p[big, 6] + 90.0
+    p[:, 6] = wrap_pa(p[:, 6])
+    return p
+
+
+# ----------------------------------------------------------------------------- model
+def _prepare_forward_ad() -> None:
+    """Import torch's forward-AD decompositions once, silencing its ``torch.jit.script`` deprecation.
+
+    torch 2.x emits a DeprecationWarning when that module is first imported (on the first JVP);
+    the warning is torch's own, not about galnet's use, so it is silenced here.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
+class _Model:
+    """Model images and Jacobians for one group of galaxies sharing a DFT size."""
+
+    def __init__(self, psf, shape, size: int, zeropoint: float, exptime: float, fast: bool = True):
+        self.fast = fast
+        self.psf = psf
+        self.shape = shape
+        self.size = int(size)
+        self.zp = zeropoint
+        self.exptime = exptime
+
+    def _render(self, p: torch.Tensor, psf) -> torch.Tensor:
+        return render_sersic(p, psf, shape=self.shape, zeropoint=self.zp, exptime=self.exptime,
+                             fourier_size=self.size, validate=False)
+
+    def jacobian(self, p: torch.Tensor, sky, psf, gal: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model (B, H, W) and Jacobian (B, 7 or 8, H, W) w.r.t. the external parameters.
+
+        ``gal``: the galaxy model at ``p`` (without sky) if already rendered. Image PSFs use the
+        Fourier-space forward-mode Jacobian (:func:`_fourier_jacobian`), analytic PSFs one JVP of
+        :func:`galnet.render.render_sersic` per parameter.
+        """
+        _prepare_forward_ad()
+        b = p.shape[0]
+        n_cols = 7 if sky is None else 8
+        jac = torch.empty((b, n_cols, *self.shape), dtype=p.dtype)
+        if isinstance(psf, torch.Tensor) and self.fast:
+            if gal is None:
+                gal = self._render(p, psf)
+            _fourier_jacobian(p, psf, self.shape, self.size, self.zp, self.exptime, jac)
+        else:
+            for j in _JVP_COLUMNS:
+                tangent = torch.zeros_like(p)
+                tangent[:, j] = 1.0
+                with fwad.dual_level():
+                    out = self._render(fwad.make_dual(p, tangent), psf)
+                    primal, tan = fwad.unpack_dual(out)
+                    jac[:, j] = tan
+                    if gal is None:
+                        gal = primal.clone()
+        assert gal is not None
+        jac[:, 2] = -0.4 * _LN10 * gal
+        model = gal
+        if sky is not None:
+            jac[:, 7] = 1.0
+            model = gal + sky[:, None, None]
+        return model, jac
+
+
+_JAC_CHUNK_ELEMENTS = 2**21  # complex spectrum elements per Jacobian chunk (bounds memory)
+
+
+def _fourier_jacobian(p: torch.Tensor, psf: torch.Tensor, shape, size: int, zeropoint: float,
+                      exptime: float, out: torch.Tensor) -> None:
+    """∂model/∂(x, y, re, n, q, pa) by forward-mode differentiation in Fourier space.
+
+    The model is ``M = IDFT[F E(k) T(n, ln κ(k; re, q, pa)) e^{-i k·x0}]`` (see
+    :mod:`galnet.render.model`); the inverse DFT is linear, so each derivative is the IDFT of the
+    derivative spectrum: ``-i kx S`` and ``-i ky S`` for the centre, ``F E ∂T/∂θ`` for the shape.
+    ``∂T/∂ln κ`` and ``∂T/∂n`` are obtained by forward-mode AD (two JVPs) of the public
+    :func:`galnet.render.sersic_fourier`; ``∂ ln κ/∂(re, q, pa)`` are analytic
+    (``κ² = re² (k_maj² + q² k_min²)``). All six spectra go through one batched inverse DFT.
+    Writes columns 0, 1, 3, 4, 5, 6 of ``out`` (B, ≥7, H, W).
+    """
+    from ..render import sersic_fourier
+
+    h, w = shape
+    dtype = p.dtype
+    b = p.shape[0]
+    kx = 2 * math.pi * torch.arange(size // 2 + 1, dtype=dtype) / size  # (K,)
+    ky = 2 * math.pi * torch.fft.fftfreq(size, dtype=dtype)  # (N,)
+    nk = kx.shape[0]
+    weight = torch.full_like(kx, 2.0)
+    weight[0] = 1.0
+    if size % 2 == 0:
+        weight[-1] = 1.0
+    cols = torch.arange(w, dtype=dtype)
+    rows = torch.arange(h, dtype=dtype)
+    psz = psf.shape[-1]
+    offs = torch.arange(psz, dtype=dtype) - (psz - 1) / 2
+    ax = torch.exp(-1j * offs[:, None] * kx[None, :])  # (P, K)
+    ay = torch.exp(-1j * ky[:, None] * offs[None, :])  # (N, P)
+    shared_psf = psf.ndim == 2
+    if shared_psf:
+        e_hat_all = ay @ psf.to(ax.dtype) @ ax  # (N, K)
+    chunk = max(1, _JAC_CHUNK_ELEMENTS // (6 * size * nk))
+    for s0 in range(0, b, chunk):
+        sl = slice(s0, min(b, s0 + chunk))
+        x, y, mag, re, n, q, pa = p[sl].unbind(-1)
+        x0, y0 = x - 1, y - 1
+        flux = exptime * torch.pow(torch.as_tensor(10.0, dtype=dtype), -0.4 * (mag - zeropoint))
+        e_hat = e_hat_all[None] if shared_psf else ay @ psf[sl].to(ax.dtype) @ ax  # (B|1, N, K)
+        par = torch.deg2rad(pa)
+        sn, cs = torch.sin(par)[:, None, None], torch.cos(par)[:, None, None]
+        kxg, kyg = kx[None, None, :], ky[None, :, None]
+        kmaj = -sn * kxg + cs * kyg
+        kmin = cs * kxg + sn * kyg
+        re2 = (re * re)[:, None, None]
+        q_ = q[:, None, None]
+        kappa2 = re2 * (kmaj * kmaj + q_ * q_ * kmin * kmin)
+        ok = kappa2 > 1e-30
+        ln_kappa = 0.5 * torch.log(kappa2.clamp_min(1e-30))
+        inv = torch.where(ok, 1.0 / kappa2.clamp_min(1e-30), torch.zeros_like(kappa2))
+        with fwad.dual_level():
+            t_dual = sersic_fourier(n, fwad.make_dual(ln_kappa, torch.ones_like(ln_kappa)))
+            t, dt_dlnk = fwad.unpack_dual(t_dual)
+        with fwad.dual_level():
+            dt_dn = fwad.unpack_dual(sersic_fourier(fwad.make_dual(n, torch.ones_like(n)), ln_kappa)).tangent
+        # T(0) = 1 exactly for every n (the renderer restores the DC mode): no derivative there
+        dt_dlnk[:, 0, 0] = 0.0
+        dt_dn[:, 0, 0] = 0.0
+        base = flux[:, None, None] * e_hat  # (B, N, K) complex
+        dlnk = torch.stack([
+            (1.0 / re)[:, None, None].expand_as(kappa2),
+            re2 * q_ * kmin * kmin * inv,
+            re2 * kmaj * kmin * (q_ * q_ - 1) * inv * (math.pi / 180.0),
+        ], 1) * dt_dlnk[:, None]  # (B, 3, N, K): re, q, pa
+        s = base * t
+        spec = torch.stack([
+            s * (-1j * kxg), s * (-1j * kyg), base * dlnk[:, 0], base * dt_dn, base * dlnk[:, 1],
+            base * dlnk[:, 2],
+        ], 1)  # (B, 6, N, K)
+        ex = (weight / size**2)[None, :, None] * torch.exp(1j * kx[None, :, None] * (cols[None, None, :]
+                                                           - x0[:, None, None]))  # (B, K, W)
+        ey = torch.exp(1j * ky[None, None, :] * (rows[None, :, None] - y0[:, None, None]))  # (B, H, N)
+        img = torch.real(ey[:, None] @ (spec @ ex[:, None]))  # (B, 6, H, W)
+        out[sl, 0] = img[:, 0]
+        out[sl, 1] = img[:, 1]
+        out[sl, 3] = img[:, 2]
+        out[sl, 4] = img[:, 3]
+        out[sl, 5] = img[:, 4]
+        out[sl, 6] = img[:, 5]
+
+
+# ----------------------------------------------------------------------------- inputs
+def pixel_weights(images: np.ndarray, sigma: np.ndarray | None, mask: np.ndarray | None,
+                  *, min_good_pixels: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Inverse-variance weights and per-stamp flags, as GALFIT treats σ and masks.
+
+    A pixel is used when it is not masked (``mask`` True / non-zero = bad, as GALFIT), its value is
+    finite, and its σ is finite and > 0. NaN/inf data set ``NAN_PIXELS``; zero, negative or
+    non-finite σ on otherwise good pixels set ``BAD_SIGMA``; fewer than ``min_good_pixels`` good
+    pixels set ``FEW_GOOD_PIXELS`` (the stamp is then not fitted).
+
+    Parameters
+    ----------
+    images : ndarray, shape (B, H, W), counts
+    sigma : ndarray, shape (B, H, W), counts, or None
+        1-σ noise per pixel. ``None``: a constant per stamp, estimated robustly (1.4826 × MAD of
+        the outer ring of pixels); then χ²ν is only meaningful for background-limited stamps.
+    mask : ndarray, shape (B, H, W), bool/int, or None
+
+    Returns
+    -------
+    weights : ndarray (B, H, W), 1/σ² on good pixels, 0 elsewhere.
+    data : ndarray (B, H, W), the images with bad pixels set to 0.
+    flags : ndarray of int64 (B,).
+    messages : list of str, per stamp.
+    """
+    img = np.asarray(images, dtype=float)
+    if img.ndim != 3:
+        raise InputDataError(f"images must have shape (B, H, W), got {img.shape}")
+    b, h, w = img.shape
+    flags = np.zeros(b, dtype=np.int64)
+    messages = [""] * b
+    finite = np.isfinite(img)
+    good = finite.copy()
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != img.shape:
+            raise InputDataError(f"mask shape {m.shape} differs from the images {img.shape}")
+        good &= m == 0
+    if sigma is None:
+        ring = np.zeros((h, w), dtype=bool)
+        k = max(2, min(h, w) // 10)
+        ring[:k], ring[-k:], ring[:, :k], ring[:, -k:] = True, True, True, True
+        sig = np.empty(b)
+        for i in range(b):
+            v = img[i][ring & good[i]]
+            sig[i] = 1.4826 * np.median(np.abs(v - np.median(v))) if v.size >= 10 else np.nan
+        sigma_arr = np.broadcast_to(sig[:, None, None], img.shape)
+    else:
+        sigma_arr = np.asarray(sigma, dtype=float)
+        if sigma_arr.shape != img.shape:
+            raise InputDataError(f"sigma shape {sigma_arr.shape} differs from the images {img.shape}")
+    sig_ok = np.isfinite(sigma_arr) & (sigma_arr > 0)
+    for i in range(b):
+        nbad = int((~finite[i]).sum())
+        if nbad:
+            flags[i] |= Flag.NAN_PIXELS
+            messages[i] += f"{nbad} NaN/inf pixel(s) masked; "
+        nsig = int((good[i] & ~sig_ok[i]).sum())
+        if nsig:
+            flags[i] |= Flag.BAD_SIGMA
+            messages[i] += f"{nsig} pixel(s) with zero/negative/non-finite sigma masked; "
+    good &= sig_ok
+    weights = np.where(good, 1.0 / np.where(sig_ok, sigma_arr, 1.0) ** 2, 0.0)
+    ngood = good.reshape(b, -1).sum(1)
+    for i in np.flatnonzero(ngood < min_good_pixels):
+        flags[i] |= Flag.FEW_GOOD_PIXELS
+        messages[i] += f"only {int(ngood[i])} good pixel(s) (< {min_good_pixels}); not fitted; "
+    data = np.where(good, img, 0.0)
+    return weights, data, flags, messages
+
+
+def _check_psf(psf, b: int) -> tuple[object, np.ndarray, list[str]]:
+    """Validate the PSF; per-galaxy cubes are checked row by row (bad rows → BAD_INPUT)."""
+    from ..render import AnalyticPSF
+
+    bad = np.zeros(b, dtype=bool)
+    msgs = [""] * b
+    if isinstance(psf, AnalyticPSF):
+        return psf, bad, msgs
+    arr = np.asarray(psf.detach().cpu() if isinstance(psf, torch.Tensor) else psf, dtype=float)
+    if arr.ndim == 2:
+        return torch.as_tensor(validate_psf_image(arr, name="psf")), bad, msgs
+    if arr.ndim != 3 or arr.shape[0] != b:
+        raise PSFError(f"psf: expected (P, P) or ({b}, P, P), got shape {arr.shape}")
+    out = np.empty_like(arr)
+    for i in range(b):
+        try:
+            out[i] = validate_psf_image(arr[i], name=f"psf[{i}]")
+        except PSFError as exc:
+            bad[i] = True
+            msgs[i] = f"bad PSF: {exc}; "
+            out[i] = 0.0
+            out[i, arr.shape[1] // 2, arr.shape[2] // 2] = 1.0
+    return torch.as_tensor(out), bad, msgs
+
+
+# ----------------------------------------------------------------------------- LM core
+def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig, zeropoint, exptime):
+    """Levenberg–Marquardt on one group (tensors float64); returns numpy arrays."""
+    b, h, w = data.shape
+    model = _Model(psf, (h, w), size, zeropoint, exptime)
+    tr = _Transform(start, cfg.center_box, fit_sky)
+    n_free = tr.n_free
+    u = tr.to_internal(start, sky0)
+    fixed_sky = None if fit_sky else sky0
+    sqw = torch.sqrt(weights)
+
+    def psf_rows(sel):
+        return psf[sel] if isinstance(psf, torch.Tensor) and psf.ndim == 3 else psf
+
+    def evaluate(uu, sel, gal=None):
+        """χ² (B,), weighted residuals (B, H, W), galaxy model (B, H, W) at internal ``uu``."""
+        p, sky, _ = tr.to_external(uu, sel)
+        sk = sky if fit_sky else fixed_sky[sel]
+        if gal is None:
+            gal = model._render(p, psf_rows(sel))
+        r = (data[sel] - gal - sk[:, None, None]) * sqw[sel]
+        return (r * r).sum((1, 2)), r, gal
+
+    def normal_equations(uu, sel, r, gal):
+        """Jᵀ W J (B, P, P) and Jᵀ W r (B, P) in internal variables."""
+        p, sky, d = tr.to_external(uu, sel)
+        _, jac = model.jacobian(p, sky, psf_rows(sel), gal=gal)
+        jac = jac[:, :n_free] * d[:, :, None, None]
+        jw = (jac * sqw[sel][:, None]).reshape(sel.numel(), n_free, -1)
+        return jw @ jw.transpose(1, 2), (jw @ r.reshape(sel.numel(), -1, 1))[..., 0]
+
+    all_rows = torch.arange(b)
+    chi2, r, gal = evaluate(u, all_rows)
+    alpha, beta = normal_equations(u, all_rows, r, gal)
+    lam = torch.full((b,), cfg.lambda_init, dtype=data.dtype)
+    active = torch.ones(b, dtype=torch.bool)
+    niter = torch.zeros(b, dtype=torch.long)
+    small = torch.zeros(b, dtype=torch.long)
+    status = torch.full((b,), int(FitStatus.MAX_ITER), dtype=torch.long)
+    eye = torch.eye(n_free, dtype=data.dtype)
+    for _ in range(cfg.max_iter):
+        idx = torch.nonzero(active).flatten()
+        if idx.numel() == 0:
+            break
+        a = alpha[idx]
+        diag = torch.diagonal(a, dim1=1, dim2=2)
+        floor = 1e-12 * diag.amax(1, keepdim=True).clamp_min(1e-300)
+        damp = lam[idx, None] * torch.maximum(diag, floor)
+        lhs = a + torch.diag_embed(damp) + eye * floor[:, :, None]
+        step = torch.linalg.solve(lhs, beta[idx])
+        step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+        u_try = u[idx] + step
+        chi2_try, r_try, gal_try = evaluate(u_try, idx)
+        niter[idx] += 1
+        better = torch.isfinite(chi2_try) & (chi2_try < chi2[idx])
+        acc = idx[better]
+        rej = idx[~better]
+        # rejected: more damping; stall when the damping explodes
+        lam[rej] *= cfg.lambda_up
+        # a rejection right after a converging (tiny Δχ²) step: at the minimum to working precision
+        conv = rej[small[rej] >= 1]
+        status[conv] = int(FitStatus.CONVERGED_CHI2)
+        active[conv] = False
+        stalled = rej[(lam[rej] > cfg.lambda_max) & (small[rej] < 1)]
+        status[stalled] = int(FitStatus.STALLED)
+        active[stalled] = False
+        if acc.numel():
+            dchi = chi2[acc] - chi2_try[better]
+            u[acc] = u_try[better]
+            chi2[acc] = chi2_try[better]
+            lam[acc] = (lam[acc] / cfg.lambda_down).clamp_min(1e-12)
+            tiny = dchi <= cfg.rtol_chi2 * chi2[acc] + cfg.atol_chi2
+            small[acc] = torch.where(tiny, small[acc] + 1, torch.zeros_like(small[acc]))
+            xsmall = step[better].abs().amax(1) < cfg.xtol
+            done_chi = small[acc] >= cfg.patience
+            status[acc[done_chi]] = int(FitStatus.CONVERGED_CHI2)
+            status[acc[xsmall & ~done_chi]] = int(FitStatus.CONVERGED_STEP)
+            finished = done_chi | xsmall
+            active[acc[finished]] = False
+            keep = ~finished
+            cont = acc[keep]
+            if cont.numel():
+                al, be = normal_equations(u[cont], cont, r_try[better][keep], gal_try[better][keep])
+                alpha[cont] = al
+                beta[cont] = be
+    p, sky, _ = tr.to_external(u)
+    return (p.numpy(), (sky if fit_sky else fixed_sky).numpy(), chi2.numpy(), niter.numpy(),
+            status.numpy())
+
+
+def _covariance_errors(data, weights, psf, params, sky, *, fit_sky, size, zeropoint, exptime):
+    """sqrt(diag((Jᵀ W J)⁻¹)) in catalog parameters (B, 7) and sky error (B,)."""
+    b, h, w = data.shape
+    model = _Model(psf, (h, w), size, zeropoint, exptime)
+    p = torch.as_tensor(params)
+    sk = torch.as_tensor(sky)
+    _, jac = model.jacobian(p, sk, psf)
+    if not fit_sky:
+        jac = jac[:, :7]
+    n = jac.shape[1]
+    jw = (jac * torch.sqrt(weights)[:, None]).reshape(b, n, -1)
+    alpha = jw @ jw.transpose(1, 2)
+    # scale to unit diagonal for a well-conditioned inverse
+    dscale = torch.sqrt(torch.diagonal(alpha, dim1=1, dim2=2)).clamp_min(1e-300)
+    corr = alpha / (dscale[:, :, None] * dscale[:, None, :])
+    cov = torch.linalg.pinv(corr, hermitian=True) / (dscale[:, :, None] * dscale[:, None, :])
+    err = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0)).numpy()
+    err7 = err[:, :7]
+    sky_err = err[:, 7] if fit_sky else np.full(b, np.nan)
+    return err7, sky_err
+
+
+def _at_bound(p: np.ndarray, start: np.ndarray, center_box: float) -> np.ndarray:
+    """Rows with a parameter within 0.1% (log) of a fit bound, or the centre at its box edge."""
+    hit = np.zeros(len(p), dtype=bool)
+    for name in ("re", "n"):
+        lo, hi = _bounds(name)
+        v = p[:, index(name)]
+        hit |= (v <= lo * 1.001) | (v >= hi / 1.001)
+    hit |= p[:, index("q")] <= _bounds("q")[0] * 1.001
+    for j in (0, 1):
+        hit |= np.abs(p[:, j] - start[:, j]) >= 0.999 * center_box
+    return hit
+
+
+# ----------------------------------------------------------------------------- public API
+def fit_stamps(
+    images,
+    psf,
+    *,
+    sigma=None,
+    mask=None,
+    init=None,
+    fit_sky: bool = False,
+    sky=0.0,
+    zeropoint: float = DEFAULT_ZEROPOINT,
+    exptime: float = 1.0,
+    max_iter: int | None = None,
+    config: FitConfig | None = None,
+) -> FitResult:
+    """Fit a PSF-convolved Sérsic profile (+ optional constant sky) to every stamp of a batch.
+
+    Parameters
+    ----------
+    images : array_like or Tensor, shape (B, H, W) or (H, W), counts
+        Stamps (sky-subtracted unless ``fit_sky`` or ``sky`` says otherwise).
+    psf : array (P, P) or (B, P, P), Tensor, or AnalyticPSF
+        Effective PSF(s), odd-sized, centred (see :mod:`galnet.render.psf`). A bad PSF row of a
+        cube flags that galaxy ``BAD_INPUT``; a bad single PSF raises :class:`~galnet.errors.PSFError`.
+    sigma : array_like, shape (B, H, W), counts, optional
+        1-σ noise map (see :func:`pixel_weights` for ``None``).
+    mask : array_like, shape (B, H, W), optional
+        Bad-pixel mask, True / non-zero = bad (GALFIT's convention).
+    init : array_like, shape (B, 7), optional
+        Start parameters in catalog conventions; default: moments (:func:`galnet.fit.starts.moments_start`).
+    fit_sky : bool
+        Fit a constant sky (counts / px) per stamp, starting from ``sky``.
+    sky : float or array_like (B,)
+        Sky level (fixed unless ``fit_sky``), counts / px.
+    zeropoint, exptime : float
+        Magnitude zero point and exposure time (s) (see :mod:`galnet.conventions`).
+    max_iter : int, optional
+        Overrides ``config.max_iter``.
+    config : FitConfig, optional
+        Tolerances and knobs.
+
+    Returns
+    -------
+    FitResult
+        One row per stamp, in input order; rows that could not be fitted have NaN values,
+        ``status = NOT_FITTED`` and flags saying why.
+    """
+    cfg = config or FitConfig()
+    if max_iter is not None:
+        cfg = FitConfig(**{**cfg.__dict__, "max_iter": int(max_iter)})
+    img = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=float)
+    if img.ndim == 2:
+        img = img[None]
+        sigma = None if sigma is None else np.asarray(sigma)[None]
+        mask = None if mask is None else np.asarray(mask)[None]
+    if img.ndim != 3:
+        raise InputDataError(f"images must have shape (B, H, W) or (H, W), got {img.shape}")
+    b, h, w = img.shape
+    res = FitResult.empty(b)
+    if b == 0:
+        return res
+    weights, data, flags, msgs = pixel_weights(img, sigma, mask, min_good_pixels=cfg.min_good_pixels)
+    psf_obj, bad_psf, psf_msgs = _check_psf(psf, b)
+    flags[bad_psf] |= Flag.BAD_INPUT
+    msgs = [m + pm for m, pm in zip(msgs, psf_msgs)]
+    sky_arr = np.broadcast_to(np.asarray(sky, dtype=float), (b,)).copy()
+    ok = ~(bad_psf | ((flags & Flag.FEW_GOOD_PIXELS) != 0))
+    if init is None:
+        from .starts import moments_start
+
+        sig_for_start = np.where(weights > 0, 1 / np.sqrt(np.where(weights > 0, weights, 1)), np.inf)
+        init = moments_start(np.where(weights > 0, img - sky_arr[:, None, None], np.nan), sigma=sig_for_start,
+                             zeropoint=zeropoint, exptime=exptime)
+    start = np.asarray(init, dtype=float).reshape(b, 7).copy()
+    bad_start = ~np.all(np.isfinite(start), axis=1)
+    for i in np.flatnonzero(bad_start & ok):
+        flags[i] |= Flag.BAD_INPUT
+        msgs[i] += "start parameters are not finite; not fitted; "
+    ok &= ~bad_start
+    # keep starts inside the fit bounds (a start outside would be clamped silently otherwise: flag it)
+    for name in ("re", "n", "q"):
+        j = index(name)
+        lo, hi = _bounds(name)
+        start[:, j] = np.clip(start[:, j], lo * 1.01, hi / 1.01 if name != "q" else 1.0)
+    start[:, 6] = wrap_pa(start[:, 6])
+    res.flags[:] = flags
+    res.messages = msgs
+    if not ok.any():
+        return res
+    rows = np.flatnonzero(ok)
+    sizes = np.zeros(b, dtype=np.int64)
+    grow = start[rows].copy()
+    grow[:, 3] *= cfg.size_margin
+    psf_size = psf_obj.shape[-1] if isinstance(psf_obj, torch.Tensor) else int(6 * psf_obj.fwhm) | 1
+    sizes[rows] = required_fourier_size(grow, (h, w), psf_size, wrap_tolerance=cfg.wrap_tolerance)
+    from ..render import FOURIER_SIZES
+
+    cap = cfg.max_fourier_size or next((s for s in FOURIER_SIZES if s >= 4 * max(h, w)), FOURIER_SIZES[-1])
+    sizes[rows] = np.minimum(sizes[rows], cap)
+    if cfg.fourier_size is not None:
+        sizes[rows] = int(cfg.fourier_size)
+    todo = rows
+    for _pass in range(3):
+        if todo.size == 0:
+            break
+        _run_groups(todo, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sky, cfg, zeropoint,
+                    exptime, res)
+        # galaxies that outgrew their DFT size are refitted from their result with a larger one
+        fitted = todo[np.all(np.isfinite(res.params[todo]), axis=1)]
+        if cfg.fourier_size is not None:
+            break
+        need = np.minimum(required_fourier_size(res.params[fitted], (h, w), psf_size,
+                                                wrap_tolerance=cfg.wrap_tolerance), cap)
+        redo = fitted[need > sizes[fitted]]
+        if redo.size:
+            log.info("%d galaxies outgrew their DFT size; refitting with a larger one", redo.size)
+            sizes[redo] = need[need > sizes[fitted]]
+            start[redo] = res.params[redo]
+            sky_arr[redo] = res.sky[redo]
+        todo = redo
+    return res
+
+
+def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sky, cfg, zeropoint, exptime,
+                res: FitResult) -> None:
+    n_free = 8 if fit_sky else 7
+    for size in np.unique(sizes[rows]):
+        grp = rows[sizes[rows] == size]
+        for k in range(0, grp.size, cfg.max_batch):
+            sel = grp[k : k + cfg.max_batch]
+            d = torch.as_tensor(data[sel])
+            wts = torch.as_tensor(weights[sel])
+            ps = psf_obj[torch.as_tensor(sel)] if isinstance(psf_obj, torch.Tensor) and psf_obj.ndim == 3 \
+                else psf_obj
+            p, sk, chi2, niter, status = _lm_group(
+                d, wts, ps, torch.as_tensor(start[sel]), torch.as_tensor(sky_arr[sel]), fit_sky=fit_sky,
+                size=int(size), cfg=cfg, zeropoint=zeropoint, exptime=exptime)
+            p = _fold(p)
+            err, sky_err = _covariance_errors(d, wts, ps, p, sk, fit_sky=fit_sky, size=int(size),
+                                              zeropoint=zeropoint, exptime=exptime)
+            ngood = (weights[sel] > 0).reshape(sel.size, -1).sum(1)
+            ndof = ngood - n_free
+            chi2nu = chi2 / np.maximum(ndof, 1)
+            if cfg.error_scale == "chi2nu":
+                err = err * np.sqrt(chi2nu)[:, None]
+                sky_err = sky_err * np.sqrt(chi2nu)
+            flags = res.flags[sel].copy()
+            flags[status == int(FitStatus.MAX_ITER)] |= Flag.NOT_CONVERGED
+            flags[_at_bound(p, start[sel], cfg.center_box)] |= Flag.AT_BOUND
+            res.params[sel] = p
+            res.errors[sel] = err
+            res.sky[sel] = sk
+            res.sky_err[sel] = sky_err
+            res.chi2[sel] = chi2
+            res.ndof[sel] = ndof
+            res.chi2nu[sel] = chi2nu
+            res.niter[sel] += niter
+            res.status[sel] = status
+            res.flags[sel] = flags
+            res.fourier_size[sel] = size
+
+
+def fit_multistart(images, psf, inits, **kwargs) -> FitResult:
+    """Fit from several starts (e.g. moments with n = 1 and n = 4) and keep the lowest χ² per galaxy.
+
+    Parameters
+    ----------
+    images, psf : see :func:`fit_stamps`.
+    inits : sequence of array_like, each (B, 7)
+        Start parameter sets.
+    **kwargs
+        Passed to :func:`fit_stamps`.
+
+    Returns
+    -------
+    FitResult with, per galaxy, the fit of lowest χ² (``niter`` is the sum over starts).
+    """
+    best: FitResult | None = None
+    total_iter = None
+    for init in inits:
+        r = fit_stamps(images, psf, init=init, **kwargs)
+        total_iter = r.niter.copy() if total_iter is None else total_iter + r.niter
+        if best is None:
+            best = r
+            continue
+        better = np.flatnonzero(np.isfinite(r.chi2) & ~(r.chi2 >= best.chi2))
+        best.take(r, better, better)
+    assert best is not None
+    best.niter = total_iter
+    return best

@@ -1,0 +1,909 @@
+"""The batched, resumable, sharded prediction runner.
+
+How a run goes
+--------------
+1. The input (an :class:`~galnet.predict.inputs.InputSource`) is cut into chunks of ``chunk_size`` rows.
+2. A reader thread reads and prepares the next chunks (``prefetch`` of them) while the network measures the
+   current one, in batches of ``batch_size`` (I/O overlapped with compute; memory bounded by the chunk size).
+3. Each finished chunk is written atomically as one shard ``<output>.parts/part-<start>.npz`` (and
+   ``models-<start>.npz`` with ``save_models``). A ``manifest.json`` fingerprints the input, the model and the
+   options, so that ``resume=True`` skips the shards already written and refuses to mix runs.
+4. At the end the shards are assembled into the catalog (:func:`galnet.catalog.make_catalog`), after checking
+   that every input row appears exactly once; the parts directory is removed unless ``keep_parts``.
+
+With ``workers`` or ``dask_address`` the chunks are spread over Dask workers (:mod:`galnet.predict.dask`),
+each of which loads the model once and writes its own shards: the catalog is the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GalnetError, InputDataError
+from ..flags import Flag
+from .inputs import Chunk, InputSource, open_source
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PredictOptions",
+    "PredictError",
+    "predict_source",
+    "predict_catalog",
+    "predict_arrays",
+    "process_chunk",
+    "training_prior",
+    "model_zeropoint",
+    "get_predictor",
+    "resolve_backend",
+    "parts_dir",
+    "chunk_bounds",
+]
+
+MANIFEST_VERSION = 1
+
+
+class PredictError(GalnetError, RuntimeError):
+    """A prediction run cannot continue or its shards are inconsistent (lost or duplicated rows)."""
+
+
+@dataclass
+class PredictOptions:
+    """Options of a prediction run.
+
+    Attributes
+    ----------
+    model : str
+        Shipped model name (``"hsc-r"``) or path to a model card (``.json``) or its directory.
+    backend : {"auto", "onnx", "torch"}
+        ``"auto"``: ONNX Runtime when installed (≈1.5–2× faster on CPU, equal to torch within 1e-5),
+        else torch eager.
+    device : str
+        torch device (``"cpu"``, ``"cuda"``); ONNX runs on the CPU.
+    threads : int or None
+        Intra-op threads of the network (None: leave torch's setting).
+    batch_size : int
+        Galaxies per network call.
+    chunk_size : int
+        Rows per shard (the unit of reading, resuming and Dask tasks).
+    prefetch : int
+        Chunks read ahead by the reader thread.
+    chi2 : bool
+        Render the predicted model (:func:`galnet.render.render_sersic`) and add ``chi2nu``.
+    high_chi2 : float
+        ``chi2nu`` above which ``HIGH_CHI2`` is set.
+    save_models : bool
+        Also write model and residual cubes (``<output stem>.models.fits``; implies ``chi2``).
+    progress : bool
+        Show a tqdm progress bar (galaxies / s).
+    keep_parts : bool
+        Keep ``<output>.parts/`` after the catalog is written.
+    """
+
+    model: str = "hsc-r"
+    backend: str = "auto"
+    device: str = "cpu"
+    threads: int | None = None
+    batch_size: int = 512
+    chunk_size: int = 4096
+    prefetch: int = 2
+    chi2: bool = False
+    high_chi2: float = 1.5
+    save_models: bool = False
+    progress: bool = True
+    keep_parts: bool = False
+
+
+# ============================================================================== model helpers
+def resolve_backend(backend: str) -> str:
+    """``"auto"`` → ``"onnx"`` if onnxruntime is importable, else ``"torch"``; others unchanged."""
+    if backend == "auto":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "onnx"
+    if backend not in ("torch", "onnx"):
+        raise InputDataError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
+    return backend
+
+
+@functools.lru_cache(maxsize=4)
+def get_predictor(card_path: str, backend: str, device: str = "cpu", threads: int | None = None):
+    """A :class:`galnet.models.Predictor`, loaded once per process (cached: Dask workers reuse it)."""
+    import torch
+
+    from ..models import Predictor, load_card
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    model, card = load_card(card_path, device=device)
+    return Predictor(model, card, device=device, backend=resolve_backend(backend), num_threads=threads)
+
+
+def _card_dataset_meta(card: dict) -> dict:
+    tr = card.get("training") or {}
+    meta = tr.get("dataset_meta") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def model_zeropoint(card: dict) -> float:
+    """Zero point (mag for 1 count) of the network's training data: card, else its preset, else 27."""
+    from ..conventions import DEFAULT_ZEROPOINT
+
+    meta = _card_dataset_meta(card)
+    for v in (
+        card.get("zeropoint"),
+        meta.get("zeropoint"),
+        (meta.get("preset") or {}).get("zeropoint") if isinstance(meta.get("preset"), dict) else None,
+    ):
+        if isinstance(v, (int, float)):
+            return float(v)
+    return DEFAULT_ZEROPOINT
+
+
+def training_prior(card: dict, stamp_size: int = 61) -> dict[str, tuple[float, float]]:
+    """The box of the training prior, per parameter, in the model-stamp frame.
+
+    Read from the card (``prior`` entry, or the simulation config stored under
+    ``training.dataset_meta.preset`` / ``training.preset``); else the ``hsc-r`` preset priors.
+
+    Returns
+    -------
+    dict ``name → (low, high)`` for ``x, y`` (1-based stamp pixels), ``mag`` (model zero point), ``re``
+    (pixels), ``n``, ``q``; ``pa`` is cyclic and never out of prior.
+    """
+    from ..simulate.config import SimulationConfig, load_preset
+
+    if isinstance(card.get("prior"), dict):
+        return {k: (float(v[0]), float(v[1])) for k, v in card["prior"].items()}
+    cfg = None
+    meta = _card_dataset_meta(card)
+    tr = card.get("training") or {}
+    for cand in (meta.get("preset"), tr.get("preset")):
+        try:
+            if isinstance(cand, dict):
+                cfg = SimulationConfig.from_dict(cand)
+            elif isinstance(cand, str) and cand:
+                cfg = load_preset(cand)
+        except GalnetError as exc:
+            log.debug("training prior from card entry failed: %s", exc)
+            cfg = None
+        if cfg is not None:
+            break
+    if cfg is None:
+        cfg = load_preset("hsc-r")
+    pr = cfg.priors
+    c = (stamp_size + 1) / 2
+
+    def box(prior, scale: float = 1.0) -> tuple[float, float]:
+        lo, hi = prior.low, prior.high
+        if prior.kind == "fixed":
+            lo = hi = prior.value
+        elif prior.kind == "table":
+            t = prior.table()
+            lo, hi = float(np.min(t)), float(np.max(t))
+        lo = -np.inf if lo is None else float(lo) * scale
+        hi = np.inf if hi is None else float(hi) * scale
+        return lo, hi
+
+    dx, dy = box(pr.dx), box(pr.dy)
+    re_lo, re_hi = box(pr.re_arcsec, 1.0 / cfg.pixel_scale)
+    re_hi = min(re_hi, pr.re_max_fraction * (stamp_size - 1) / 2)
+    return {
+        "x": (c + dx[0], c + dx[1]),
+        "y": (c + dy[0], c + dy[1]),
+        "mag": box(pr.mag),
+        "re": (re_lo, re_hi),
+        "n": box(pr.n),
+        "q": box(pr.q),
+    }
+
+
+def _out_of_prior(params: np.ndarray, prior: dict[str, tuple[float, float]]) -> np.ndarray:
+    from ..params import index
+
+    out = np.zeros(len(params), bool)
+    for name, (lo, hi) in prior.items():
+        if name == "pa":
+            continue
+        col = params[:, index(name)]
+        out |= (col < lo) | (col > hi)
+    return out
+
+
+# ============================================================================== one chunk
+def _render_chi2(
+    chunk: Chunk,
+    params: np.ndarray,
+    ok: np.ndarray,
+    *,
+    zeropoint: float,
+    gain: float | None,
+    want_models: bool,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """chi2nu (B,), model cube (B, S, S) or None, BAD_SIGMA rows (B,) for the rows ``ok``."""
+    import torch
+
+    from ..params import bad_parameter_rows
+    from ..render import render_sersic
+
+    b, s = len(chunk), chunk.images.shape[-1]
+    chi2nu = np.full(b, np.nan)
+    models = np.full((b, s, s), np.nan, np.float32) if want_models else None
+    bad_sig = np.zeros(b, bool)
+    bad_par, _ = bad_parameter_rows(params)
+    rows = np.flatnonzero(ok & ~bad_par)
+    for start in range(0, rows.size, 256):
+        r = rows[start : start + 256]
+        with torch.inference_mode():
+            m = render_sersic(
+                torch.as_tensor(params[r], dtype=torch.float32),
+                torch.as_tensor(chunk.psfs[r]),
+                shape=(s, s),
+                zeropoint=zeropoint,
+                validate=False,
+            ).numpy()
+        if models is not None:
+            models[r] = m
+        img = chunk.images[r].astype(np.float64)
+        if chunk.sigma_maps is not None:
+            sig = chunk.sigma_maps[r].astype(np.float64)
+        else:
+            var = chunk.sky_sigma[r].astype(np.float64)[:, None, None] ** 2
+            if gain:
+                var = var + np.maximum(m, 0.0) / float(gain)
+            sig = np.sqrt(np.broadcast_to(var, img.shape))
+        good = np.isfinite(sig) & (sig > 0)
+        if chunk.mask is not None:
+            good &= ~chunk.mask[r]
+        bad_sig[r] = (~(np.isfinite(sig) & (sig > 0))).reshape(len(r), -1).any(axis=1)
+        resid2 = np.where(good, (img - m) / np.where(good, sig, 1.0), 0.0) ** 2
+        ndof = good.reshape(len(r), -1).sum(axis=1) - params.shape[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chi2nu[r] = np.where(ndof > 0, resid2.reshape(len(r), -1).sum(axis=1) / ndof, np.nan)
+    return chi2nu, models, bad_sig
+
+
+def process_chunk(
+    chunk: Chunk,
+    predictor,
+    *,
+    prior: dict | None,
+    zp_in: float,
+    zp_model: float,
+    gain: float | None = None,
+    batch_size: int = 512,
+    chi2: bool = False,
+    high_chi2: float = 1.5,
+    save_models: bool = False,
+    source: InputSource | None = None,
+) -> dict[str, Any]:
+    """Measure one chunk.
+
+    Parameters
+    ----------
+    chunk : Chunk
+    predictor : galnet.models.Predictor
+    prior : dict or None
+        :func:`training_prior` box (``OUT_OF_PRIOR``), or None to skip.
+    zp_in, zp_model : float
+        Zero points of the input and of the network's training data: ``mag = mag_net + zp_in - zp_model``.
+    gain : float or None
+        e- / count, for the Poisson term of the χ² σ.
+    source : InputSource, optional
+        Converts positions to RA/Dec when it has a WCS.
+
+    Returns
+    -------
+    dict of arrays: ``rows`` (B,), ``ids``, ``params`` (B, 7) in the output frame, ``flags``, optional
+    ``chi2nu``, ``ra``, ``dec``, ``model``/``resid`` (B, S, S), and ``col:<name>`` carried columns.
+    """
+    b = len(chunk)
+    params = np.full((b, 7), np.nan)
+    flags = chunk.flags.copy()
+    ok = ~chunk.bad
+    if ok.any():
+        idx = np.flatnonzero(ok)
+        psfs = chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[idx]
+        params[idx] = predictor.predict(chunk.images[idx], psfs, chunk.sky_sigma[idx], batch_size=batch_size)
+    if prior is not None:
+        flags[ok & _out_of_prior(np.nan_to_num(params, nan=0.0), prior)] |= int(Flag.OUT_OF_PRIOR)
+    out: dict[str, Any] = {"rows": np.arange(chunk.start, chunk.stop, dtype=np.int64), "ids": chunk.ids}
+    if chi2 or save_models:
+        chi2nu, models, bad_sig = _render_chi2(
+            chunk, params, ok, zeropoint=zp_model, gain=gain, want_models=save_models
+        )
+        flags[bad_sig] |= int(Flag.BAD_SIGMA)
+        flags[np.nan_to_num(chi2nu, nan=0.0) > high_chi2] |= int(Flag.HIGH_CHI2)
+        out["chi2nu"] = chi2nu
+        if save_models:
+            out["model"] = models
+            img = np.where(chunk.mask, np.nan, chunk.images) if chunk.mask is not None else chunk.images
+            out["resid"] = (img - models).astype(np.float32)
+    # to the output frame: position offset, zero point
+    params[:, 0] += chunk.offset[:, 0]
+    params[:, 1] += chunk.offset[:, 1]
+    params[:, 2] += zp_in - zp_model
+    out["params"] = params
+    out["flags"] = flags
+    if source is not None and source.has_wcs:
+        ra, dec = source.pixel_to_world(params[:, 0], params[:, 1])
+        out["ra"], out["dec"] = ra, dec
+    for k, v in chunk.columns.items():
+        out[f"col:{k}"] = v
+    return out
+
+
+# ============================================================================== shards
+def parts_dir(output: str | os.PathLike) -> Path:
+    """``<output>.parts``: where the shards of a run go."""
+    output = Path(output)
+    return output.with_name(output.name + ".parts")
+
+
+def chunk_bounds(n_rows: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(n_rows)`` in chunks."""
+    return [(s, min(n_rows, s + chunk_size)) for s in range(0, n_rows, max(1, chunk_size))]
+
+
+def _shard_path(pdir: Path, start: int, what: str = "part") -> Path:
+    return pdir / f"{what}-{start:012d}.npz"
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+
+
+def write_shard(pdir: Path, result: dict[str, Any]) -> None:
+    """Write one chunk's results (models first, so that a catalog shard implies its models shard)."""
+    start = int(result["rows"][0])
+    if "model" in result:
+        _atomic_savez(
+            _shard_path(pdir, start, "models"),
+            {"rows": result["rows"], "model": result["model"], "resid": result["resid"]},
+        )
+    arrays = {}
+    for k, v in result.items():
+        if k in ("model", "resid"):
+            continue
+        v = np.asarray(v)
+        if v.dtype.kind == "O":
+            v = v.astype(str)
+        arrays[k] = v
+    _atomic_savez(_shard_path(pdir, start), arrays)
+
+
+def _done_chunks(pdir: Path, bounds: list[tuple[int, int]], save_models: bool) -> set[int]:
+    done = set()
+    for start, stop in bounds:
+        p = _shard_path(pdir, start)
+        if not p.is_file() or (save_models and not _shard_path(pdir, start, "models").is_file()):
+            continue
+        try:
+            with np.load(p) as z:
+                rows = z["rows"]
+            if len(rows) == stop - start and rows[0] == start and rows[-1] == stop - 1:
+                done.add(start)
+            else:
+                log.warning(
+                    "%s: holds rows %d..%d, expected %d..%d; recomputed",
+                    p,
+                    rows[0],
+                    rows[-1],
+                    start,
+                    stop - 1,
+                )
+        except Exception as exc:  # noqa: BLE001 - any unreadable shard is recomputed
+            log.warning("%s: unreadable shard (%s); recomputed", p, exc)
+    return done
+
+
+def _manifest(source: InputSource, options: PredictOptions, card: dict, output: Path) -> dict[str, Any]:
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "input": source.fingerprint(),
+        "n_rows": source.n_rows,
+        "chunk_size": options.chunk_size,
+        "model": {"name": card.get("name"), "sha256": (card.get("weights") or {}).get("sha256")},
+        "backend": resolve_backend(options.backend),
+        "chi2": bool(options.chi2 or options.save_models),
+        "save_models": options.save_models,
+        "output": output.name,
+    }
+
+
+def _prepare_parts(pdir: Path, manifest: dict, resume: bool) -> None:
+    mpath = pdir / "manifest.json"
+    if resume and mpath.is_file():
+        old = json.loads(mpath.read_text())
+        diffs = [k for k in manifest if k != "output" and old.get(k) != manifest[k]]
+        if diffs:
+            raise PredictError(
+                f"{pdir}: cannot resume: the earlier run differs in {', '.join(diffs)} "
+                f"(was {[old.get(k) for k in diffs]}, now {[manifest[k] for k in diffs]}); "
+                "run without --resume to start over"
+            )
+        return
+    if pdir.exists():
+        if not resume:
+            log.warning("%s: removing the shards of an earlier run (use --resume to continue it)", pdir)
+        shutil.rmtree(pdir)
+    pdir.mkdir(parents=True)
+    (pdir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+# ============================================================================== the run
+def _reader(source: InputSource, todo: list[tuple[int, int]], q: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for start, end in todo:
+            if stop.is_set():
+                return
+            item: Any = source.read_chunk(start, end)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        q.put(exc)
+        return
+    q.put(None)
+
+
+def _progress(options: PredictOptions, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="gal",
+        unit_scale=True,
+        disable=not options.progress,
+        desc="galnet predict",
+        smoothing=0.1,
+        dynamic_ncols=True,
+    )
+
+
+def predict_source(
+    source: InputSource,
+    output: str | os.PathLike,
+    options: PredictOptions | None = None,
+    *,
+    resume: bool = False,
+    max_chunks: int | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    dask_processes: bool = True,
+):
+    """Measure every row of ``source`` and write the catalog ``output``.
+
+    Parameters
+    ----------
+    source : InputSource
+        From :func:`galnet.predict.inputs.open_source` (or a reader class).
+    output : path
+        Catalog file; the format follows the extension (``.fits`` default, ``.parquet``, ``.csv``, ``.ecsv``).
+    options : PredictOptions
+    resume : bool
+        Continue an interrupted run from the shards in ``<output>.parts/`` (same input, model and options).
+    max_chunks : int, optional
+        Stop after computing this many new chunks (without writing the catalog); for time-limited jobs.
+    on_chunk : callable(start, stop), optional
+        Called after each shard is written (progress hooks; tests raise from it to simulate a crash).
+    workers : int, optional
+        Run on a local Dask cluster of this many worker processes (1 thread each).
+    dask_address : str, optional
+        Run on an existing Dask scheduler (``tcp://host:8786``).
+    dask_processes : bool
+        Local cluster with processes (True) or threads (False).
+
+    Returns
+    -------
+    astropy.table.Table (the catalog written), or None when stopped by ``max_chunks`` before the end.
+
+    Raises
+    ------
+    PredictError
+        Resuming with a different input/model/options, or rows lost or duplicated when assembling.
+    """
+    options = options or PredictOptions()
+    output = Path(output)
+    from ..catalog import _format_for
+
+    _format_for(output)  # fail early on an unknown extension
+    t0 = time.perf_counter()
+    predictor = get_predictor(
+        _card_path(options.model), resolve_backend(options.backend), options.device, options.threads
+    )
+    card = predictor.card
+    source.stamp_size, source.psf_size = predictor.image_size, predictor.psf_size
+    pdir = parts_dir(output)
+    _prepare_parts(pdir, _manifest(source, options, card, output), resume)
+    bounds = chunk_bounds(source.n_rows, options.chunk_size)
+    done = _done_chunks(pdir, bounds, options.save_models) if resume else set()
+    todo = [b for b in bounds if b[0] not in done]
+    if max_chunks is not None:
+        todo = todo[:max_chunks]
+    n_done_rows = sum(stop - start for start, stop in bounds if start in done)
+    if done:
+        log.info("resuming: %d of %d chunks already done", len(done), len(bounds))
+    ctx = _run_context(source, options, card)
+    if workers or dask_address:
+        from .dask import run_chunks_dask
+
+        run_chunks_dask(
+            source,
+            todo,
+            options,
+            pdir,
+            ctx,
+            workers=workers,
+            address=dask_address,
+            processes=dask_processes,
+            progress=_progress(options, source.n_rows, n_done_rows),
+            on_chunk=on_chunk,
+        )
+    else:
+        _run_chunks_local(source, todo, options, pdir, ctx, predictor, n_done_rows, on_chunk)
+    remaining = [b for b in bounds if b[0] not in done and b not in todo]
+    if remaining:
+        log.info("stopped after %d chunk(s); %d left (run again with --resume)", len(todo), len(remaining))
+        return None
+    table = assemble(source, pdir, bounds, options, card, ctx, output)
+    dt = time.perf_counter() - t0
+    log.info("%d galaxies in %.1f s (%.0f /s) -> %s", len(table), dt, len(table) / max(dt, 1e-9), output)
+    if not options.keep_parts:
+        shutil.rmtree(pdir, ignore_errors=True)
+    return table
+
+
+def _card_path(model: str) -> str:
+    from ..models import resolve_model_path
+
+    return str(resolve_model_path(model))
+
+
+def _run_context(source: InputSource, options: PredictOptions, card: dict) -> dict[str, Any]:
+    zp_model = model_zeropoint(card)
+    zp_in = source.meta.get("zeropoint")
+    return {
+        "zp_model": zp_model,
+        "zp_in": float(zp_in) if zp_in is not None else zp_model,
+        "gain": source.meta.get("gain"),
+        "prior": training_prior(card, source.stamp_size),
+    }
+
+
+def _chunk_kwargs(options: PredictOptions, ctx: dict, source: InputSource) -> dict[str, Any]:
+    return {
+        "prior": ctx["prior"],
+        "zp_in": ctx["zp_in"],
+        "zp_model": ctx["zp_model"],
+        "gain": ctx["gain"],
+        "batch_size": options.batch_size,
+        "chi2": options.chi2,
+        "high_chi2": options.high_chi2,
+        "save_models": options.save_models,
+        "source": source,
+    }
+
+
+def _run_chunks_local(source, todo, options, pdir, ctx, predictor, n_done_rows, on_chunk) -> None:
+    q: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_reader, args=(source, todo, q, stop), daemon=True, name="galnet-predict-reader"
+    )
+    reader.start()
+    kw = _chunk_kwargs(options, ctx, source)
+    bar = _progress(options, source.n_rows, n_done_rows)
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            result = process_chunk(item, predictor, **kw)
+            write_shard(pdir, result)
+            bar.update(len(item))
+            if on_chunk is not None:
+                on_chunk(item.start, item.stop)
+    finally:
+        stop.set()
+        bar.close()
+        reader.join(timeout=5)
+
+
+def assemble(
+    source: InputSource,
+    pdir: Path,
+    bounds: list[tuple[int, int]],
+    options: PredictOptions,
+    card: dict,
+    ctx: dict,
+    output: Path,
+):
+    """Read every shard, check each row appears exactly once, write and return the catalog."""
+    from ..catalog import make_catalog, write_table
+    from ..conventions import HSC_PIXEL_SCALE
+
+    parts = []
+    for start, _stop in bounds:
+        p = _shard_path(pdir, start)
+        if not p.is_file():
+            raise PredictError(f"{p}: shard missing when assembling the catalog")
+        with np.load(p) as z:
+            parts.append({k: z[k] for k in z.files})
+    rows = np.concatenate([p["rows"] for p in parts]) if parts else np.zeros(0, np.int64)
+    if len(rows) != source.n_rows or not np.array_equal(rows, np.arange(source.n_rows)):
+        counts = np.bincount(rows, minlength=source.n_rows) if len(rows) else np.zeros(source.n_rows, int)
+        raise PredictError(
+            f"{pdir}: shards hold {len(rows)} rows for {source.n_rows} inputs "
+            f"({int((counts == 0).sum())} missing, {int((counts > 1).sum())} duplicated)"
+        )
+
+    def cat(key):
+        return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
+
+    params = cat("params").reshape(-1, 7)
+    extra: dict[str, Any] = {}
+    if "ra" in parts[0]:
+        extra["ra"], extra["dec"] = cat("ra"), cat("dec")
+    if "chi2nu" in parts[0]:
+        extra["chi2nu"] = cat("chi2nu")
+    for k in parts[0]:
+        if k.startswith("col:"):
+            extra[k[4:]] = cat(k)
+    pixel_scale = source.meta.get("pixel_scale") or HSC_PIXEL_SCALE
+    meta = {
+        "MODEL": str(card.get("name", "?")),
+        "MODELSHA": str((card.get("weights") or {}).get("sha256", ""))[:16],
+        "INPUT": source.kind,
+        "XYFRAME": "image" if source.kind == "image+catalog" else "stamp",
+        "BACKEND": resolve_backend(options.backend),
+        "NETZP": ctx["zp_model"],
+    }
+    table = make_catalog(
+        cat("ids"),
+        params,
+        flags=cat("flags"),
+        pixel_scale=float(pixel_scale),
+        zeropoint=ctx["zp_in"],
+        extra=extra,
+        meta=meta,
+    )
+    if "ra" in extra:
+        import astropy.units as u
+
+        table["ra"].unit = u.deg
+        table["dec"].unit = u.deg
+    write_table(table, output)
+    if options.save_models:
+        _write_models(pdir, bounds, output)
+    return table
+
+
+def models_path(output: str | os.PathLike) -> Path:
+    """``<output stem>.models.fits``: the model and residual cubes of ``save_models``."""
+    output = Path(output)
+    name = output.name
+    for ext in (".fits.gz", ".fits", ".fit", ".parquet", ".ecsv", ".csv"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return output.with_name(name + ".models.fits")
+
+
+def _write_models(pdir: Path, bounds, output: Path) -> Path:
+    from astropy.io import fits
+
+    models, resid = [], []
+    for start, _ in bounds:
+        with np.load(_shard_path(pdir, start, "models")) as z:
+            models.append(z["model"])
+            resid.append(z["resid"])
+    path = models_path(output)
+    hdul = fits.HDUList(
+        [
+            fits.PrimaryHDU(),
+            fits.ImageHDU(np.concatenate(models), name="MODEL"),
+            fits.ImageHDU(np.concatenate(resid), name="RESID"),
+        ]
+    )
+    hdul[1].header["BUNIT"] = "counts"
+    hdul[1].header["COMMENT"] = "predicted Sersic x PSF model of each stamp (row order of the catalog)"
+    hdul[2].header["COMMENT"] = "stamp - model (NaN where masked)"
+    tmp = path.with_name(path.name + ".tmp")
+    hdul.writeto(tmp, overwrite=True)
+    os.replace(tmp, path)
+    return path
+
+
+# ============================================================================== convenience API
+def predict_catalog(
+    input_path,
+    output,
+    *,
+    model: str = "hsc-r",
+    catalog=None,
+    psf=None,
+    sky_sigma=None,
+    resume: bool = False,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    dask_processes: bool = True,
+    max_chunks: int | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+    source_kwargs: dict | None = None,
+    **options,
+):
+    """Measure galaxies from files and write a catalog (the Python form of ``galnet predict``).
+
+    Parameters
+    ----------
+    input_path : path
+        HDF5 split, FITS stamp cube, directory of FITS cutouts, or FITS image (with ``catalog``).
+    output : path
+        Catalog (``.fits`` default; ``.parquet``, ``.csv``, ``.ecsv``).
+    model : str
+        ``"hsc-r"`` or a model card path.
+    catalog : path or Table, optional
+        Source catalog for an image input (RA/Dec or x/y columns).
+    psf : path or ndarray, optional
+        PSF image or cube (FITS cube / cutouts / image inputs).
+    sky_sigma : float, optional
+        Sky σ, counts / pixel (default: from the input, else estimated robustly).
+    source_kwargs : dict, optional
+        More arguments of the reader (``ra_col``, ``x_col``, ``psf_column``, ``zeropoint``, ``gain`` ...).
+    **options
+        Fields of :class:`PredictOptions` (``backend``, ``batch_size``, ``chunk_size``, ``chi2`` ...).
+
+    Returns
+    -------
+    astropy.table.Table, or None if stopped early by ``max_chunks``.
+
+    Examples
+    --------
+    >>> from galnet.predict import predict_catalog
+    >>> cat = predict_catalog("field.fits", "field_galnet.fits", catalog="sources.csv",
+    ...                       psf="psf.fits", chi2=True)                                # doctest: +SKIP
+    """
+    opts = PredictOptions(model=str(model), **options)
+    source = open_source(input_path, catalog=catalog, psf=psf, sky_sigma=sky_sigma, **(source_kwargs or {}))
+    return predict_source(
+        source,
+        output,
+        opts,
+        resume=resume,
+        max_chunks=max_chunks,
+        on_chunk=on_chunk,
+        workers=workers,
+        dask_address=dask_address,
+        dask_processes=dask_processes,
+    )
+
+
+class _ArraySource(InputSource):
+    kind = "arrays"
+
+    def __init__(self, images, psfs, sky_sigma, ids, meta) -> None:
+        super().__init__()
+        self.images = np.asarray(images)
+        if self.images.ndim == 2:
+            self.images = self.images[None]
+        if self.images.ndim != 3:
+            raise InputDataError(f"images must have shape (B, H, W), got {self.images.shape}")
+        self.n_rows = len(self.images)
+        self.psfs = np.asarray(psfs, dtype=float)
+        if self.psfs.ndim == 3 and len(self.psfs) != self.n_rows:
+            raise InputDataError(f"{len(self.psfs)} PSFs for {self.n_rows} images")
+        if self.psfs.ndim == 2:
+            from .inputs import prepare_psf
+
+            self.psfs, self.psf_fixed = prepare_psf(self.psfs, self.psf_size, name="psfs")
+        self.sky = (
+            None if sky_sigma is None else np.broadcast_to(np.asarray(sky_sigma, float), (self.n_rows,))
+        )
+        self.ids = np.arange(self.n_rows) if ids is None else np.asarray(ids)
+        self.meta = meta
+
+    def read_chunk(self, start, stop):
+        from .inputs import _finish
+
+        names = [f"row {i}" for i in range(start, stop)]
+        psfs = self.psfs[start:stop] if self.psfs.ndim == 3 else self.psfs
+        fixed = None if self.psfs.ndim == 3 else np.full(stop - start, self.psf_fixed)
+        return _finish(
+            start,
+            self.ids[start:stop],
+            self.images[start:stop],
+            psfs,
+            None if self.sky is None else self.sky[start:stop],
+            names=names,
+            psf_fixed=fixed,
+            stamp_size=self.stamp_size,
+            psf_size=self.psf_size,
+        )
+
+
+def predict_arrays(
+    images,
+    psfs,
+    sky_sigma=None,
+    *,
+    model: str = "hsc-r",
+    ids=None,
+    zeropoint: float | None = None,
+    gain: float | None = None,
+    pixel_scale: float | None = None,
+    chi2: bool = False,
+    backend: str = "auto",
+    batch_size: int = 512,
+    threads: int | None = None,
+    device: str = "cpu",
+):
+    """Measure in-memory stamps; same checks, flags and columns as :func:`predict_catalog`, no files.
+
+    Parameters
+    ----------
+    images : ndarray, shape (B, H, W), counts (sky-subtracted)
+        NaN pixels are masked, other sizes cropped/padded.
+    psfs : ndarray, shape (P, P) or (B, P, P), effective PSF(s) (renormalised / re-centred if needed)
+    sky_sigma : float or ndarray (B,), optional
+        Counts / pixel; estimated from the stamp borders (MAD) if omitted.
+    model : str
+        ``"hsc-r"`` or a model card path.
+    ids : array_like (B,), optional
+    zeropoint, gain, pixel_scale : float, optional
+        Of the input (zero point default: the model's).
+    chi2 : bool
+        Add ``chi2nu`` (renders each prediction).
+
+    Returns
+    -------
+    astropy.table.Table: ``id, x, y`` (1-based stamp frame), ``mag, re_pix, re_arcsec, n, q, pa``,
+    [``chi2nu``], ``flags``.
+    """
+    from ..catalog import make_catalog
+    from ..conventions import HSC_PIXEL_SCALE
+
+    pred = get_predictor(_card_path(model), resolve_backend(backend), device, threads)
+    src = _ArraySource(
+        images, psfs, sky_sigma, ids, {"zeropoint": zeropoint, "gain": gain, "pixel_scale": pixel_scale}
+    )
+    src.stamp_size, src.psf_size = pred.image_size, pred.psf_size
+    opts = PredictOptions(model=str(model), backend=backend, chi2=chi2, batch_size=batch_size)
+    ctx = _run_context(src, opts, pred.card)
+    res = process_chunk(src.read_chunk(0, src.n_rows), pred, **_chunk_kwargs(opts, ctx, src))
+    extra = {"chi2nu": res["chi2nu"]} if "chi2nu" in res else None
+    return make_catalog(
+        res["ids"],
+        res["params"],
+        flags=res["flags"],
+        pixel_scale=pixel_scale or HSC_PIXEL_SCALE,
+        zeropoint=ctx["zp_in"],
+        extra=extra,
+        meta={"MODEL": str(pred.card.get("name", "?"))},
+    )
+
