@@ -1,9 +1,9 @@
 """Render the same HSC-like stamps with galnet and with GalSim; print stamps/s and their ratio.
 
 61x61 stamps, 25x25 PSF image (Moffat FWHM 4.5 px, beta 3, pixel included), parameters from the
-default HSC r-band prior (n capped at GalSim's 6.2). GalSim draws Sersic ⊗ InterpolatedImage(PSF) with method='no_pixel'
-(the PSF image holds the pixel), its default accuracy. Also reports galnet's worst per-pixel
-difference from GalSim on the common stamps, relative to each stamp's peak.
+default HSC r-band prior (n capped at GalSim's 6.2). GalSim draws Sersic ⊗ InterpolatedImage(PSF)
+with method='no_pixel' (the PSF image holds the pixel), at its default accuracy. Also reports
+galnet's worst per-pixel difference from GalSim on the common stamps, relative to each peak.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def main() -> None:
     print(f"galnet vs GalSim, per-pixel |diff| / peak: median {np.median(err):.1e}, worst {err.max():.1e}")
     emit({
         "benchmark": "render", "stamps": count, "galsim_stamps": n_galsim, "threads": args.threads,
-        "galnet_stamps_per_s": round(rate_galnet, 1), "galnet_fixed96_stamps_per_s": round(count / t_fixed, 1),
+        "galnet_stamps_per_s": round(rate_galnet, 1),
+        "galnet_fixed96_stamps_per_s": round(count / t_fixed, 1),
         "galsim_stamps_per_s": round(rate_galsim, 2), "ratio": round(rate_galnet / rate_galsim, 1),
         "median_err_of_peak": float(np.median(err)), "worst_err_of_peak": float(err.max()),
     })

@@ -58,14 +58,16 @@ def required_fourier_size(
     *,
     wrap_tolerance: float = DEFAULT_WRAP_TOLERANCE,
     return_correction: bool = False,
+    forced_size: int | None = None,
 ):
     """DFT size per galaxy such that wrapped-around light stays below tolerance.
 
     The light of the first ring of periodic copies is subtracted in real space (see
     :func:`_first_ring_wrap`), so only the rings beyond must be negligible: the estimate sums, over
     rings r >= 2 of 8 r copies, the stamp area times the surface brightness at each ring's nearest
-    distance; it must stay below ``wrap_tolerance`` of the total flux. The first ring must lie in the far field (2 re and
-    16 px beyond the PSF's reach) for its real-space subtraction, which ignores the PSF, to be accurate.
+    distance; it must stay below ``wrap_tolerance`` of the total flux. The first ring must lie in
+    the far field (2 re and 16 px beyond the PSF's reach) for its real-space subtraction, which
+    ignores the PSF, to be accurate.
 
     Parameters
     ----------
@@ -77,6 +79,8 @@ def required_fourier_size(
         PSF stamp size (its half-width is added to the distance), pixels.
     return_correction : bool
         Also return whether each galaxy needs the first-ring subtraction.
+    forced_size : int, optional
+        Use this DFT size for every galaxy (only the first-ring decision is computed).
 
     Returns
     -------
@@ -103,7 +107,7 @@ def required_fourier_size(
     # the first ring is corrected without the PSF: keep it beyond 2 re and 16 px past the PSF's reach
     ok = (left <= wrap_tolerance) & (sizes[None, :] >= (d_far + 16 + 2 * re)[:, None])
     idx = np.where(ok.any(1), ok.argmax(1), len(sizes) - 1)
-    chosen = sizes[idx].astype(int)
+    chosen = sizes[idx].astype(int) if forced_size is None else np.full(len(p), int(forced_size))
     ln_first = log_norm - b * ((np.maximum(chosen - d_far, 1.0) / re) ** (1.0 / n) - 1.0)
     needs_first_ring = 8 * h * w * np.exp(ln_first) > 0.1 * wrap_tolerance
     if return_correction:
@@ -338,10 +342,8 @@ def render_sersic(
         psf_size = min(2 * int(psf_obj.outer_radius(wrap_tolerance / 4)) + 1, 2047)
     sizes, correct = required_fourier_size(
         params.detach().cpu().numpy(), (h, w), psf_size, wrap_tolerance=wrap_tolerance,
-        return_correction=True,
+        return_correction=True, forced_size=fourier_size,
     )
-    if fourier_size is not None:
-        sizes = np.full(batch, int(fourier_size))
     x, y, mag, re, n, q, pa = params.unbind(-1)
     flux = exptime * torch.pow(torch.as_tensor(10.0, dtype=params.dtype), -0.4 * (mag - zeropoint))
     out = torch.empty((batch, h, w), dtype=params.dtype, device=params.device)
