@@ -141,8 +141,14 @@ def read_table(path):
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"{path}: no such file")
+    fmt = _format_for(path)
     try:
-        return Table.read(path, format=_format_for(path))
+        if fmt == "parquet":  # astropy's reader needs pandas; pyarrow alone suffices
+            import pyarrow.parquet as pq
+
+            arrow = pq.read_table(path)
+            return Table({name: arrow.column(name).to_numpy() for name in arrow.column_names})
+        return Table.read(path, format=fmt)
     except InputDataError:
         raise
     except Exception as exc:  # astropy raises many types for corrupt files
