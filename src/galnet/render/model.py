@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 #: Candidate DFT grid sizes; each galaxy uses the smallest that keeps wrap-around below tolerance.
+_WRAP_RINGS = 2  # rings of periodic copies subtracted in real space (see _near_rings_wrap)
 FOURIER_SIZES: tuple[int, ...] = (64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048)
 #: Bound on the light of periodic copies falling into the stamp, as a fraction of the total flux.
 DEFAULT_WRAP_TOLERANCE = 1e-3
@@ -62,10 +63,12 @@ def required_fourier_size(
 ):
     """DFT size per galaxy such that wrapped-around light stays below tolerance.
 
-    The light of the first ring of periodic copies is subtracted in real space (see
-    :func:`_first_ring_wrap`), so only the rings beyond must be negligible: the estimate sums, over
-    rings r >= 2 of 8 r copies, the stamp area times the surface brightness at each ring's nearest
-    distance; it must stay below ``wrap_tolerance`` of the total flux. The first ring must lie in
+    The light of the nearest ``_WRAP_RINGS`` rings of periodic copies is subtracted in real space
+    (see :func:`_near_rings_wrap`), so only the rings beyond must be negligible: the estimate
+    sums, over rings r > ``_WRAP_RINGS`` of 8 r copies, the stamp area times the surface
+    brightness at each ring's nearest distance; it must stay below half of ``wrap_tolerance`` of
+    the total flux, and the near rings are subtracted where the first ring's bound exceeds the
+    other half. The first ring must lie in
     the far field (2 re and 16 px beyond the PSF's reach) for its real-space subtraction, which
     ignores the PSF, to be accurate.
 
@@ -78,9 +81,9 @@ def required_fourier_size(
     psf_size : int
         PSF stamp size (its half-width is added to the distance), pixels.
     return_correction : bool
-        Also return whether each galaxy needs the first-ring subtraction.
+        Also return whether each galaxy needs the near-ring subtraction.
     forced_size : int, optional
-        Use this DFT size for every galaxy (only the first-ring decision is computed).
+        Use this DFT size for every galaxy (only the near-ring decision is computed).
 
     Returns
     -------
@@ -97,37 +100,44 @@ def required_fourier_size(
     log_norm = 2 * n * np.log(b) - np.log(2 * np.pi * n) - b - gammaln(2 * n) - np.log(q * re**2)
     d_far = np.max(np.stack([xc - 1, w - xc, yc - 1, h - yc]), axis=0) + psf_size // 2
     sizes = np.asarray(FOURIER_SIZES, dtype=float)
-    rings = np.arange(2, 65, dtype=float)
-    # light left after the first-ring subtraction: ring r holds 8 r copies, each bounded by the
+    rings = np.arange(_WRAP_RINGS + 1, 65, dtype=float)
+    # light left after the near-ring subtraction: ring r holds 8 r copies, each bounded by the
     # stamp area times the surface brightness at its nearest distance r N - d_far.
     dist = rings[None, None, :] * sizes[None, :, None] - d_far[:, None, None]
     ln_sb = log_norm[:, None, None] - b[:, None, None] * (
         (np.maximum(dist, 1.0) / re[:, None, None]) ** (1.0 / n[:, None, None]) - 1.0)
     left = (8 * rings * h * w * np.exp(ln_sb)).sum(-1)  # (B, sizes)
     # the first ring is corrected without the PSF: keep it beyond 2 re and 16 px past the PSF's reach
-    ok = (left <= wrap_tolerance) & (sizes[None, :] >= (d_far + 16 + 2 * re)[:, None])
+    ok = (left <= 0.5 * wrap_tolerance) & (sizes[None, :] >= (d_far + 16 + 2 * re)[:, None])
     idx = np.where(ok.any(1), ok.argmax(1), len(sizes) - 1)
     chosen = sizes[idx].astype(int) if forced_size is None else np.full(len(p), int(forced_size))
     ln_first = log_norm - b * ((np.maximum(chosen - d_far, 1.0) / re) ** (1.0 / n) - 1.0)
-    needs_first_ring = 8 * h * w * np.exp(ln_first) > 0.1 * wrap_tolerance
+    # half the budget for the far rings (above), half for uncorrected near rings
+    needs_first_ring = 8 * h * w * np.exp(ln_first) > 0.5 * wrap_tolerance
     if return_correction:
         return chosen, needs_first_ring
     return chosen
 
 
-def _first_ring_wrap(x0, y0, re, n, q, pa_deg, shape, size):
-    """Light of the 8 nearest periodic copies of unit-flux galaxies, on the stamp (B, H, W).
+_WRAP_GRID = 16  # grid points per axis on which the nearest rings of copies are evaluated
 
-    The copies lie ``size`` pixels away, in the far field where the PSF no longer matters: the
-    profile is evaluated at the pixel centres (8 H W evaluations, only for galaxies that need it).
+
+def _near_rings_wrap(x0, y0, re, n, q, pa_deg, shape, size):
+    """Light of the nearest rings of periodic copies of unit-flux galaxies, on the stamp (B, H, W).
+
+    The copies lie ``size`` pixels or more away, beyond 2 re, in the far field where the PSF no longer
+    matters and the profile is smooth: it is evaluated on a 16 x 16 grid spanning the stamp and
+    interpolated bicubically (only for galaxies that need it).
     """
     from .sersic import sersic_bn, sersic_log_norm
 
     h, w = shape
     dtype = x0.dtype
-    gx = torch.arange(w, dtype=dtype, device=x0.device)
-    gy = torch.arange(h, dtype=dtype, device=x0.device)
-    shifts = torch.tensor([(mx, my) for mx in (-1, 0, 1) for my in (-1, 0, 1) if mx or my],
+    grid_w, grid_h = min(w, _WRAP_GRID), min(h, _WRAP_GRID)
+    gx = torch.linspace(0, w - 1, grid_w, dtype=dtype, device=x0.device)
+    gy = torch.linspace(0, h - 1, grid_h, dtype=dtype, device=x0.device)
+    reach = range(-_WRAP_RINGS, _WRAP_RINGS + 1)
+    shifts = torch.tensor([(mx, my) for mx in reach for my in reach if mx or my],
                           dtype=dtype, device=x0.device) * size
     dx = gx[None, None, None, :] - x0[:, None, None, None] - shifts[None, :, 0, None, None]
     dy = gy[None, None, :, None] - y0[:, None, None, None] - shifts[None, :, 1, None, None]
@@ -139,7 +149,11 @@ def _first_ring_wrap(x0, y0, re, n, q, pa_deg, shape, size):
     bn = sersic_bn(n)
     log_i = (sersic_log_norm(n, bn) - torch.log(q * re * re))[:, None, None, None]
     nn = n[:, None, None, None]
-    return torch.exp(log_i - bn[:, None, None, None] * (a_over_re ** (1.0 / nn) - 1.0)).sum(1)
+    light = torch.exp(log_i - bn[:, None, None, None] * (a_over_re ** (1.0 / nn) - 1.0)).sum(1)
+    if (grid_h, grid_w) == (h, w):
+        return light
+    return torch.nn.functional.interpolate(light[:, None], size=(h, w), mode="bicubic",
+                                           align_corners=True)[:, 0]
 
 
 def _k_grids(size: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +294,7 @@ def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=
         image = image + dc_offset[:, None, None]
     if correct is not None and bool(correct.any()):
         idx = torch.nonzero(correct).squeeze(1)
-        wrap = _first_ring_wrap(x0[idx], y0[idx], re[idx], n[idx], q[idx], pa[idx], shape, size)
+        wrap = _near_rings_wrap(x0[idx], y0[idx], re[idx], n[idx], q[idx], pa[idx], shape, size)
         image = image.index_add(0, idx, -wrap)
     return flux[:, None, None] * image
 
