@@ -1,0 +1,207 @@
+"""Compare measurement catalogs with the truth of a dataset and write a report folder.
+
+Example::
+
+    galnet evaluate --truth data/test.h5 --catalog network=net.fits --catalog fit=fit.fits \\
+        --catalog hybrid=hyb.fits --out report/
+
+Catalog rows are matched to the dataset by ``id``; galaxies missing from a catalog count as not
+measured by that method (its metrics use the rows it has; a "common rows" table compares all
+methods on the same galaxies). Time per galaxy is read from the catalog header keyword
+``TPERGAL`` (seconds) when present, or given with ``--time NAME=SECONDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputDataError
+
+__all__ = ["add_arguments", "run", "load_truth", "load_catalog", "load_galfit_headers", "TIME_KEYWORD"]
+
+log = logging.getLogger(__name__)
+
+#: Catalog header keyword holding the wall time per galaxy in seconds.
+TIME_KEYWORD = "TPERGAL"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``galnet evaluate``."""
+    parser.add_argument("--truth", required=True, help="dataset HDF5 file with the true parameters (images, "
+                        "psfs, sky_sigma, params, ids)")
+    parser.add_argument("--catalog", action="append", default=[], metavar="NAME=PATH",
+                        help="a method's catalog (FITS/ECSV/CSV/Parquet, galnet columns); repeatable")
+    parser.add_argument("--galfit-headers", metavar="DIR",
+                        help="folder of GALFIT output blocks named <id>.fits (or ..._<id>.fits): "
+                        "method 'galfit'")
+    parser.add_argument("--time", action="append", default=[], metavar="NAME=SECONDS",
+                        help="wall time per galaxy of a method (overrides the catalog's TPERGAL)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N truth stamps")
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--title", default="galnet evaluation", help="report title")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_truth(path, *, limit: int | None = None):
+    """A :class:`~galnet.evaluate.report.TruthSet` from a dataset file (schema of :mod:`galnet.data.h5`).
+
+    Parameters
+    ----------
+    path : path of the ``.h5`` split
+    limit : int, optional
+        First ``limit`` rows only.
+    """
+    from ..conventions import DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE
+    from ..data import read_arrays, read_meta
+    from .report import TruthSet
+
+    meta = read_meta(path)
+    arrays = read_arrays(path, 0, limit)
+    for key in ("images", "psfs", "sky_sigma", "params"):
+        if key not in arrays:
+            raise InputDataError(f"{path}: not a truth dataset (no {key!r})")
+    gain = meta.get("gain")
+    if gain is None and "sigma_maps" not in arrays:
+        log.warning("%s: no gain in meta: the σ map is the sky noise only", path)
+    return TruthSet.from_arrays(arrays, zeropoint=float(meta.get("zeropoint", DEFAULT_ZEROPOINT)),
+                                gain=gain, pixel_scale=float(meta.get("pixel_scale", HSC_PIXEL_SCALE)))
+
+
+def _key(v) -> str:
+    v = v.decode() if isinstance(v, bytes) else v
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
+    """A :class:`~galnet.evaluate.report.MethodResult` from a galnet catalog, aligned with ``ids``.
+
+    Parameters
+    ----------
+    name : str
+        Method name.
+    path : path of the catalog
+    ids : array (B,)
+        Truth ids in truth order; rows are matched on the catalog's ``id`` column (as strings), or
+        taken in order when the catalog has no ``id`` and the same length.
+    time_per_galaxy : float, optional
+        Seconds; default: the ``TPERGAL`` header keyword, if any.
+    """
+    from ..catalog import catalog_params, read_table
+    from .report import MethodResult
+
+    table = read_table(path)
+    params = catalog_params(table)
+    flags = np.asarray(table["flags"], dtype=np.int64) if "flags" in table.colnames else np.zeros(len(table),
+                                                                                                   dtype=np.int64)
+    b = len(ids)
+    out_p, out_f = np.full((b, 7), np.nan), np.zeros(b, dtype=np.int64)
+    if "id" in table.colnames:
+        lookup = {_key(v): i for i, v in enumerate(np.asarray(table["id"]))}
+        idx = np.array([lookup.get(_key(v), -1) for v in ids])
+        hit = idx >= 0
+        if not hit.any():
+            first = _key(table["id"][0]) if len(table) else None
+            raise InputDataError(f"{path}: no catalog id matches a truth id (e.g. truth {_key(ids[0])!r}, "
+                                 f"catalog {first!r})")
+        out_p[hit], out_f[hit] = params[idx[hit]], flags[idx[hit]]
+        if (~hit).any():
+            log.info("%s: %d of %d truth ids not in the catalog (not measured)", path, int((~hit).sum()), b)
+    elif len(table) == b:
+        out_p, out_f = params, flags
+    else:
+        raise InputDataError(f"{path}: no 'id' column and {len(table)} rows for {b} truth stamps")
+    if time_per_galaxy is None:
+        meta = {str(k).upper(): v for k, v in table.meta.items()}
+        try:
+            time_per_galaxy = float(meta[TIME_KEYWORD]) if TIME_KEYWORD in meta else None
+        except (TypeError, ValueError):
+            time_per_galaxy = None
+    return MethodResult(name=name, params=out_p, flags=out_f, time_per_galaxy=time_per_galaxy,
+                        source=str(path))
+
+
+def load_galfit_headers(directory, ids, *, name: str = "galfit", time_per_galaxy: float | None = None):
+    """Method ``galfit`` from a folder of GALFIT output image blocks (``<id>.fits`` / ``..._<id>.fits``).
+
+    The Sérsic component's parameters are read with :func:`galnet.fit.galfit_io.read_galfit_header`;
+    coordinates must refer to the same stamps as the truth (GALFIT's and galnet's pixel
+    conventions are the same).
+    """
+    from ..fit.galfit_io import read_galfit_header
+    from .report import MethodResult
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputDataError(f"{d}: not a directory")
+    files = sorted(p for p in d.iterdir() if p.name.lower().endswith((".fits", ".fits.gz", ".fit")))
+    if not files:
+        raise InputDataError(f"{d}: no FITS files")
+    lookup = {_key(v): i for i, v in enumerate(ids)}
+    b = len(ids)
+    params, flags = np.full((b, 7), np.nan), np.zeros(b, dtype=np.int64)
+    n_ok = 0
+    for f in files:
+        stem = re.sub(r"\.(fits|fit)(\.gz)?$", "", f.name, flags=re.I)
+        m = re.search(r"([^_]+)$", stem)
+        i = lookup.get(stem, lookup.get(m.group(1) if m else "", None))
+        if i is None:
+            log.warning("%s: no truth id matches the file name; skipped", f)
+            continue
+        try:
+            res = read_galfit_header(f)
+        except InputDataError as exc:
+            log.error("%s", exc)
+            continue
+        params[i], flags[i] = res.params, res.flags
+        n_ok += 1
+    if n_ok == 0:
+        raise InputDataError(f"{d}: no GALFIT block matched a truth id")
+    return MethodResult(name=name, params=params, flags=flags, time_per_galaxy=time_per_galaxy, source=str(d))
+
+
+def _pairs(values: list[str], what: str) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        if "=" not in v:
+            raise InputDataError(f"{what} {v!r}: use NAME=VALUE")
+        k, val = v.split("=", 1)
+        if not k.strip():
+            raise InputDataError(f"{what} {v!r}: empty name")
+        out.append((k.strip(), val.strip()))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``galnet evaluate``."""
+    from .report import evaluate_methods, format_summary, write_report
+
+    times = {}
+    for k, v in _pairs(args.time, "--time"):
+        try:
+            times[k] = float(v)
+        except ValueError:
+            raise InputDataError(f"--time {k}={v}: not a number of seconds") from None
+        if not math.isfinite(times[k]) or times[k] < 0:
+            raise InputDataError(f"--time {k}={v}: must be a finite number of seconds >= 0")
+    cats = _pairs(args.catalog, "--catalog")
+    if not cats and not args.galfit_headers:
+        raise InputDataError("give at least one --catalog NAME=PATH or --galfit-headers DIR")
+    truth = load_truth(args.truth, limit=args.limit)
+    methods = [load_catalog(n, p, truth.ids, time_per_galaxy=times.get(n)) for n, p in cats]
+    if args.galfit_headers:
+        methods.append(load_galfit_headers(args.galfit_headers, truth.ids,
+                                           time_per_galaxy=times.get("galfit")))
+    ev = evaluate_methods(truth, methods, progress=not args.no_progress)
+    notes = [f"truth: {args.truth}"] + [f"{m.name}: {m.source}" for m in methods]
+    path = write_report(ev, args.out, title=args.title, notes=notes, progress=not args.no_progress)
+    print(format_summary(ev))
+    print(f"galnet evaluate: report {path}")
+    return 0
