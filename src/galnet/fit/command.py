@@ -260,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
     }
     table = make_catalog(ids, cat_res.params, errors=cat_res.errors, flags=cat_res.flags,
                          pixel_scale=pixel_scale, zeropoint=batches[0][5] if batches else DEFAULT_ZEROPOINT,
-                         extra=extra, meta={"FITSTART": start_mode, "FITSKY": bool(args.fit_sky)})
+                         extra=extra, meta={"FITSTART": start_mode, "FITSKY": bool(args.fit_sky),
+                                            "TPERGAL": dt / max(len(ids), 1)})
     write_table(table, args.output)
     n_ok = int(np.sum(cat_res.status >= 0))
     log.info("fitted %d/%d stamps in %.1f s (%.1f ms/galaxy); catalog %s", n_ok, len(ids), dt,

@@ -391,9 +391,11 @@ def write_imgblock(path, image, model, params, errors, *, sigma=None, chi2nu: fl
     hdr["COMP_2"] = "sky"
     hdr["2_SKY"] = f"[{sky:.4f}]"
     hdr["MAGZPT"] = zeropoint
-    hdr["CHISQ"] = chi2
+    # FITS headers cannot hold NaN: an unknown chi-square is left out, as GALFIT does on failure
+    for key, value in (("CHISQ", chi2), ("CHI2NU", chi2nu)):
+        if np.isfinite(value):
+            hdr[key] = float(value)
     hdr["NDOF"] = int(ndof)
-    hdr["CHI2NU"] = chi2nu
     hdr["NITER"] = int(niter)
     hdr["FLAGS"] = int(flags)
     hdr["FITSECT"] = f"[1:{image.shape[1]},1:{image.shape[0]}]"
