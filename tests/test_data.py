@@ -12,16 +12,7 @@ from galnet.data import OnTheFlyDataset, StampDataset, read_arrays, read_meta, w
 from galnet.errors import InputDataError
 from galnet.simulate import load_preset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on the shared 2-core test machine oversubscribed OpenMP threads run ~10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _arrays(n: int, *, sigma_maps: bool = False, seed: int = 0) -> dict:

@@ -30,13 +30,7 @@ from galnet.evaluate import (
 from galnet.evaluate.report import FIGURE_NAMES
 from galnet.flags import Flag
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

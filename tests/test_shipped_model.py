@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from galnet.models import load_model
 from galnet.simulate import generate_batch, load_preset
@@ -21,15 +20,10 @@ from galnet.train.metrics import regression_metrics
 
 
 @pytest.fixture(scope="module")
-def test_slice():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = load_preset("hsc-r")
-        parts = [generate_batch(config, 1024, seed=np.random.default_rng(
-            np.random.SeedSequence(1, spawn_key=(2, k)))) for k in range(2)]
-    finally:
-        torch.set_num_threads(threads)
+def test_slice(one_torch_thread):
+    config = load_preset("hsc-r")
+    parts = [generate_batch(config, 1024, seed=np.random.default_rng(
+        np.random.SeedSequence(1, spawn_key=(2, k)))) for k in range(2)]
     return {key: np.concatenate([p[key] for p in parts]) for key in ("images", "psfs", "sky_sigma", "params")}
 
 

@@ -25,15 +25,7 @@ HST_PSF = DATA / "f105w_psf.fits.gz"
 HST_ZP = 26.27  # AB zero point of the HST image for electrons/s (see tests/data/README_hst_a2744.md)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on the shared 2-core test machine oversubscribed OpenMP threads run ~10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**over) -> SimulationConfig:
