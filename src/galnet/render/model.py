@@ -243,18 +243,20 @@ def _sersic_spectrum(re, n, q, pa_deg, kx, ky, kappa2_floor=None):
     return sersic_fourier(n, ln_kappa)
 
 
-def _as_psf(psf, batch: int, dtype, device):
-    """Normalise the ``psf`` argument to either an AnalyticPSF or a tensor (P,P)/(B,P,P)."""
+def _as_psf(psf, batch: int, dtype, device, *, validate: bool = True):
+    """Normalise the ``psf`` argument to either an AnalyticPSF or a tensor (P,P)/(B,P,P).
+
+    With ``validate=False`` a tensor is trusted as already checked and normalised (the fitter and
+    the predictor check their PSFs once, not on every render).
+    """
     if isinstance(psf, AnalyticPSF):
         return psf
-    if isinstance(psf, torch.Tensor):
-        arr = psf.detach().cpu().numpy()
-    else:
-        arr = np.asarray(psf)
-    arr = validate_psf_image(arr, name="psf")
-    if arr.ndim == 3 and arr.shape[0] != batch:
-        raise PSFError(f"psf: a PSF cube must have one stamp per galaxy ({batch}), got {arr.shape[0]}")
-    return torch.as_tensor(arr, dtype=dtype, device=device)
+    if validate or not isinstance(psf, torch.Tensor):
+        arr = psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else np.asarray(psf)
+        psf = torch.as_tensor(validate_psf_image(arr, name="psf"))
+    if psf.ndim == 3 and psf.shape[0] != batch:
+        raise PSFError(f"psf: a PSF cube must have one stamp per galaxy ({batch}), got {psf.shape[0]}")
+    return psf.to(dtype=dtype, device=device)
 
 
 def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=False, correct=None):
@@ -335,7 +337,10 @@ def render_sersic(
     wrap_tolerance : float
         Maximum fraction of the flux allowed to wrap around into the stamp.
     validate : bool
-        Check parameter ranges first (raises :class:`~galnet.errors.ParameterRangeError`).
+        Check parameter ranges and PSF images first (raises
+        :class:`~galnet.errors.ParameterRangeError`, :class:`~galnet.errors.PSFError`). ``False``
+        is for callers that checked both once already: a PSF tensor is then used as given
+        (odd-sized, centred, unit sum).
 
     Returns
     -------
@@ -349,7 +354,7 @@ def render_sersic(
     batch = params.shape[0]
     if validate:
         validate_parameters(params.detach().cpu().numpy())
-    psf_obj = _as_psf(psf, batch, params.dtype, params.device)
+    psf_obj = _as_psf(psf, batch, params.dtype, params.device, validate=validate)
     if isinstance(psf_obj, torch.Tensor):
         psf_size = psf_obj.shape[-1]
     else:  # the extent holding all but a fraction of the analytic PSF's light (Moffat wings are long)
