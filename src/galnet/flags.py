@@ -29,6 +29,7 @@ class Flag(enum.IntFlag):
     NON_SERSIC = 1 << 10
     HIGH_CHI2 = 1 << 11
     OFF_STAMP = 1 << 12
+    NEIGHBOURS_MASKED = 1 << 13
 
 
 #: What each flag means (also written into catalog metadata).
@@ -46,6 +47,8 @@ _DESCRIPTIONS = {
     "NON_SERSIC": "Residuals show the galaxy is not described by a single Sérsic profile.",
     "HIGH_CHI2": "Reduced chi-square of the model against the stamp is high (> 1.5 by default).",
     "OFF_STAMP": "The fitted or predicted centre is off the stamp or far from the input position.",
+    "NEIGHBOURS_MASKED": "Information: other sources detected on the stamp were masked before the fit "
+                         "(galnet.fit.masking; count in the n_masked column).",
 }
 
 

@@ -2,9 +2,11 @@
 
 See ``docs/fit.md``. Public API: :func:`fit_stamps`, :func:`fit_multistart`, :class:`FitResult`,
 :class:`FitConfig`, :class:`FitStatus`, the starts (:func:`moments_start`, :func:`catalog_start`,
-:func:`feedme_start`) and GALFIT / Imfit interoperability (:mod:`galnet.fit.galfit_io`).
+:func:`feedme_start`), neighbour masking (:func:`neighbour_mask`, :func:`segment_stamps`) and GALFIT /
+Imfit interoperability (:mod:`galnet.fit.galfit_io`).
 """
 
+from .masking import neighbour_mask, segment_stamps
 from .solver import FitConfig, FitResult, FitStatus, fit_multistart, fit_stamps, pixel_weights
 from .starts import catalog_start, feedme_start, moments_start, with_n
 
@@ -19,4 +21,6 @@ __all__ = [
     "catalog_start",
     "feedme_start",
     "with_n",
+    "neighbour_mask",
+    "segment_stamps",
 ]

@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--psf", help="PSF FITS image (P, P) or cube (N, P, P) (FITS inputs)")
     parser.add_argument("--sigma", help="sigma map FITS (same shape as the input)")
     parser.add_argument("--mask", help="bad-pixel mask FITS (non-zero = bad, as GALFIT)")
+    parser.add_argument("--mask-neighbours", action=argparse.BooleanOptionalAction, default=True,
+                        help="detect the other sources on each stamp and mask them (grown by a few px; the "
+                        "target's segment is never masked), combined with --mask / the dataset's masks; "
+                        "rows with masked sources get the NEIGHBOURS_MASKED flag and n_masked > 0 "
+                        "(default: on; --no-mask-neighbours to fit all pixels)")
     parser.add_argument("--start", default="moments",
                         help="moments | catalog:FILE (e.g. network predictions) | feedme:FILE")
     parser.add_argument("--n-grid", default="", help="comma-separated Sérsic indices to start from "
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from ..catalog import make_catalog, write_table
     from ..conventions import DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE
     from ..flags import Flag
+    from .masking import neighbour_mask
     from .solver import FitConfig, FitResult, fit_multistart, fit_stamps
     from .starts import catalog_start, feedme_start, moments_start, with_n
 
@@ -226,6 +232,16 @@ def run(args: argparse.Namespace) -> int:
                 log.error("row %s: id %s has no usable start in %s", i, ids[i], start_mode)
         else:
             init = feedme_start(start_mode.split(":", 1)[1], b)
+        n_masked = np.zeros(b, dtype=np.int64)
+        if args.mask_neighbours:
+            # around the start position when there is one (hybrid / feedme), else the stamp centre
+            centre = None if init is None else np.asarray(init, dtype=float)[:, :2]
+            try:
+                nb, n_masked = neighbour_mask(images, sigma, mask=mask, centre=centre, psf=psf)
+            except InputDataError as exc:  # e.g. a PSF cube that does not match the batch: fit unmasked
+                log.error("batch starting at id %s: neighbour masking skipped: %s", ids[0], exc)
+            else:
+                mask = nb if mask is None else (np.asarray(mask) != 0) | nb
         kw = dict(sigma=sigma, mask=mask, fit_sky=args.fit_sky, zeropoint=zp, exptime=exptime, config=cfg)
         try:
             if n_grid:
@@ -233,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
                 if base is None:
                     sig_w = (None if sigma is None
                              else np.where(np.isfinite(sigma) & (sigma > 0), sigma, np.inf))
-                    base = moments_start(images, sigma=sig_w, zeropoint=zp, exptime=exptime)
+                    masked = images if mask is None else np.where(np.asarray(mask) != 0, np.nan, images)
+                    base = moments_start(masked, sigma=sig_w, zeropoint=zp, exptime=exptime)
                 res = fit_multistart(images, psf, [with_n(base, n) for n in n_grid], **kw)
             else:
                 res = fit_stamps(images, psf, init=init, **kw)
@@ -241,15 +258,17 @@ def run(args: argparse.Namespace) -> int:
             log.error("batch starting at id %s: %s; rows flagged BAD_INPUT", ids[0], exc)
             res = FitResult.empty(b)
             res.flags[:] = int(Flag.BAD_INPUT)
+        res.flags[n_masked > 0] |= int(Flag.NEIGHBOURS_MASKED)
         for i, msg in enumerate(res.messages):
             if msg:
                 log.warning("id %s: %s", ids[i], msg.strip().rstrip(";"))
-        rows.append((ids, res))
+        rows.append((ids, res, n_masked))
     dt = time.perf_counter() - t0
     ids = np.concatenate([r[0] for r in rows])
+    n_masked_all = np.concatenate([r[2] for r in rows])
     cat_res = FitResult.empty(len(ids))
     k = 0
-    for _, r in rows:
+    for _, r, _ in rows:
         n = len(r.params)
         cat_res.take(r, np.arange(k, k + n))
         k += n
@@ -257,10 +276,12 @@ def run(args: argparse.Namespace) -> int:
     extra = {
         "sky": cat_res.sky, "sky_err": cat_res.sky_err, "chi2": cat_res.chi2, "ndof": cat_res.ndof,
         "chi2nu": cat_res.chi2nu, "niter": cat_res.niter, "status": cat_res.status,
+        "n_masked": n_masked_all,
     }
     table = make_catalog(ids, cat_res.params, errors=cat_res.errors, flags=cat_res.flags,
                          pixel_scale=pixel_scale, zeropoint=batches[0][5] if batches else DEFAULT_ZEROPOINT,
                          extra=extra, meta={"FITSTART": start_mode, "FITSKY": bool(args.fit_sky),
+                                            "NBMASK": bool(args.mask_neighbours),
                                             "TPERGAL": dt / max(len(ids), 1)})
     write_table(table, args.output)
     n_ok = int(np.sum(cat_res.status >= 0))
