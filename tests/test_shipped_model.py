@@ -1,7 +1,7 @@
 """The shipped hsc-r model: loads by name, and reproduces its card's test metrics on a fixed slice.
 
-The card's metrics were measured on the 10,000-galaxy test split of
-``galnet simulate --n 100000 --split 0.8,0.1,0.1 --seed 1 --preset hsc-r``. Its first two test
+The card's metrics were measured on the 20,000-galaxy test split of
+``galnet simulate --n 200000 --split 0.8,0.1,0.1 --seed 1 --preset hsc-r``. Its first two test
 shards (2,048 galaxies) are regenerated here from the same seeds (``SeedSequence(1, spawn_key=(2,
 k))``, the writer's scheme), so the slice is part of the very test set the card describes.
 """
@@ -40,7 +40,7 @@ def test_card_describes_its_training():
 
 def test_reproduces_card_metrics_on_fixed_slice(test_slice):
     """Each R² within 0.03 and each outlier fraction within 4 binomial sigma (+0.5 %) of the card:
-    the slice (2,048) is a fifth of the card's test set, so only sampling noise may differ."""
+    the slice (2,048) is a tenth of the card's test set, so only sampling noise may differ."""
     from importlib.resources import files
 
     card = json.loads((files("galnet") / "weights" / "hsc-r.json").read_text())
