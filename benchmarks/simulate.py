@@ -1,10 +1,12 @@
 """Benchmark of the simulation stage: galaxies / s of generate_batch (default preset, neighbours on),
-with the time split between rendering and the rest, GalSim's rate for the same stamps, and peak memory.
+with the time split between rendering (``render_scene``) and the rest, the end-to-end rate of
+``simulate_dataset`` (generate + write + merge HDF5), GalSim's rate for the same stamps, and peak memory.
 
 Usage::
 
     python benchmarks/simulate.py            # 4096 stamps, GalSim on 50
     python benchmarks/simulate.py --quick    # < 1 minute
+    python benchmarks/simulate.py --threads 1 --write-n 4096 --workers 2 --compression lzf
 
 The last line printed is one JSON object with the figures.
 """
@@ -61,6 +63,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's; use 1 on a CPU shared with other jobs, where "
                          "oversubscribed OpenMP threads are ~10x slower)")
+    ap.add_argument("--write-n", type=int, default=None,
+                    help="stamps written by simulate_dataset (default min(n, 1024))")
+    ap.add_argument("--workers", type=int, default=1, help="simulate_dataset worker processes (default 1)")
+    ap.add_argument("--compression", choices=("gzip", "lzf"), default="gzip",
+                    help="simulate_dataset HDF5 compression (default gzip)")
     args = ap.parse_args(argv)
     n = args.n or (768 if args.quick else 4096)
     n_gs = args.galsim_n if args.galsim_n is not None else (20 if args.quick else 50)
@@ -78,8 +85,8 @@ def main(argv=None) -> dict:
     print(f"preset {config.name}: wrap_tolerance {config.wrap_tolerance}, render {config.render_dtype}, "
           f"torch threads {torch.get_num_threads()}")
 
-    # time spent inside the renderer, and objects rendered
-    real_render = galnet.render.render_sersic
+    # time spent inside the renderer (targets, then neighbours and stars as scenes), objects rendered
+    real_render = galnet.render.render_scene
     stats = {"render_s": 0.0, "objects": 0}
 
     def timed_render(params, *a, **k):
@@ -97,7 +104,7 @@ def main(argv=None) -> dict:
         keep["nb"], keep["owner"] = out[0], out[1]
         return out
 
-    galnet.render.render_sersic = timed_render
+    galnet.render.render_scene = timed_render
     gen._draw_neighbours = keep_nb
     try:
         generate_batch(config, 32, seed=0)  # warm-up (tables, caches)
@@ -112,7 +119,7 @@ def main(argv=None) -> dict:
             done += len(b["images"])
         dt = time.perf_counter() - t0
     finally:
-        galnet.render.render_sersic = real_render
+        galnet.render.render_scene = real_render
         gen._draw_neighbours = real_nb
     rate = n / dt
     res = {
@@ -126,16 +133,18 @@ def main(argv=None) -> dict:
         "torch_threads": torch.get_num_threads(),
     }
     print(f"generate_batch: {rate:.0f} galaxies/s ({n} stamps, {res['objects_per_stamp']:.2f} objects/stamp, "
-          f"{100 * res['render_fraction']:.0f}% of the time in render_sersic)")
+          f"{100 * res['render_fraction']:.0f}% of the time in render_scene)")
 
-    # end to end, with HDF5 writing
-    n_w = min(n, 512)
+    # end to end: shards generated and compressed (by the workers), then merged into the splits
+    n_w = args.write_n or min(n, 1024)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        simulate_dataset(config, tmp, n_w, seed=0, shard_size=256, progress=False)
+        simulate_dataset(config, tmp, n_w, seed=0, shard_size=256, progress=False, workers=args.workers,
+                         compression=args.compression, threads=args.threads)
         res["write_galaxies_per_s"] = n_w / (time.perf_counter() - t0)
-    print(f"simulate_dataset (generate + write HDF5): {res['write_galaxies_per_s']:.0f} galaxies/s "
-          f"({n_w} stamps)")
+    res.update(write_n=n_w, workers=args.workers, compression=args.compression)
+    print(f"simulate_dataset (generate + write + merge HDF5, {args.compression}, {args.workers} worker(s)): "
+          f"{res['write_galaxies_per_s']:.0f} galaxies/s ({n_w} stamps)")
 
     if n_gs > 0:
         try:

@@ -169,6 +169,40 @@ def test_neighbours_and_snr_recorded():
     assert np.all(b["snr"] > 5)  # mag <= 24 at a 26.0 depth
 
 
+def test_stamps_equal_the_sum_of_single_renders(monkeypatch):
+    """A noise-free stamp is the target plus every neighbour and star, each rendered alone by
+    render_sersic with the stamp's PSF and its wrap tolerance (the scene renderer sums them in
+    Fourier space): to 1e-9 of the stamp's peak with float64 rendering."""
+    import torch
+
+    from galnet.render import render_sersic
+    from galnet.simulate import generate as gen
+
+    kept = {}
+    real = gen._draw_neighbours
+
+    def keep(*a, **k):
+        out = real(*a, **k)
+        kept["params"], kept["owner"] = out[0], out[1]
+        return out
+
+    monkeypatch.setattr(gen, "_draw_neighbours", keep)
+    c = _config(noise={"enabled": False}, render_dtype="float64")
+    b = generate_batch(c, 6, seed=8, return_models=True)
+    psfs = torch.as_tensor(b["psfs"], dtype=torch.float64)
+    psfs = psfs / psfs.sum(dim=(1, 2), keepdim=True)
+    target = render_sersic(torch.as_tensor(b["params"]), psfs, wrap_tolerance=c.wrap_tolerance).numpy()
+    expect = target.copy()
+    nb, owner = kept["params"], kept["owner"]
+    assert len(nb) > 6
+    for p, i in zip(nb, owner):
+        expect[i] += render_sersic(torch.as_tensor(p[None]), psfs[i],
+                                   wrap_tolerance=c.neighbours.wrap_tolerance)[0].numpy()
+    peak = np.abs(expect).max(axis=(1, 2))
+    assert (np.abs(b["models"] - target).max(axis=(1, 2)) / peak).max() < 1e-6  # stored as float32
+    assert (np.abs(b["images"] - expect).max(axis=(1, 2)) / peak).max() < 1e-6
+
+
 # ----------------------------------------------------------------------------- PSFs
 @pytest.mark.parametrize("kind", ["moffat", "kolmogorov"])
 def test_fast_psfs_match_render_psfs(kind):
@@ -181,6 +215,41 @@ def test_fast_psfs_match_render_psfs(kind):
     mine = draw_analytic_psfs(np.array([0 if kind == "moffat" else 1]), np.array([fwhm]), np.array([beta]),
                               np.array([q]), np.array([pa]), 25)[0]
     assert np.abs(mine - ref).max() < 2e-3 * ref.max()
+
+
+def _direct_psfs(model, fwhm, beta, q, pa, size, oversample=5):
+    """Reference for draw_analytic_psfs: every sub-pixel of the full stamp, in float64."""
+    from galnet.simulate.generate import _kolmogorov_table
+
+    s = size * oversample
+    u = (np.arange(s) - (s - 1) / 2) / oversample
+    yy, xx = np.meshgrid(u, u, indexing="ij")
+    out = []
+    for m, f, bt, qq, a in zip(model, fwhm, beta, q, np.radians(pa)):
+        x_major = -xx * np.sin(a) + yy * np.cos(a)
+        x_minor = (xx * np.cos(a) + yy * np.sin(a)) / qq
+        r2 = x_major**2 + x_minor**2
+        if m == 0:
+            img = (1 + r2 / (f / (2 * np.sqrt(2 ** (1 / bt) - 1))) ** 2) ** -bt
+        else:
+            img = np.interp(np.sqrt(r2) / f, *_kolmogorov_table(), right=0.0)
+        img = img.reshape(size, oversample, size, oversample).sum(axis=(1, 3))
+        out.append(img / img.sum())
+    return np.array(out)
+
+
+def test_analytic_psfs_equal_direct_evaluation():
+    """The vectorised PSFs (half the sub-pixels evaluated, the rest by point symmetry; r^2 as one
+    matrix product; float32) equal a direct float64 evaluation of every sub-pixel to 2e-6 of the
+    peak, for Moffat and Kolmogorov profiles of any FWHM, beta, ellipticity and orientation."""
+    rng = np.random.default_rng(12)
+    n = 40
+    args = (np.arange(n) % 2, rng.uniform(3.0, 7.0, n), rng.uniform(2.0, 5.0, n), rng.uniform(0.9, 1.0, n),
+            rng.uniform(-90, 90, n))
+    ours = draw_analytic_psfs(*args, 25)
+    ref = _direct_psfs(*args, 25)
+    assert np.abs(ours - ref).max() / ref.max() < 2e-6
+    np.testing.assert_allclose(ours.sum(axis=(1, 2)), 1.0, rtol=1e-12)
 
 
 def test_recenter_even_uncentred_psf():
@@ -312,6 +381,61 @@ def test_dataset_same_seed_identical_across_workers(tmp_path):
     ids = np.concatenate([read_arrays(a[s])["ids"] for s in ("train", "val", "test")])
     np.testing.assert_array_equal(ids, np.arange(30))
     assert len(read_arrays(a["train"])["ids"]) == 18
+
+
+@pytest.mark.parametrize("compression", ["gzip", "lzf"])
+def test_shard_merge_copies_compressed_chunks(tmp_path, compression):
+    """Merging shards copies their compressed chunks: the file equals concatenate_files' (arrays,
+    dtypes, chunks, filters, meta), for whole-chunk shards, a short last shard, a shard smaller than
+    a chunk (rewritten) and misaligned shards (concatenate_files itself)."""
+    import h5py
+
+    from galnet.data import read_arrays
+    from galnet.data.h5 import concatenate_files, write_split
+    from galnet.simulate.writer import _merge_shards
+
+    rng = np.random.default_rng(1)
+
+    def arrays(m):
+        return {"images": rng.normal(size=(m, 61, 61)).astype(np.float32),
+                "psfs": rng.random((m, 25, 25)).astype(np.float32),
+                "sky_sigma": rng.random(m).astype(np.float32), "params": rng.random((m, 7)),
+                "snr": rng.random(m).astype(np.float32), "ids": np.arange(m),
+                "n_neighbours": rng.integers(0, 5, m).astype(np.int16)}
+
+    for k, sizes in enumerate([(64, 64, 40), (96, 5), (64, 64), (40, 30), (10,)]):
+        parts = [write_split(tmp_path / f"{k}-{i}.h5", arrays(m), {"shard": i}, compression=compression)
+                 for i, m in enumerate(sizes)]
+        a = _merge_shards(tmp_path / f"a{k}.h5", parts, {"split": "train"}, compression)
+        b = concatenate_files(tmp_path / f"b{k}.h5", parts, {"split": "train"}, compression=compression)
+        ra, rb = read_arrays(a), read_arrays(b)
+        assert set(ra) == set(rb)
+        for name in ra:
+            assert ra[name].dtype == rb[name].dtype and np.array_equal(ra[name], rb[name]), (sizes, name)
+        with h5py.File(a) as fa, h5py.File(b) as fb:
+            assert fa.attrs["meta"] == fb.attrs["meta"]
+            for name in fa:
+                layout = ("chunks", "compression", "compression_opts", "shuffle")
+                assert [getattr(fa[name], x) for x in layout] == [getattr(fb[name], x) for x in layout]
+
+
+def test_lzf_dataset_has_the_same_arrays(tmp_path):
+    """compression='lzf' changes only the HDF5 filter, not the arrays."""
+    import h5py
+
+    from galnet.data import read_arrays
+
+    c = _small(neighbours={"enabled": False})
+    a = simulate_dataset(c, tmp_path / "g", 12, (1, 0, 0), seed=2, shard_size=6, progress=False)
+    b = simulate_dataset(c, tmp_path / "l", 12, (1, 0, 0), seed=2, shard_size=6, progress=False,
+                         compression="lzf")
+    ra, rb = read_arrays(a["train"]), read_arrays(b["train"])
+    for k in ra:
+        np.testing.assert_array_equal(ra[k], rb[k])
+    with h5py.File(b["train"]) as f:
+        assert f["images"].compression == "lzf"
+    with pytest.raises(ConfigError, match="compression"):
+        simulate_dataset(c, tmp_path / "x", 12, seed=2, progress=False, compression="zstd")
 
 
 def test_resume_after_kill(tmp_path, monkeypatch):

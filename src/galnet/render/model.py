@@ -18,6 +18,10 @@ For each galaxy the model image is sampled at pixel centres from its exact Fouri
 * The inverse transform onto the H x W stamp is done with two small matrix products per galaxy
   (cost ~ N K W + H N W), which beats a full FFT because only the stamp window is needed.
 
+Stamps holding many objects (the simulator's neighbours) are rendered by
+:func:`galnet.render.scene.render_scene` from the same helpers, summing the objects' spectra before
+one PSF product and one inverse DFT.
+
 Cost (2-core CPU, 61x61 stamps, 25x25 PSF image): see ``benchmarks/render.py`` and the README.
 """
 
@@ -34,7 +38,7 @@ from ..conventions import DEFAULT_ZEROPOINT
 from ..errors import ParameterRangeError, PSFError
 from ..params import N_PARAMS, validate_parameters
 from .psf import AnalyticPSF, validate_psf_image
-from .sersic import sersic_fourier
+from .sersic import _column_window, _galaxy_rows, _row_lookup, _table_tensors, sersic_fourier_table
 
 __all__ = [
     "render_sersic",
@@ -57,9 +61,9 @@ def required_fourier_size(
     shape: tuple[int, int],
     psf_size: int,
     *,
-    wrap_tolerance: float = DEFAULT_WRAP_TOLERANCE,
+    wrap_tolerance: float | np.ndarray = DEFAULT_WRAP_TOLERANCE,
     return_correction: bool = False,
-    forced_size: int | None = None,
+    forced_size: int | np.ndarray | None = None,
 ):
     """DFT size per galaxy such that wrapped-around light stays below tolerance.
 
@@ -80,10 +84,12 @@ def required_fourier_size(
         Stamp (H, W).
     psf_size : int
         PSF stamp size (its half-width is added to the distance), pixels.
+    wrap_tolerance : float or ndarray, shape (B,)
+        Bound on the wrapped light, as a fraction of each galaxy's flux (one for all, or one each).
     return_correction : bool
         Also return whether each galaxy needs the near-ring subtraction.
-    forced_size : int, optional
-        Use this DFT size for every galaxy (only the near-ring decision is computed).
+    forced_size : int or ndarray of int, shape (B,), optional
+        Use this DFT size for every galaxy, or these sizes (only the near-ring decision is computed).
 
     Returns
     -------
@@ -100,20 +106,29 @@ def required_fourier_size(
     log_norm = 2 * n * np.log(b) - np.log(2 * np.pi * n) - b - gammaln(2 * n) - np.log(q * re**2)
     d_far = np.max(np.stack([xc - 1, w - xc, yc - 1, h - yc]), axis=0) + psf_size // 2
     sizes = np.asarray(FOURIER_SIZES, dtype=float)
-    rings = np.arange(_WRAP_RINGS + 1, 65, dtype=float)
-    # light left after the near-ring subtraction: ring r holds 8 r copies, each bounded by the
-    # stamp area times the surface brightness at its nearest distance r N - d_far.
-    dist = rings[None, None, :] * sizes[None, :, None] - d_far[:, None, None]
-    ln_sb = log_norm[:, None, None] - b[:, None, None] * (
-        (np.maximum(dist, 1.0) / re[:, None, None]) ** (1.0 / n[:, None, None]) - 1.0)
-    left = (8 * rings * h * w * np.exp(ln_sb)).sum(-1)  # (B, sizes)
-    # the first ring is corrected without the PSF: keep it beyond 2 re and 16 px past the PSF's reach
-    ok = (left <= 0.5 * wrap_tolerance) & (sizes[None, :] >= (d_far + 16 + 2 * re)[:, None])
-    idx = np.where(ok.any(1), ok.argmax(1), len(sizes) - 1)
-    chosen = sizes[idx].astype(int) if forced_size is None else np.full(len(p), int(forced_size))
+    tol = np.broadcast_to(np.asarray(wrap_tolerance, dtype=float), xc.shape)
+    if forced_size is None:
+        rings = np.arange(_WRAP_RINGS + 1, 65, dtype=float)
+        # the first ring is corrected without the PSF: keep it beyond 2 re and 16 px past the
+        # PSF's reach; the smallest such size is the first candidate
+        far = sizes[None, :] >= (d_far + 16 + 2 * re)[:, None]
+        idx = np.where(far.any(1), far.argmax(1), len(sizes) - 1)
+        todo = np.flatnonzero(far.any(1))
+        while todo.size:  # the light left decreases with the size: step up until it is small
+            # light left after the near-ring subtraction: ring r holds 8 r copies, each bounded
+            # by the stamp area times the surface brightness at its nearest distance r N - d_far.
+            dist = rings[None, :] * sizes[idx[todo], None] - d_far[todo, None]
+            ln_sb = log_norm[todo, None] - b[todo, None] * (
+                (np.maximum(dist, 1.0) / re[todo, None]) ** (1.0 / n[todo, None]) - 1.0)
+            left = (8 * rings * h * w * np.exp(ln_sb)).sum(-1)
+            todo = todo[(left > 0.5 * tol[todo]) & (idx[todo] < len(sizes) - 1)]
+            idx[todo] += 1
+        chosen = sizes[idx].astype(int)
+    else:
+        chosen = np.broadcast_to(np.asarray(forced_size, dtype=int), xc.shape).copy()
     ln_first = log_norm - b * ((np.maximum(chosen - d_far, 1.0) / re) ** (1.0 / n) - 1.0)
     # half the budget for the far rings (above), half for uncorrected near rings
-    needs_first_ring = 8 * h * w * np.exp(ln_first) > 0.5 * wrap_tolerance
+    needs_first_ring = 8 * h * w * np.exp(ln_first) > 0.5 * tol
     if return_correction:
         return chosen, needs_first_ring
     return chosen
@@ -122,38 +137,93 @@ def required_fourier_size(
 _WRAP_GRID = 16  # grid points per axis on which the nearest rings of copies are evaluated
 
 
-def _near_rings_wrap(x0, y0, re, n, q, pa_deg, shape, size):
-    """Light of the nearest rings of periodic copies of unit-flux galaxies, on the stamp (B, H, W).
+def _near_rings_grid(x0, y0, re, n, q, pa_deg, shape, size):
+    """Light of the nearest rings of periodic copies of unit-flux galaxies, on a coarse grid.
 
-    The copies lie ``size`` pixels or more away, beyond 2 re, in the far field where the PSF no longer
-    matters and the profile is smooth: it is evaluated on a 16 x 16 grid spanning the stamp and
-    interpolated bicubically (only for galaxies that need it).
+    The copies lie ``size`` pixels or more away, beyond 2 re, in the far field where the PSF no
+    longer matters and the profile is smooth: it is evaluated on a (at most) 16 x 16 grid of
+    pixel positions spanning the stamp, which :func:`_grid_to_stamp` interpolates.
+
+    Parameters
+    ----------
+    x0, y0, re, n, q, pa_deg : Tensor, shape (B,)
+        0-based centre (pixels), ``re`` (pixels), index, axis ratio, position angle (degrees).
+    shape : (int, int)
+        Stamp (H, W).
+    size : int or Tensor, shape (B,)
+        DFT size (the period of the copies) of every galaxy or of each, pixels.
+
+    Returns
+    -------
+    Tensor, shape (B, min(H, 16), min(W, 16)): counts per pixel of a unit-flux galaxy.
     """
     from .sersic import sersic_bn, sersic_log_norm
 
     h, w = shape
-    dtype = x0.dtype
+    dtype, device = x0.dtype, x0.device
     grid_w, grid_h = min(w, _WRAP_GRID), min(h, _WRAP_GRID)
-    gx = torch.linspace(0, w - 1, grid_w, dtype=dtype, device=x0.device)
-    gy = torch.linspace(0, h - 1, grid_h, dtype=dtype, device=x0.device)
+    f64 = torch.float64  # offsets from the copies (hundreds of pixels) in double, then rounded
+    gx = torch.linspace(0, w - 1, grid_w, dtype=f64, device=device)
+    gy = torch.linspace(0, h - 1, grid_h, dtype=f64, device=device)
     reach = range(-_WRAP_RINGS, _WRAP_RINGS + 1)
-    shifts = torch.tensor([(mx, my) for mx in reach for my in reach if mx or my],
-                          dtype=dtype, device=x0.device) * size
-    dx = gx[None, None, None, :] - x0[:, None, None, None] - shifts[None, :, 0, None, None]
-    dy = gy[None, None, :, None] - y0[:, None, None, None] - shifts[None, :, 1, None, None]
-    pa = torch.deg2rad(pa_deg)[:, None, None, None]
+    shifts = torch.tensor([(mx, my) for mx in reach for my in reach if mx or my], dtype=f64,
+                          device=device)  # (R, 2), in periods
+    period = torch.as_tensor(size, dtype=f64, device=device).reshape(-1, 1)  # (B or 1, 1)
+    dx = (gx - (x0.to(f64)[:, None] + shifts[:, 0] * period)[:, :, None]).to(dtype)  # (B, R, gw)
+    dy = (gy - (y0.to(f64)[:, None] + shifts[:, 1] * period)[:, :, None]).to(dtype)  # (B, R, gh)
+    pa = torch.deg2rad(pa_deg)[:, None, None]
     s, c = torch.sin(pa), torch.cos(pa)
-    x_major = -dx * s + dy * c
-    x_minor = (dx * c + dy * s) / q[:, None, None, None]
-    a_over_re = torch.sqrt(x_major**2 + x_minor**2) / re[:, None, None, None]
-    bn = sersic_bn(n)
-    log_i = (sersic_log_norm(n, bn) - torch.log(q * re * re))[:, None, None, None]
-    nn = n[:, None, None, None]
-    light = torch.exp(log_i - bn[:, None, None, None] * (a_over_re ** (1.0 / nn) - 1.0)).sum(1)
-    if (grid_h, grid_w) == (h, w):
+    inv_q = (1.0 / q)[:, None, None]
+    # x_major = -dx s + dy c and x_minor = (dx c + dy s) / q on the grid: (B, R, gh, gw)
+    x_major = (dy * c)[..., :, None] - (dx * s)[..., None, :]
+    x_minor = (dy * (s * inv_q))[..., :, None] + (dx * (c * inv_q))[..., None, :]
+    b_n = sersic_bn(n)
+    log_i = (sersic_log_norm(n, b_n) - torch.log(q * re * re))[:, None, None, None]
+    bn = b_n[:, None, None, None]
+    # (a / re)^(1/n) = exp((ln a^2 - 2 ln re) / 2n); light = exp(ln I_e - b_n ((a / re)^(1/n) - 1)).
+    # Far copies underflow: clamped (at ~1e3 x the smallest normal number: a negligible light)
+    # where exp stays fast (it is ~20x slower for subnormal results).
+    half_n, ln_re_n = (0.5 / n)[:, None, None, None], (torch.log(re) / n)[:, None, None, None]
+    floor = math.log(torch.finfo(dtype).tiny) + 7.0
+    if torch.is_grad_enabled() and any(a.requires_grad for a in (x0, y0, re, n, q, pa_deg)):
+        a2 = torch.addcmul(x_major * x_major, x_minor, x_minor)
+        u = torch.exp(torch.log(a2) * half_n - ln_re_n)
+        light = torch.exp(torch.clamp(log_i + bn - u * bn, min=floor))
+    else:  # the same, in place: the temporaries are large
+        a2 = x_major.mul_(x_major).addcmul_(x_minor, x_minor)
+        u = a2.log_().mul_(half_n).sub_(ln_re_n).exp_()
+        light = u.mul_(-bn).add_(log_i + bn).clamp_(min=floor).exp_()
+    return light.sum(1)
+
+
+@lru_cache(maxsize=8)
+def _bicubic_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(n_out, n_in) matrix of torch's 1-D bicubic interpolation (``align_corners=True``)."""
+    eye = torch.eye(n_in, dtype=torch.float64, device=device)[:, None, :, None].expand(-1, 1, -1, 2)
+    cols = torch.nn.functional.interpolate(eye, size=(n_out, 2), mode="bicubic", align_corners=True)
+    return cols[:, 0, :, 0].T.to(dtype).contiguous()
+
+
+def _grid_to_stamp(light: torch.Tensor, shape) -> torch.Tensor:
+    """Bicubic interpolation (B, gh, gw) -> (B, H, W) of a :func:`_near_rings_grid` (linear in it).
+
+    torch's separable bicubic kernel (``align_corners=True``) as two small matrix products.
+    """
+    h, w = shape
+    gh, gw = light.shape[-2:]
+    if (gh, gw) == (h, w):
         return light
-    return torch.nn.functional.interpolate(light[:, None], size=(h, w), mode="bicubic",
-                                           align_corners=True)[:, 0]
+    wy = _bicubic_matrix(h, gh, light.dtype, str(light.device))  # (H, gh)
+    wx = _bicubic_matrix(w, gw, light.dtype, str(light.device))  # (W, gw)
+    return wy @ light @ wx.T
+
+
+def _near_rings_wrap(x0, y0, re, n, q, pa_deg, shape, size):
+    """Light of the nearest rings of periodic copies of unit-flux galaxies, on the stamp (B, H, W).
+
+    :func:`_near_rings_grid` interpolated bicubically (only for galaxies that need it).
+    """
+    return _grid_to_stamp(_near_rings_grid(x0, y0, re, n, q, pa_deg, shape, size), shape)
 
 
 def _k_grids(size: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,15 +233,27 @@ def _k_grids(size: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch
     return kx, ky
 
 
-def _image_psf_spectrum(psf: torch.Tensor, size: int) -> torch.Tensor:
-    """DFT (N, K) or (B, N, K), complex, of a centred odd PSF image (P, P) or (B, P, P)."""
+def _image_psf_spectrum(psf: torch.Tensor, size: int, *, kx_major: bool = False) -> torch.Tensor:
+    """DFT (N, K) or (B, N, K), complex, of a centred odd PSF image (P, P) or (B, P, P).
+
+    The image is real, so its ``kx`` stage is one real (B P, P) @ (P, 2K) product with the
+    (real, imaginary) pairs of ``e^{-i kx x}`` as columns (3-5x faster than a complex product).
+    ``kx_major`` returns the transposed layout (K, N) or (B, K, N), whose ``ky`` stage is an FFT
+    along the contiguous axis (2-3x faster again).
+    """
     p = psf.shape[-1]
-    c = (p - 1) / 2
+    c = (p - 1) // 2
     kx, ky = _k_grids(size, psf.dtype, psf.device)
     offs = torch.arange(p, dtype=psf.dtype, device=psf.device) - c
     ax = torch.exp(-1j * (offs[:, None] * kx[None, :]))  # (P, K)
+    rows = psf.reshape(-1, p) @ torch.view_as_real(ax).reshape(p, -1)  # (B P, 2K) real
+    rows = torch.view_as_complex(rows.reshape(*psf.shape[:-1], -1, 2))  # (B, P, K)
+    if kx_major:  # sum_y rows[y] e^{-i ky (y - c)}: row y added at index (y - c) mod N
+        placed = rows.new_zeros(rows.shape[:-2] + (rows.shape[-1], size))
+        index = torch.remainder(torch.arange(p, device=psf.device) - c, size)
+        return torch.fft.fft(placed.index_add_(-1, index, rows.transpose(-1, -2)), dim=-1)
     ay = torch.exp(-1j * (ky[:, None] * offs[None, :]))  # (N, P)
-    return ay @ psf.to(ax.dtype) @ ax
+    return ay @ rows
 
 
 def _analytic_psf_terms(psf: AnalyticPSF, size: int, dtype, device, *, alias_floor: float = 1e-7):
@@ -209,38 +291,72 @@ def _inverse_dft(
 ) -> torch.Tensor:
     """Real image (B, H, W) from a Hermitian half spectrum (B, N, K) centred at 0-based (x0, y0).
 
-    The centre shift ``e^{-i k.x0}`` is separable, so it is folded into the two small DFT factors.
+    The centre shift ``e^{-i k.x0}`` is separable; it multiplies the spectrum, so that the two
+    DFT factors are shared by the whole batch and each stage is one large matrix product: the
+    ``ky`` stage as a complex (H, N) @ (N, B K) product, the ``kx`` stage, of which only the real
+    part is needed, as a real (B H, 2K) @ (2K, W) product.
     """
     h, w = shape
     kx, ky, base_x, base_y = _dft_bases(size, h, w, x0.dtype, str(x0.device))
-    ex = base_x[None] * torch.exp(-1j * kx[None, :] * x0[:, None])[:, :, None]  # (B, K, W)
-    ey = base_y[None] * torch.exp(-1j * ky[None, :] * y0[:, None])[:, None, :]  # (B, H, N)
-    return torch.real(ey @ (spectrum @ ex))
+    b, n_rows, nk = spectrum.shape
+    phase = (torch.exp(-1j * ky[None, :] * y0[:, None])[:, :, None]
+             * torch.exp(-1j * kx[None, :] * x0[:, None])[:, None, :])  # (B, N, K)
+    shifted = (spectrum * phase).permute(1, 0, 2).reshape(n_rows, b * nk)
+    rows = (base_y @ shifted).reshape(h, b, nk).permute(1, 0, 2).reshape(b * h, nk)  # (B H, K)
+    real_x, imag_x = _real_dft_factor(size, h, w, x0.dtype, str(x0.device))
+    return (rows.real @ real_x - rows.imag @ imag_x).reshape(b, h, w)
 
 
-def _sersic_spectrum(re, n, q, pa_deg, kx, ky, kappa2_floor=None):
+@lru_cache(maxsize=32)
+def _real_dft_factor(size: int, h: int, w: int, dtype: torch.dtype, device: str):
+    """Real and imaginary parts (K, W) of the ``kx`` inverse-DFT factor, contiguous."""
+    base_x = _dft_bases(size, h, w, dtype, device)[2]
+    return base_x.real.contiguous(), base_x.imag.contiguous()
+
+
+def _sersic_spectrum(re, n, q, pa_deg, kx, ky, kappa2_floor=None, *, kx_major: bool = False):
     """Unit-flux Sérsic transform on the grid (B, N, K) for shifted wavenumber axes kx (K,), ky (N,).
 
+    ``kx_major`` lays the grid out (B, K, N) instead (``ky`` contiguous, for FFTs along ``ky``).
+
+    ``kappa^2 = a kx^2 + c ky^2 + b kx ky`` for the whole batch is one (B, 3) @ (3, N K) matrix
+    product (broadcast element-wise products cost ~20x more on a CPU); the table column of
+    ``ln kappa`` is one multiply-add of ``ln kappa^2`` (:func:`~galnet.render.sersic.sersic_fourier`
+    with fewer passes; in place where autograd does not need the intermediates).
     ``kappa2_floor`` (B,) clamps ``kappa^2`` from below (used to keep the DC mode, whose exact
     value 1 is restored by the caller, from widening the table range).
     """
+    inplace = not (torch.is_grad_enabled() and any(a.requires_grad for a in (re, n, q, pa_deg)))
     pa = torch.deg2rad(pa_deg)
     s, c = torch.sin(pa), torch.cos(pa)
     re2 = re * re
     q2 = q * q
-    a = (re2 * (s * s + q2 * c * c))[:, None, None]
-    cc = (re2 * (c * c + q2 * s * s))[:, None, None]
-    bxy = (2 * re2 * c * s * (q2 - 1))[:, None, None]
-    kx2 = (kx * kx)[None, None, :]
-    ky2 = (ky * ky)[None, :, None]
-    kxy = ky[None, :, None] * kx[None, None, :]
-    kappa2 = torch.addcmul(torch.addcmul(a * kx2, cc, ky2), bxy, kxy)
-    if kappa2_floor is None:
-        kappa2 = kappa2.clamp_min(1e-30)
+    coef = torch.stack([re2 * (s * s + q2 * c * c), re2 * (c * c + q2 * s * s),
+                        2 * re2 * c * s * (q2 - 1)], -1)  # (B, 3): a, c, b
+    n_rows, n_cols = ky.shape[0], kx.shape[0]
+    kx2, ky2 = kx * kx, ky * ky
+    if kx_major:
+        n_rows, n_cols = n_cols, n_rows
+        basis = [kx2[:, None].expand(n_rows, n_cols), ky2.expand(n_rows, n_cols), kx[:, None] * ky[None, :]]
     else:
-        kappa2 = torch.maximum(kappa2, kappa2_floor[:, None, None])
-    ln_kappa = 0.5 * torch.log(kappa2)
-    return sersic_fourier(n, ln_kappa)
+        basis = [kx2.expand(n_rows, n_cols), ky2[:, None].expand(n_rows, n_cols), ky[:, None] * kx[None, :]]
+    basis = torch.stack(basis).reshape(3, n_rows * n_cols)
+    kappa2 = coef @ basis  # (B, N K)
+    low = 1e-30 if kappa2_floor is None else kappa2_floor[:, None]
+    kappa2 = kappa2.clamp_(min=low) if inplace else kappa2.clamp(min=low)
+    tab = sersic_fourier_table()
+    table_cols = _table_tensors(kappa2.dtype, str(kappa2.device))[0].shape[1]
+    # table column of ln kappa = 0.5 ln kappa^2; each galaxy's window starts at column lo
+    scale, offset = 0.5 / tab.u_step, tab.u0 / tab.u_step
+    with torch.no_grad():
+        pos_min = torch.log(kappa2.amin(1)) * scale - offset
+        pos_max = torch.log(kappa2.amax(1)) * scale - offset
+        lo, span = _column_window(pos_min, pos_max, table_cols)
+    ln_k2 = kappa2.log_() if inplace else kappa2.log()
+    local = torch.add(-(offset + lo)[:, None], ln_k2, alpha=scale)  # columns from lo
+    if not bool((pos_min > 1).all() and (pos_max < table_cols - 2).all()):  # beyond the table
+        local = torch.clamp(local, min=torch.zeros_like(lo)[:, None], max=(table_cols - 1 - lo)[:, None])
+    return _row_lookup(_galaxy_rows(n, lo, span), local, inplace=inplace).reshape(-1, n_rows, n_cols)
 
 
 def _as_psf(psf, batch: int, dtype, device, *, validate: bool = True):

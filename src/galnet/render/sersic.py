@@ -34,6 +34,8 @@ __all__ = [
     "sersic_fourier_table",
     "sersic_bn",
     "sersic_fourier",
+    "sersic_fourier_columns",
+    "sersic_fourier_grad",
     "sersic_profile",
     "sersic_log_norm",
 ]
@@ -194,20 +196,136 @@ def sersic_fourier(n: torch.Tensor, ln_kappa: torch.Tensor) -> torch.Tensor:
     -------
     Tensor, shape (B, ...): ``T``; 1 at ``kappa -> 0``.
     """
+    tab = sersic_fourier_table()
+    shape = ln_kappa.shape
+    pos = (ln_kappa.reshape(shape[0], -1) - tab.u0) / tab.u_step
+    return sersic_fourier_columns(n, pos).reshape(shape)
+
+
+def sersic_fourier_columns(n: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``T(n, kappa)`` at fractional column positions of the table: the core of :func:`sersic_fourier`.
+
+    Each galaxy's row is interpolated in ``ln n`` (:func:`_galaxy_rows`) over the table columns
+    its own positions reach only; each position then costs one gather of the packed (value,
+    slope) pair and one multiply-add (:func:`_row_lookup`). Differentiable in ``n`` and ``pos``.
+
+    Parameters
+    ----------
+    n : Tensor, shape (B,)
+        Sérsic indices in [0.2, 10].
+    pos : Tensor, shape (B, E)
+        ``(ln kappa - u0) / u_step`` (:class:`SersicFourierTable`): 0-based column coordinates,
+        clamped to the table's ends.
+
+    Returns
+    -------
+    Tensor, shape (B, E): ``T``.
+    """
+    n_cols = _table_tensors(pos.dtype, str(pos.device))[0].shape[1]
+    with torch.no_grad():
+        lo, span = _column_window(pos.amin(1), pos.amax(1), n_cols)
+    local = torch.clamp(pos - lo[:, None], min=torch.zeros_like(lo)[:, None], max=(n_cols - 1 - lo)[:, None])
+    return _row_lookup(_galaxy_rows(n, lo, span), local, inplace=False)
+
+
+def _column_window(pos_min: torch.Tensor, pos_max: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, int]:
+    """First table column ``lo`` (B,) (float) and the number of columns ``span`` each galaxy needs."""
+    lo = pos_min.clamp(0, n_cols - 2).floor()
+    return lo, int((pos_max.clamp(0, n_cols - 2).floor() + 2 - lo).max())
+
+
+@lru_cache(maxsize=8)
+def _flat_table(dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The table's rows one after the other, padded with a row of zeros: windows never run out."""
+    table, _ = _table_tensors(dtype, device)
+    return torch.cat([table.reshape(-1), torch.zeros(table.shape[1] + 1, dtype=dtype, device=device)])
+
+
+def _galaxy_rows(n: torch.Tensor, lo: torch.Tensor, span: int) -> torch.Tensor:
+    """Each galaxy's row of ``T`` over columns ``lo .. lo + span - 1``, as complex (value, slope) (B, span).
+
+    Catmull-Rom interpolation in ``ln n`` of the four nearest table rows, whose column windows
+    are copied as contiguous slices of the flattened table. Differentiable in ``n``.
+    """
+    table, _ = _table_tensors(n.dtype, str(n.device))
+    tab = sersic_fourier_table()
+    n_rows, n_cols = table.shape
+    device = n.device
+    x = (torch.log(n) - tab.ln_n0) / tab.ln_n_step
+    i0 = torch.floor(x).clamp(1, n_rows - 3)
+    t = x - i0
+    t2 = t * t
+    t3 = t2 * t
+    # weights of rows i0 - 1, i0 + 1, i0 + 2 relative to row i0 (they sum to 1): differences
+    # first, so that d/dn keeps its relative precision in float32
+    weights = 0.5 * torch.stack([2 * t2 - t - t3, t + 4 * t2 - 3 * t3, t3 - t2], -1)  # (B, 3)
+    with torch.no_grad():
+        starts = (i0.long()[:, None] + torch.arange(-1, 3, device=device)) * n_cols + lo.long()[:, None]
+    near = _flat_table(n.dtype, str(device)).unfold(0, span + 1, 1).index_select(0, starts.reshape(-1))
+    near = near.reshape(-1, 4, span + 1)  # (B, 4, L + 1)
+    diffs = near[:, (0, 2, 3)] - near[:, 1:2]
+    row = near[:, 1] + torch.bmm(weights[:, None, :], diffs)[:, 0]  # (B, L + 1)
+    # value and slope of each linear piece, packed as one complex number: a single gather
+    return torch.view_as_complex(torch.stack([row[:, :-1], row[:, 1:] - row[:, :-1]], -1))
+
+
+def _row_lookup(rows: torch.Tensor, local: torch.Tensor, *, inplace: bool) -> torch.Tensor:
+    """Linear interpolation (B, E) of :func:`_galaxy_rows` at column offsets ``local`` (B, E).
+
+    ``local`` must lie in ``[0, span - 1]`` (values a rounding error below 0 are fine: the index
+    truncates towards 0). ``inplace`` reuses ``local`` for the fractional part (no autograd).
+    """
+    j = local.detach().long()  # truncation = floor for local >= 0 (gather wants int64 indices)
+    frac = local.sub_(j) if inplace else local - j
+    pair = torch.view_as_real(torch.gather(rows, 1, j))  # (B, E, 2)
+    return torch.addcmul(pair[..., 0], frac, pair[..., 1])
+
+
+def sersic_fourier_grad(n: torch.Tensor, ln_kappa: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``T``, ``dT/d ln kappa`` and ``dT/dn`` of :func:`sersic_fourier` in one pass.
+
+    The same interpolant as :func:`sersic_fourier` (Catmull-Rom in ``ln n``, linear in
+    ``ln kappa``), differentiated analytically: equal to what forward-mode AD of
+    :func:`sersic_fourier` gives, at a third of the cost. Used by the fitter's Jacobians.
+
+    Parameters
+    ----------
+    n : Tensor, shape (B,)
+        Sérsic indices in [0.2, 10].
+    ln_kappa : Tensor, shape (B, ...)
+        Natural log of the elliptical wavenumber (see :func:`sersic_fourier`).
+
+    Returns
+    -------
+    t, dt_dlnk, dt_dn : Tensor, each shaped like ``ln_kappa``.
+    """
     table, _ = _table_tensors(ln_kappa.dtype, str(ln_kappa.device))
     tab = sersic_fourier_table()
     shape = ln_kappa.shape
     pos = (ln_kappa.reshape(shape[0], -1) - tab.u0) / tab.u_step
     n_cols = table.shape[1]
-    # Only the columns this batch reaches need the (costly) interpolation in n.
-    with torch.no_grad():
-        lo_col = int(pos.min().clamp(0, n_cols - 2).floor())
-        hi_col = int(pos.max().clamp(0, n_cols - 2).floor()) + 2
-    per_galaxy = _catmull_rom_rows(n, table[:, lo_col:hi_col])  # (B, L')
+    lo_col = int(pos.min().clamp(0, n_cols - 2).floor())
+    hi_col = int(pos.max().clamp(0, n_cols - 2).floor()) + 2
+    rows = table[:, lo_col:hi_col]
+    # Catmull-Rom in ln n: value and d/dn of the cubic
+    npos = (torch.log(n) - tab.ln_n0) / tab.ln_n_step
+    i0 = torch.floor(npos).clamp(1, rows.shape[0] - 3)
+    t = (npos - i0).unsqueeze(-1)
+    i0 = i0.long()
+    p0, p1, p2, p3 = (rows[i0 + o] for o in (-1, 0, 1, 2))
+    c1 = p2 - p0
+    c2 = 2 * p0 - 5 * p1 + 4 * p2 - p3
+    c3 = 3 * p1 - p0 - 3 * p2 + p3
+    val = 0.5 * (2 * p1 + t * (c1 + t * (c2 + t * c3)))  # (B, L')
+    dval = (0.5 * (c1 + t * (2 * c2 + 3 * t * c3))) / (n * tab.ln_n_step).unsqueeze(-1)
     pos = (pos - lo_col).clamp(0, hi_col - lo_col - 1 - 1e-6)
     j = torch.floor(pos)
     frac = pos - j
     j = j.long()
-    lo = torch.gather(per_galaxy, 1, j)
-    hi = torch.gather(per_galaxy, 1, j + 1)
-    return torch.lerp(lo, hi, frac).reshape(shape)
+    lo, hi = torch.gather(val, 1, j), torch.gather(val, 1, j + 1)
+    dlo, dhi = torch.gather(dval, 1, j), torch.gather(dval, 1, j + 1)
+    t_out = torch.lerp(lo, hi, frac)
+    dt_dlnk = (hi - lo) / tab.u_step
+    dt_dn = torch.lerp(dlo, dhi, frac)
+    return t_out.reshape(shape), dt_dlnk.reshape(shape), dt_dn.reshape(shape)

@@ -2,7 +2,8 @@
 
 * :mod:`.config`: typed configuration (:class:`SimulationConfig`) and presets (:func:`load_preset`).
 * :mod:`.generate`: :func:`generate_batch` draws stamps (target + neighbours + stars, per-stamp
-  PSF, noise or a real background) with the one forward model :func:`galnet.render.render_sersic`.
+  PSF, noise or a real background) with the one forward model (:func:`galnet.render.render_scene`,
+  which equals :func:`galnet.render.render_sersic` object by object).
 * :mod:`.writer`: :func:`simulate_dataset` writes sharded, resumable, worker-count independent
   HDF5 splits (schema: :mod:`galnet.data.h5`).
 

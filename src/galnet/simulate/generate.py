@@ -2,8 +2,10 @@
 
 Everything is drawn from an explicit :class:`numpy.random.Generator`, in a fixed order, so that the
 same seed and batch size give identical arrays. Galaxies *and* neighbours are rendered by the one
-forward model, :func:`galnet.render.render_sersic` (stars are Sérsic profiles with
-``re = 0.01`` px, i.e. point sources through the same PSF to 4e-4 at the Nyquist frequency).
+forward model (stars are Sérsic profiles with ``re = 0.01`` px, i.e. point sources through the same
+PSF to 4e-4 at the Nyquist frequency), through :func:`galnet.render.render_scene`: the objects of a
+stamp that share a DFT size share one PSF product and one inverse DFT, and a stamp equals the sum of
+:func:`galnet.render.render_sersic` of its objects to float rounding.
 
 Main entry point: :func:`generate_batch`.
 """
@@ -68,7 +70,8 @@ def draw_analytic_psfs(model, fwhm_pix, beta, q, pa, size: int, *, oversample: i
     """Effective (pixel-integrated) analytic PSF images, vectorised over a batch.
 
     Each PSF is evaluated on ``oversample x oversample`` sub-pixels per pixel and summed (the
-    pixel response), then normalised to unit sum over the stamp. Agrees with
+    pixel response), then normalised to unit sum over the stamp. The profiles are point-symmetric,
+    so only the first ``size // 2 + 1`` rows are evaluated. Agrees with
     :meth:`galnet.render.MoffatPSF.draw` / :meth:`~galnet.render.KolmogorovPSF.draw` to
     ~1e-3 of the peak for FWHM >= 3 px (tested); the image returned *is* the PSF the stamp is
     rendered with, so this small difference from the analytic model does not bias anything.
@@ -98,38 +101,50 @@ def draw_analytic_psfs(model, fwhm_pix, beta, q, pa, size: int, *, oversample: i
 
     n = len(fwhm_pix)
     s = size * oversample
+    half = size // 2 + 1  # pixel rows drawn; the others follow from the point symmetry
     u = (torch.arange(s, dtype=torch.float32) - (s - 1) / 2) / oversample
-    yy, xx = torch.meshgrid(u, u, indexing="ij")
-    out = np.empty((n, size, size))
+    yy, xx = torch.meshgrid(u[: half * oversample], u, indexing="ij")
+    # r^2 = x_major^2 + x_minor^2 = A x^2 + C y^2 + B x y: one (b, 3) @ (3, sub-pixels) product
+    basis = torch.stack([xx * xx, yy * yy, xx * yy]).reshape(3, -1)
+
+    def f32(a):
+        return torch.as_tensor(np.asarray(a, dtype=np.float32))
+
+    ang = torch.deg2rad(f32(pa))
+    sn, cs = torch.sin(ang), torch.cos(ang)
+    iq2 = 1.0 / f32(q) ** 2
+    # x_major = -x sin + y cos, x_minor = (x cos + y sin) / q
+    coef = torch.stack([sn * sn + cs * cs * iq2, cs * cs + sn * sn * iq2, 2 * sn * cs * (iq2 - 1)], -1)
+    fw = f32(fwhm_pix)
     model = np.asarray(model)
-    table = None
-    chunk = max(1, 2**22 // (s * s))
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-
-        def t(a, sl=sl):
-            return torch.as_tensor(np.asarray(a, dtype=np.float32)[sl])[:, None, None]
-
-        ang = torch.deg2rad(t(pa))
-        sn, cs = torch.sin(ang), torch.cos(ang)
-        x_major = -xx * sn + yy * cs
-        x_minor = (xx * cs + yy * sn) / t(q)
-        r2 = x_major * x_major + x_minor * x_minor  # (b, s, s), pixels^2
-        fw = t(fwhm_pix)
-        img = torch.empty_like(r2)
-        m = torch.as_tensor(model[sl] == _MOFFAT)
-        if m.any():
-            bt = t(beta)[m]
-            alpha2 = (fw[m] / (2 * torch.sqrt(2 ** (1 / bt) - 1))) ** 2
-            img[m] = torch.pow(1 + r2[m] / alpha2, -bt)
-        if (~m).any():
-            if table is None:
-                r_tab, p_tab = _kolmogorov_table()
-                table = (r_tab, p_tab)
-            rr = (torch.sqrt(r2[~m]) / fw[~m]).numpy()
-            img[~m] = torch.as_tensor(np.interp(rr, table[0], table[1], right=0.0).astype(np.float32))
-        img = img.reshape(-1, size, oversample, size, oversample).sum(dim=(2, 4)).double()
-        out[sl] = (img / img.sum(dim=(1, 2), keepdim=True)).numpy()
+    moffat = model == _MOFFAT
+    bt = f32(beta)
+    # Moffat: (1 + r^2 / alpha^2)^-beta; Kolmogorov: tabulated profile of r / fwhm
+    alpha2 = (fw / (2 * torch.sqrt(2 ** (1 / bt) - 1))) ** 2
+    scale = torch.where(torch.as_tensor(moffat), 1.0 / alpha2, 1.0 / (fw * fw))
+    coef = coef * scale[:, None]
+    out = np.empty((n, size, size))
+    if not moffat.all():
+        r_tab, p_tab = _kolmogorov_table()
+        step, r_max = float(r_tab[1] - r_tab[0]), float(r_tab[-1])
+        table = torch.as_tensor(p_tab, dtype=torch.float32)
+    chunk = max(1, 2**17 // basis.shape[1])  # PSFs per chunk: temporaries stay in cache
+    for kind in (_MOFFAT, _KOLMOGOROV):
+        of_kind = np.flatnonzero(moffat if kind == _MOFFAT else ~moffat)
+        for start in range(0, of_kind.size, chunk):
+            idx = of_kind[start : start + chunk]
+            r2 = coef[idx] @ basis  # (b, sub-pixels): r^2 / alpha^2 (Moffat) or (r / fwhm)^2
+            if kind == _MOFFAT:
+                img = torch.exp(torch.log1p(r2) * -bt[idx][:, None])
+            else:  # linear interpolation of the uniform table (as np.interp), 0 beyond its end
+                rr = torch.sqrt(r2)
+                pos = (rr * (1.0 / step)).clamp_(max=table.shape[0] - 1)
+                j = pos.floor().clamp_(max=table.shape[0] - 2)
+                img = torch.lerp(table[j.long()], table[j.long() + 1], pos - j)
+                img = torch.where(rr > r_max, 0.0, img)
+            top = img.reshape(-1, half, oversample, size, oversample).sum(2).sum(-1).double()
+            full = torch.cat([top, top[:, : half - 1].flip(1, 2)], 1)  # row size-1-i = row i reversed
+            out[idx] = (full / full.sum(dim=(1, 2), keepdim=True)).numpy()
     return out
 
 
@@ -442,7 +457,8 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     """
     import torch
 
-    from ..render import render_sersic
+    from ..params import validate_parameters
+    from ..render import render_scene
 
     rng = as_generator(seed)
     cfg = config
@@ -463,19 +479,24 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     else:
         nb_params, owner, n_nb = np.empty((0, 7)), np.empty(0, dtype=np.int64), np.zeros(n, dtype=np.int64)
 
-    # targets, then neighbours and stars (looser wrap tolerance), each with its stamp's PSF
+    # The target alone, then all the neighbours and stars of each stamp as one scene (looser wrap
+    # tolerance): one PSF product and one inverse DFT per stamp and DFT size, each object on the
+    # grid render_sersic would give it. Parameters are checked here; the PSFs are unit-sum images
+    # already (drawn or validated).
+    validate_parameters(target, what="target parameters")
+    psf_t = torch.as_tensor(psfs, dtype=dtype)
     with torch.no_grad():
-        model = render_sersic(
-            torch.as_tensor(target, dtype=dtype), torch.as_tensor(psfs, dtype=dtype),
-            shape=(size, size), zeropoint=cfg.zeropoint, wrap_tolerance=cfg.wrap_tolerance,
+        model = render_scene(
+            torch.as_tensor(target, dtype=dtype), np.arange(n), psf_t, shape=(size, size),
+            zeropoint=cfg.zeropoint, wrap_tolerance=cfg.wrap_tolerance, validate=False,
         ).to(torch.float64)
         scene = model.clone()
         if len(nb_params):
-            nb_img = render_sersic(
-                torch.as_tensor(nb_params, dtype=dtype), torch.as_tensor(psfs[owner], dtype=dtype),
-                shape=(size, size), zeropoint=cfg.zeropoint, wrap_tolerance=cfg.neighbours.wrap_tolerance,
+            validate_parameters(nb_params, what="neighbour parameters")
+            scene += render_scene(
+                torch.as_tensor(nb_params, dtype=dtype), owner, psf_t, n_stamps=n, shape=(size, size),
+                zeropoint=cfg.zeropoint, wrap_tolerance=cfg.neighbours.wrap_tolerance, validate=False,
             ).to(torch.float64)
-            scene.index_add_(0, torch.as_tensor(owner), nb_img)
     model, scene = model.numpy(), scene.numpy()
 
     # noise
@@ -484,9 +505,16 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     corr = rng.random(n) < cfg.noise.correlated_fraction
     phase = rng.random((n, 2))
     white = rng.standard_normal((n, size + 1, size + 1))
-    var = sky[:, None, None] ** 2 + (np.maximum(scene, 0.0) / cfg.gain if cfg.noise.poisson else 0.0)
-    noise = _correlate(white, corr, phase) * np.sqrt(var)
-    images = scene + noise if cfg.noise.enabled else scene.copy()
+    # in place, in the same order of operations: the same numbers with fewer temporaries
+    if cfg.noise.poisson:
+        var = np.maximum(scene, 0.0)
+        var /= cfg.gain
+        var += sky[:, None, None] ** 2
+    else:
+        var = np.broadcast_to(sky[:, None, None] ** 2, scene.shape).copy()
+    noise = _correlate(white, corr, phase)
+    noise *= np.sqrt(var, out=var)
+    images = np.add(noise, scene, out=noise) if cfg.noise.enabled else scene.copy()
 
     want_maps = bool(bgc.files) and bgc.variance_hdu is not None
     sigma_maps = np.sqrt(sky[:, None, None] ** 2 + np.maximum(model, 0.0) / cfg.gain) if want_maps else None
@@ -506,8 +534,12 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     if sigma_maps is not None:
         sig2 = sigma_maps.astype(np.float64) ** 2
     else:
-        sig2 = sky[:, None, None] ** 2 + np.maximum(model, 0.0) / cfg.gain
-    snr = np.sqrt((model**2 / sig2).sum(axis=(1, 2)))
+        sig2 = np.maximum(model, 0.0)
+        sig2 /= cfg.gain
+        sig2 += sky[:, None, None] ** 2
+    ratio = np.square(model)
+    ratio /= sig2
+    snr = np.sqrt(ratio.sum(axis=(1, 2)))
     out = {
         "images": images.astype(np.float32),
         "psfs": psfs.astype(np.float32),
@@ -536,10 +568,14 @@ def _correlate(white: np.ndarray, corr: np.ndarray, phase: np.ndarray) -> np.nda
     if idx.size:
         a, b = phase[idx, 0][:, None, None], phase[idx, 1][:, None, None]
         w = white[idx]
-        mixed = ((1 - a) * (1 - b) * w[:, 1:, 1:] + a * (1 - b) * w[:, 1:, :-1]
-                 + (1 - a) * b * w[:, :-1, 1:] + a * b * w[:, :-1, :-1])
-        norm = np.sqrt(((1 - a) ** 2 + a**2) * ((1 - b) ** 2 + b**2))
-        out[idx] = mixed / norm
+        # ((1-a)(1-b) w11 + a(1-b) w10 + (1-a)b w01 + ab w00) / norm, summed in that order in place
+        mixed = (1 - a) * (1 - b) * w[:, 1:, 1:]
+        term = np.empty_like(mixed)
+        for weight, part in ((a * (1 - b), w[:, 1:, :-1]), ((1 - a) * b, w[:, :-1, 1:]),
+                             (a * b, w[:, :-1, :-1])):
+            mixed += np.multiply(weight, part, out=term)
+        mixed /= np.sqrt(((1 - a) ** 2 + a**2) * ((1 - b) ** 2 + b**2))
+        out[idx] = mixed
     return out
 
 
