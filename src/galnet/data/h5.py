@@ -24,7 +24,9 @@ Root attribute ``meta``: a JSON string with ``preset`` (the simulation config di
 ``split``, ``galnet_version``, ``conventions_version``, ``zeropoint``, ``pixel_scale``, ``gain``.
 
 Stamps are chunked by :data:`CHUNK_STAMPS` along N (small chunks keep random access cheap:
-a chunk is what one read decompresses) and gzip-compressed (level 1, with shuffle).
+a chunk is what one read decompresses) and compressed: gzip level 1 with shuffle by default
+(readable everywhere), or lzf (``galnet simulate --compression lzf``: about 2.5x cheaper to write,
+files about 8 % larger, readable by h5py only).
 """
 
 from __future__ import annotations
