@@ -198,7 +198,7 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
 
 
 # ============================================================================== galnet
-def run_galnet(stamps: Stamps, init: np.ndarray) -> tuple[Any, float, dict[str, float]]:
+def run_galnet(stamps: Stamps, init: np.ndarray, pool=None) -> tuple[Any, float, dict[str, float]]:
     """Fit every stamp with :func:`galnet.fit.fit_stamps` from ``init``, timing where the time goes.
 
     Parameters
@@ -206,6 +206,9 @@ def run_galnet(stamps: Stamps, init: np.ndarray) -> tuple[Any, float, dict[str, 
     stamps : Stamps
     init : ndarray, shape (B, 7)
         Start parameters (catalog conventions).
+    pool : galnet.fit.FitPool, optional
+        Fit in its worker processes (one per core, one thread each), as PyImfit is run; the time
+        accounting by stage is then not available.
 
     Returns
     -------
@@ -230,6 +233,11 @@ def run_galnet(stamps: Stamps, init: np.ndarray) -> tuple[Any, float, dict[str, 
                 clock[name] += time.perf_counter() - t
         return wrapper
 
+    if pool is not None:
+        t0 = time.perf_counter()
+        res = pool.fit_stamps(stamps.images, stamps.psfs, sigma=stamps.sigma, mask=stamps.mask, init=init,
+                              zeropoint=stamps.zeropoint)
+        return res, time.perf_counter() - t0, {}
     for name, fn in originals.items():
         clock[name] = 0.0
         setattr(model_cls, attrs[name], timed(name, fn))
@@ -468,7 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="16 galaxies (about 1 min on 2 loaded cores)")
     ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads for galnet and the network; worker processes for PyImfit")
+                    help="cores: worker processes for galnet's fits (galnet.fit.FitPool, one thread "
+                         "each) and for PyImfit's; torch threads for the network")
+    ap.add_argument("--galnet-threads", action="store_true",
+                    help="fit galnet in this process with --threads torch threads, not worker processes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pyimfit", action="store_true", help="also fit with PyImfit if it is installed")
     ap.add_argument("--no-hybrid", action="store_true", help="skip the network + fit (hybrid) row")
@@ -479,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 16 if args.quick else args.n
     import torch
 
-    from galnet.fit import fit_stamps, neighbour_mask, pixel_weights
+    from galnet.fit import FitPool, fit_stamps, neighbour_mask, pixel_weights
     from galnet.fit.starts import moments_start
 
     torch.set_num_threads(args.threads)
@@ -501,12 +512,19 @@ def main(argv: list[str] | None = None) -> int:
     t_moments = time.perf_counter() - t0 + t_mask
 
     # ---- galnet from moments (after a 2-iteration warm-up fit of one stamp: torch's first-call costs)
-    fit_stamps(stamps.images[:1], stamps.psfs[:1], sigma=stamps.sigma[:1], init=starts[:1],
-               zeropoint=stamps.zeropoint, max_iter=2)
-    res, wall, clock = run_galnet(stamps, starts)
+    pool = None
+    if args.threads > 1 and not args.galnet_threads:
+        pool = FitPool(args.threads)
+        pool.warm_up(stamps.images, stamps.psfs, sigma=stamps.sigma, zeropoint=stamps.zeropoint)
+    else:
+        fit_stamps(stamps.images[:1], stamps.psfs[:1], sigma=stamps.sigma[:1], init=starts[:1],
+                   zeropoint=stamps.zeropoint, max_iter=2)
+    res, wall, clock = run_galnet(stamps, starts, pool)
     ok = res.status >= 0
     g_time = t_moments + wall
     figures: dict[str, Any] = {"n": n, "source": stamps.source, "threads": args.threads,
+                               "galnet_parallelism": (f"{args.threads} worker processes x 1 thread" if pool
+                                                      else f"1 process x {args.threads} torch threads"),
                                "neighbour_mask": not args.no_mask, "time_mask_s": t_mask}
     figures.update(method_figures(res.params, stamps.truth, res.chi2nu, ok, g_time))
     figures.update({
@@ -562,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             figures["hybrid"] = f"not run: {type(exc).__name__}: {exc}"
             print(f"hybrid {figures['hybrid']}")
         else:
-            hres, hwall, _ = run_galnet(stamps, pred)
+            hres, hwall, _ = run_galnet(stamps, pred, pool)
             hok = hres.status >= 0
             hy = method_figures(hres.params, stamps.truth, hres.chi2nu, hok, t_net + t_mask + hwall)
             hy.update({
@@ -599,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"times include the neighbour mask ({t_mask / n * 1e3:.2f} ms/galaxy) for all, the moment-based "
           f"start ({(t_moments - t_mask) / n * 1e3:.1f} ms/galaxy) for galnet and PyImfit, the network's "
           "inference for hybrid; model loading, warm-up calls and process start-up excluded")
+    if pool is not None:
+        pool.close()
     print(json.dumps(figures))
     return 0
 

@@ -1,18 +1,21 @@
 """The classical fitter: batched Levenberg–Marquardt Sérsic ⊗ PSF fits (GALFIT-style).
 
-See ``docs/fit.md``. Public API: :func:`fit_stamps`, :func:`fit_multistart`, :class:`FitResult`,
+See ``docs/fit.md``. Public API: :func:`fit_stamps`, :func:`fit_multistart`, :class:`FitPool` (one process per
+core), :class:`FitResult`,
 :class:`FitConfig`, :class:`FitStatus`, the starts (:func:`moments_start`, :func:`catalog_start`,
 :func:`feedme_start`), neighbour masking (:func:`neighbour_mask`, :func:`segment_stamps`) and GALFIT /
 Imfit interoperability (:mod:`galnet.fit.galfit_io`).
 """
 
 from .masking import neighbour_mask, segment_stamps
+from .parallel import FitPool
 from .solver import FitConfig, FitResult, FitStatus, fit_multistart, fit_stamps, pixel_weights
 from .starts import catalog_start, feedme_start, moments_start, with_n
 
 __all__ = [
     "fit_stamps",
     "fit_multistart",
+    "FitPool",
     "FitResult",
     "FitConfig",
     "FitStatus",

@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--read-noise", type=float, default=0.0, help="read noise, e- (GALFIT RDNOISE)")
     parser.add_argument("--sky-sigma", type=float, default=None, help="sky noise, counts/px (FITS inputs)")
     parser.add_argument("--batch-size", type=int, default=256, help="stamps per batch")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes, one torch thread each (default 1: this process, with "
+                        "torch's default threads); use the number of cores: fits scale with processes, "
+                        "not threads")
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--limit", type=int, default=None, help="fit only the first N stamps")
     parser.add_argument("--pixel-scale", type=float, default=None, help="arcsec/px (default meta or 0.168)")
@@ -110,13 +114,61 @@ def _iter_hdf5(path: Path, batch: int, limit: int | None):
         yield start, ids, arr, meta
 
 
+def _fit_batches(batches, args, cfg, start_mode, start_table, n_grid, fitter, rows) -> None:
+    """Mask neighbours and fit every batch with ``fitter``; appends (ids, FitResult, n_masked) to ``rows``."""
+    from ..flags import Flag
+    from .masking import neighbour_mask
+    from .solver import FitResult, fit_multistart
+    from .starts import catalog_start, feedme_start, moments_start, with_n
+
+    for ids, images, psf, sigma, mask, zp, exptime in batches:
+        b = len(images)
+        if start_mode == "moments":
+            init = None
+        elif start_table is not None:
+            init = catalog_start(start_table, ids)
+            for i in np.flatnonzero(~np.all(np.isfinite(init), axis=1)):
+                log.error("row %s: id %s has no usable start in %s", i, ids[i], start_mode)
+        else:
+            init = feedme_start(start_mode.split(":", 1)[1], b)
+        n_masked = np.zeros(b, dtype=np.int64)
+        if args.mask_neighbours:
+            # around the start position when there is one (hybrid / feedme), else the stamp centre
+            centre = None if init is None else np.asarray(init, dtype=float)[:, :2]
+            try:
+                nb, n_masked = neighbour_mask(images, sigma, mask=mask, centre=centre, psf=psf)
+            except InputDataError as exc:  # e.g. a PSF cube that does not match the batch: fit unmasked
+                log.error("batch starting at id %s: neighbour masking skipped: %s", ids[0], exc)
+            else:
+                mask = nb if mask is None else (np.asarray(mask) != 0) | nb
+        kw = dict(sigma=sigma, mask=mask, fit_sky=args.fit_sky, zeropoint=zp, exptime=exptime, config=cfg)
+        try:
+            if n_grid:
+                base = init
+                if base is None:
+                    sig_w = (None if sigma is None
+                             else np.where(np.isfinite(sigma) & (sigma > 0), sigma, np.inf))
+                    masked = images if mask is None else np.where(np.asarray(mask) != 0, np.nan, images)
+                    base = moments_start(masked, sigma=sig_w, zeropoint=zp, exptime=exptime)
+                res = fit_multistart(images, psf, [with_n(base, n) for n in n_grid], fitter=fitter, **kw)
+            else:
+                res = fitter(images, psf, init=init, **kw)
+        except InputDataError as exc:  # a whole batch unusable (e.g. bad shared PSF): flag and go on
+            log.error("batch starting at id %s: %s; rows flagged BAD_INPUT", ids[0], exc)
+            res = FitResult.empty(b)
+            res.flags[:] = int(Flag.BAD_INPUT)
+        res.flags[n_masked > 0] |= int(Flag.NEIGHBOURS_MASKED)
+        for i, msg in enumerate(res.messages):
+            if msg:
+                log.warning("id %s: %s", ids[i], msg.strip().rstrip(";"))
+        rows.append((ids, res, n_masked))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..catalog import make_catalog, write_table
     from ..conventions import DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE
-    from ..flags import Flag
-    from .masking import neighbour_mask
-    from .solver import FitConfig, FitResult, fit_multistart, fit_stamps
-    from .starts import catalog_start, feedme_start, moments_start, with_n
+    from .parallel import FitPool
+    from .solver import FitConfig, FitResult, fit_stamps
 
     inp = Path(args.input)
     if not inp.exists():
@@ -221,48 +273,16 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- fit
     rows = []
+    if args.workers < 1:
+        raise InputDataError(f"--workers must be >= 1, got {args.workers}")
+    pool = FitPool(args.workers) if args.workers > 1 else None
+    fitter = pool.fit_stamps if pool is not None else fit_stamps
     t0 = time.perf_counter()
-    for ids, images, psf, sigma, mask, zp, exptime in batches:
-        b = len(images)
-        if start_mode == "moments":
-            init = None
-        elif start_table is not None:
-            init = catalog_start(start_table, ids)
-            for i in np.flatnonzero(~np.all(np.isfinite(init), axis=1)):
-                log.error("row %s: id %s has no usable start in %s", i, ids[i], start_mode)
-        else:
-            init = feedme_start(start_mode.split(":", 1)[1], b)
-        n_masked = np.zeros(b, dtype=np.int64)
-        if args.mask_neighbours:
-            # around the start position when there is one (hybrid / feedme), else the stamp centre
-            centre = None if init is None else np.asarray(init, dtype=float)[:, :2]
-            try:
-                nb, n_masked = neighbour_mask(images, sigma, mask=mask, centre=centre, psf=psf)
-            except InputDataError as exc:  # e.g. a PSF cube that does not match the batch: fit unmasked
-                log.error("batch starting at id %s: neighbour masking skipped: %s", ids[0], exc)
-            else:
-                mask = nb if mask is None else (np.asarray(mask) != 0) | nb
-        kw = dict(sigma=sigma, mask=mask, fit_sky=args.fit_sky, zeropoint=zp, exptime=exptime, config=cfg)
-        try:
-            if n_grid:
-                base = init
-                if base is None:
-                    sig_w = (None if sigma is None
-                             else np.where(np.isfinite(sigma) & (sigma > 0), sigma, np.inf))
-                    masked = images if mask is None else np.where(np.asarray(mask) != 0, np.nan, images)
-                    base = moments_start(masked, sigma=sig_w, zeropoint=zp, exptime=exptime)
-                res = fit_multistart(images, psf, [with_n(base, n) for n in n_grid], **kw)
-            else:
-                res = fit_stamps(images, psf, init=init, **kw)
-        except InputDataError as exc:  # a whole batch unusable (e.g. bad shared PSF): flag and go on
-            log.error("batch starting at id %s: %s; rows flagged BAD_INPUT", ids[0], exc)
-            res = FitResult.empty(b)
-            res.flags[:] = int(Flag.BAD_INPUT)
-        res.flags[n_masked > 0] |= int(Flag.NEIGHBOURS_MASKED)
-        for i, msg in enumerate(res.messages):
-            if msg:
-                log.warning("id %s: %s", ids[i], msg.strip().rstrip(";"))
-        rows.append((ids, res, n_masked))
+    try:
+        _fit_batches(batches, args, cfg, start_mode, start_table, n_grid, fitter, rows)
+    finally:
+        if pool is not None:
+            pool.close()
     dt = time.perf_counter() - t0
     ids = np.concatenate([r[0] for r in rows])
     n_masked_all = np.concatenate([r[2] for r in rows])

@@ -785,7 +785,7 @@ def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sk
             res.fourier_size[sel] = size
 
 
-def fit_multistart(images, psf, inits, **kwargs) -> FitResult:
+def fit_multistart(images, psf, inits, *, fitter=None, **kwargs) -> FitResult:
     """Fit from several starts (e.g. moments with n = 1 and n = 4) and keep the lowest χ² per galaxy.
 
     Parameters
@@ -793,6 +793,9 @@ def fit_multistart(images, psf, inits, **kwargs) -> FitResult:
     images, psf : see :func:`fit_stamps`.
     inits : sequence of array_like, each (B, 7)
         Start parameter sets.
+    fitter : callable, optional
+        What fits one start: :func:`fit_stamps` (default) or e.g.
+        :meth:`galnet.fit.FitPool.fit_stamps` to spread the fits over processes.
     **kwargs
         Passed to :func:`fit_stamps`.
 
@@ -803,7 +806,7 @@ def fit_multistart(images, psf, inits, **kwargs) -> FitResult:
     best: FitResult | None = None
     total_iter = None
     for init in inits:
-        r = fit_stamps(images, psf, init=init, **kwargs)
+        r = (fitter or fit_stamps)(images, psf, init=init, **kwargs)
         total_iter = r.niter.copy() if total_iter is None else total_iter + r.niter
         if best is None:
             best = r

@@ -1,0 +1,134 @@
+"""Fits spread over worker processes: one single-threaded process per core.
+
+The batched solver spends its time in many small tensor operations, which a second torch thread
+barely speeds up; separate processes, each fitting its own share of the stamps with one thread,
+scale with the cores (as PyImfit and GALFIT are run: one process per core). :class:`FitPool` keeps
+its workers alive between calls, so a catalog fitted batch by batch pays the start-up (importing
+torch in each worker, a few seconds) once.
+
+Example::
+
+    from galnet.fit import FitPool
+    with FitPool(workers=2) as pool:
+        result = pool.fit_stamps(images, psfs, sigma=sigma, mask=mask)   # a FitResult, rows in order
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .solver import FitResult, fit_stamps
+
+__all__ = ["FitPool"]
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _fit_chunk(task: tuple[np.ndarray, Any, dict[str, Any]]) -> FitResult:
+    images, psf, kwargs = task
+    return fit_stamps(images, psf, **kwargs)
+
+
+def _rows_of(value, rows: slice, b: int):
+    """``value[rows]`` for per-stamp arrays (leading axis ``b``), else ``value`` unchanged."""
+    if value is None or np.ndim(value) == 0:
+        return value
+    arr = np.asarray(value)
+    return arr[rows] if arr.shape[0] == b else arr
+
+
+class FitPool:
+    """Worker processes that fit shares of a batch with :func:`galnet.fit.fit_stamps`.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes (≥ 1), typically the number of cores.
+    threads : int
+        Torch threads per worker.
+    chunks_per_worker : int
+        Each call is cut into about ``workers × chunks_per_worker`` contiguous chunks (at least
+        ``min_chunk`` stamps each), handed out as workers free up: a few slow fits (blends that take
+        100 iterations) then do not hold the others back.
+    min_chunk : int
+        Smallest chunk, stamps (the solver is batched: tiny chunks waste its vectorisation).
+
+    Notes
+    -----
+    Workers are started with the ``spawn`` method (torch's OpenMP runtime is not fork-safe) and
+    import galnet on their first task. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, workers: int, *, threads: int = 1, chunks_per_worker: int = 4, min_chunk: int = 16):
+        if int(workers) < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if int(threads) < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.workers = int(workers)
+        self.chunks_per_worker = max(1, int(chunks_per_worker))
+        self.min_chunk = max(1, int(min_chunk))
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(int(threads),))
+
+    def warm_up(self, images, psf, **kwargs) -> None:
+        """Start every worker and run a 2-iteration fit of the first stamp in each (imports, caches)."""
+        one = slice(0, 1)
+        b = len(images)
+        kw = {k: _rows_of(v, one, b) for k, v in kwargs.items()}
+        kw["max_iter"] = 2
+        task = (np.asarray(images)[one], _rows_of(psf, one, b), kw)
+        list(self._executor.map(_fit_chunk, [task] * self.workers))
+
+    def fit_stamps(self, images, psf, **kwargs) -> FitResult:
+        """:func:`galnet.fit.fit_stamps` of a batch, its rows shared among the workers.
+
+        Parameters
+        ----------
+        images : array_like, shape (B, H, W), counts
+        psf : array (P, P) or (B, P, P), or AnalyticPSF
+        **kwargs
+            As :func:`galnet.fit.fit_stamps`; per-stamp arrays (``sigma``, ``mask``, ``init``,
+            ``sky``) are cut with the images.
+
+        Returns
+        -------
+        FitResult
+            One row per stamp, in input order (identical to a single-process fit).
+        """
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        b = len(images)
+        result = FitResult.empty(b)
+        if b == 0:
+            return result
+        size = max(self.min_chunk, math.ceil(b / (self.workers * self.chunks_per_worker)))
+        bounds = [(s, min(b, s + size)) for s in range(0, b, size)]
+        tasks = []
+        for start, stop in bounds:
+            rows = slice(start, stop)
+            kw = {k: _rows_of(v, rows, b) for k, v in kwargs.items()}
+            tasks.append((images[rows], _rows_of(psf, rows, b), kw))
+        for (start, stop), part in zip(bounds, self._executor.map(_fit_chunk, tasks)):
+            result.take(part, np.arange(start, stop))
+        return result
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> FitPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
