@@ -285,8 +285,10 @@ def _prepare_forward_ad() -> None:
 class _Model:
     """Model images and Jacobians for one group of galaxies sharing a DFT size."""
 
-    def __init__(self, psf, shape, size: int, zeropoint: float, exptime: float, fast: bool = True):
+    def __init__(self, psf, shape, size: int, zeropoint: float, exptime: float, fast: bool = True,
+                 jacobian_dtype: torch.dtype = torch.float32):
         self.fast = fast
+        self.jacobian_dtype = jacobian_dtype
         self.psf = psf
         self.shape = shape
         self.size = int(size)
@@ -312,7 +314,8 @@ class _Model:
         if isinstance(psf, torch.Tensor) and self.fast:
             if gal is None:
                 gal = self._render(p, psf)
-            _fourier_jacobian(p, psf, self.shape, self.size, self.zp, self.exptime, jac)
+            _fourier_jacobian(p, psf, self.shape, self.size, self.zp, self.exptime, jac,
+                              dtype=self.jacobian_dtype)
         else:
             for j in _JVP_COLUMNS:
                 tangent = torch.zeros_like(p)
@@ -591,7 +594,7 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
 def _covariance_errors(data, weights, psf, params, sky, *, fit_sky, size, zeropoint, exptime):
     """sqrt(diag((Jᵀ W J)⁻¹)) in catalog parameters (B, 7) and sky error (B,)."""
     b, h, w = data.shape
-    model = _Model(psf, (h, w), size, zeropoint, exptime)
+    model = _Model(psf, (h, w), size, zeropoint, exptime, jacobian_dtype=torch.float64)
     p = torch.as_tensor(params)
     sk = torch.as_tensor(sky)
     _, jac = model.jacobian(p, sk, psf)
