@@ -51,6 +51,8 @@ __all__ = [
     "resolve_backend",
     "parts_dir",
     "chunk_bounds",
+    "write_shard",
+    "load_shards",
 ]
 
 MANIFEST_VERSION = 1
@@ -415,6 +417,31 @@ def _done_chunks(pdir: Path, bounds: list[tuple[int, int]], save_models: bool) -
     return done
 
 
+def load_shards(pdir: Path, bounds: list[tuple[int, int]], n_rows: int) -> list[dict[str, np.ndarray]]:
+    """The arrays of every shard, in row order, after checking that they hold rows ``0..n_rows-1`` once each.
+
+    Raises
+    ------
+    PredictError
+        A shard is missing, or rows are lost or duplicated.
+    """
+    parts = []
+    for start, _stop in bounds:
+        p = _shard_path(pdir, start)
+        if not p.is_file():
+            raise PredictError(f"{p}: shard missing when assembling the catalog")
+        with np.load(p) as z:
+            parts.append({k: z[k] for k in z.files})
+    rows = np.concatenate([p["rows"] for p in parts]) if parts else np.zeros(0, np.int64)
+    if len(rows) != n_rows or not np.array_equal(rows, np.arange(n_rows)):
+        counts = np.bincount(rows, minlength=n_rows) if len(rows) else np.zeros(n_rows, int)
+        raise PredictError(
+            f"{pdir}: shards hold {len(rows)} rows for {n_rows} inputs "
+            f"({int((counts == 0).sum())} missing, {int((counts > 1).sum())} duplicated)"
+        )
+    return parts
+
+
 def _manifest(source: InputSource, options: PredictOptions, card: dict, output: Path) -> dict[str, Any]:
     return {
         "manifest_version": MANIFEST_VERSION,
@@ -648,20 +675,7 @@ def assemble(
     from ..catalog import make_catalog, write_table
     from ..conventions import HSC_PIXEL_SCALE
 
-    parts = []
-    for start, _stop in bounds:
-        p = _shard_path(pdir, start)
-        if not p.is_file():
-            raise PredictError(f"{p}: shard missing when assembling the catalog")
-        with np.load(p) as z:
-            parts.append({k: z[k] for k in z.files})
-    rows = np.concatenate([p["rows"] for p in parts]) if parts else np.zeros(0, np.int64)
-    if len(rows) != source.n_rows or not np.array_equal(rows, np.arange(source.n_rows)):
-        counts = np.bincount(rows, minlength=source.n_rows) if len(rows) else np.zeros(source.n_rows, int)
-        raise PredictError(
-            f"{pdir}: shards hold {len(rows)} rows for {source.n_rows} inputs "
-            f"({int((counts == 0).sum())} missing, {int((counts > 1).sum())} duplicated)"
-        )
+    parts = load_shards(pdir, bounds, source.n_rows)
 
     def cat(key):
         return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
