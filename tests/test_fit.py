@@ -308,3 +308,100 @@ def test_fit_pool_matches_single_process(tmp_path, psf):
     for col in ("x", "mag", "re_pix", "n", "q", "chi2", "flags"):
         np.testing.assert_allclose(np.asarray(two[col], float), np.asarray(one[col], float), rtol=1e-9,
                                    equal_nan=True)
+
+
+def _stamps_h5(tmp_path, psf, b=5, seed=5):
+    """A small simulate-style HDF5 split of ``b`` noisy stamps (row 3 all-NaN: it cannot be fitted)."""
+    h5py = pytest.importorskip("h5py")
+    p = _truth(b, seed)
+    rng = np.random.default_rng(seed)
+    img = _render(p, psf, 128) + rng.normal(0, 1.0, (b, *SHAPE))
+    img[3] = np.nan
+    path = tmp_path / "set.h5"
+    with h5py.File(path, "w") as f:
+        f["images"] = img.astype(np.float32)
+        f["psfs"] = np.repeat(psf[None], b, 0).astype(np.float32)
+        f["sky_sigma"] = np.ones(b, dtype=np.float32)
+        f["ids"] = np.arange(20, 20 + b)
+        f.attrs["meta"] = json.dumps({"zeropoint": 27.0, "gain": 4.0})
+    return path
+
+
+def test_cli_resume_after_kill_matches_uninterrupted_run(tmp_path, psf, monkeypatch):
+    """A run killed in its second batch keeps its first shard; `--resume` fits only the rest and writes
+    exactly the catalog of an uninterrupted run (every row, flags included); the parts dir is then removed."""
+    import galnet.fit.solver as solver
+    from galnet.catalog import read_table
+    from galnet.cli import main
+
+    path = _stamps_h5(tmp_path, psf)
+    common = ["fit", str(path), "--batch-size", "2", "--max-iter", "40"]
+    assert main([*common, "-o", str(tmp_path / "full.ecsv")]) == 0
+    assert not (tmp_path / "full.ecsv.parts").exists()
+
+    real = solver.fit_stamps
+    calls: list[int] = []
+
+    def dies_in_second_batch(images, *a, **kw):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(images, *a, **kw)
+
+    out = tmp_path / "resumed.ecsv"
+    monkeypatch.setattr(solver, "fit_stamps", dies_in_second_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        main([*common, "-o", str(out)])
+    pdir = tmp_path / "resumed.ecsv.parts"
+    assert sorted(p.name for p in pdir.iterdir()) == ["manifest.json", "part-000000000000.npz"]
+    assert not out.exists()
+
+    calls.clear()
+
+    def counting(images, *a, **kw):
+        calls.append(len(images))
+        return real(images, *a, **kw)
+
+    monkeypatch.setattr(solver, "fit_stamps", counting)
+    assert main([*common, "--resume", "-o", str(out)]) == 0
+    assert calls == [2, 1]  # rows 2-3 and 4: the first shard is not refitted
+    assert not pdir.exists()
+    full, resumed = read_table(tmp_path / "full.ecsv"), read_table(out)
+    assert resumed.colnames == full.colnames and list(resumed["id"]) == list(range(20, 25))
+    for col in full.colnames:
+        np.testing.assert_array_equal(np.asarray(resumed[col]), np.asarray(full[col]), err_msg=col)
+    assert resumed["flags"][3] & Flag.FEW_GOOD_PIXELS
+    for key in ("FITSTART", "FITSKY", "NBMASK"):
+        assert resumed.meta[key] == full.meta[key]
+    assert resumed.meta["TPERGAL"] > 0
+
+
+def test_cli_resume_refuses_other_options(tmp_path, psf, capsys):
+    """`--max-batches` stops early (no catalog, shards kept); `--resume` with another option that changes
+    results is refused naming it; with the same options it finishes; without --resume it starts over."""
+    from galnet.catalog import read_table
+    from galnet.cli import main
+
+    path = _stamps_h5(tmp_path, psf)
+    out = tmp_path / "fit.fits"
+    common = ["fit", str(path), "-o", str(out), "--batch-size", "2", "--max-iter", "40"]
+    assert main([*common, "--max-batches", "1"]) == 0
+    assert "continue with --resume" in capsys.readouterr().out
+    pdir = tmp_path / "fit.fits.parts"
+    assert not out.exists() and (pdir / "part-000000000000.npz").is_file()
+    manifest = json.loads((pdir / "manifest.json").read_text())
+    assert manifest["tool"] == "galnet fit" and manifest["n_rows"] == 5 and manifest["max_iter"] == 40
+
+    assert main(["fit", str(path), "-o", str(out), "--batch-size", "2", "--max-iter", "20", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "max_iter" in err
+    assert main([*common, "--fit-sky", "--resume"]) == 1
+    assert "fit_sky" in capsys.readouterr().err
+    assert (pdir / "part-000000000000.npz").is_file()  # a refused resume leaves the shards alone
+
+    assert main([*common, "--resume", "--keep-parts"]) == 0
+    assert len(read_table(out)) == 5
+    assert sorted(p.name for p in pdir.glob("part-*.npz")) == [f"part-{s:012d}.npz" for s in (0, 2, 4)]
+    # without --resume, the shards of the earlier run are removed and the run starts over
+    assert main(["fit", str(path), "-o", str(out), "--batch-size", "5", "--max-iter", "40"]) == 0
+    assert len(read_table(out)) == 5 and not pdir.exists()
