@@ -405,3 +405,24 @@ def test_cli_resume_refuses_other_options(tmp_path, psf, capsys):
     # without --resume, the shards of the earlier run are removed and the run starts over
     assert main(["fit", str(path), "-o", str(out), "--batch-size", "5", "--max-iter", "40"]) == 0
     assert len(read_table(out)) == 5 and not pdir.exists()
+
+
+def test_fit_pool_cuts_only_per_stamp_arguments():
+    """A shared (P, P) PSF and a scalar sky go whole to every chunk even when P equals the batch size;
+    per-stamp PSF cubes, σ maps, masks, starts and skies are cut with the stamps."""
+    from galnet.fit.parallel import _chunk_tasks
+
+    b = 5
+    images = np.zeros((b, 9, 9))
+    shared_psf = np.ones((b, b))  # a 5×5 PSF for 5 stamps
+    cube = np.arange(b * 25, dtype=float).reshape(b, 5, 5)
+    kwargs = {"sigma": np.ones((b, 9, 9)), "mask": np.zeros((b, 9, 9), bool), "init": np.ones((b, 7)),
+              "sky": 0.5, "zeropoint": 27.0}
+    bounds = [(0, 3), (3, 5)]
+    (img0, psf0, kw0), (_, psf1, kw1) = _chunk_tasks(images, shared_psf, kwargs, bounds)
+    assert img0.shape == (3, 9, 9) and psf0.shape == (5, 5) and psf1.shape == (5, 5)
+    assert kw0["sigma"].shape == (3, 9, 9) and kw1["mask"].shape == (2, 9, 9) and kw1["init"].shape == (2, 7)
+    assert kw0["sky"] == 0.5 and kw1["zeropoint"] == 27.0
+    _, psf_cut, kw = _chunk_tasks(images, cube, {"sky": np.arange(b, dtype=float)}, bounds)[1]
+    np.testing.assert_array_equal(psf_cut, cube[3:5])
+    np.testing.assert_array_equal(kw["sky"], [3.0, 4.0])

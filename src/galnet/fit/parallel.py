@@ -39,12 +39,27 @@ def _fit_chunk(task: tuple[np.ndarray, Any, dict[str, Any]]) -> FitResult:
     return fit_stamps(images, psf, **kwargs)
 
 
-def _rows_of(value, rows: slice, b: int):
-    """``value[rows]`` for per-stamp arrays (leading axis ``b``), else ``value`` unchanged."""
-    if value is None or np.ndim(value) == 0:
-        return value
-    arr = np.asarray(value)
-    return arr[rows] if arr.shape[0] == b else arr
+#: Dimensions of the per-stamp form of the arguments that :meth:`FitPool.fit_stamps` cuts by rows
+#: (a shared PSF (P, P) or a scalar sky is passed whole, whatever its size).
+_PER_STAMP_NDIM = {"psf": 3, "sigma": 3, "mask": 3, "init": 2, "sky": 1}
+
+
+def _rows_of(name: str, value, rows: slice):
+    """``value[rows]`` when ``value`` is the per-stamp form of argument ``name``, else ``value``."""
+    if isinstance(value, (np.ndarray, list, tuple)) or hasattr(value, "__array__"):
+        if name in _PER_STAMP_NDIM and np.ndim(value) == _PER_STAMP_NDIM[name]:
+            return np.asarray(value)[rows]
+    return value
+
+
+def _chunk_tasks(images: np.ndarray, psf, kwargs: dict[str, Any], bounds: list[tuple[int, int]]) -> list:
+    """One ``(images, psf, kwargs)`` task per chunk ``(start, stop)``, per-stamp arguments cut."""
+    tasks = []
+    for start, stop in bounds:
+        rows = slice(start, stop)
+        kw = {k: _rows_of(k, v, rows) for k, v in kwargs.items()}
+        tasks.append((images[rows], _rows_of("psf", psf, rows), kw))
+    return tasks
 
 
 class FitPool:
@@ -82,12 +97,9 @@ class FitPool:
 
     def warm_up(self, images, psf, **kwargs) -> None:
         """Start every worker and run a 2-iteration fit of the first stamp in each (imports, caches)."""
-        one = slice(0, 1)
-        b = len(images)
-        kw = {k: _rows_of(v, one, b) for k, v in kwargs.items()}
+        images, psf, kw = _chunk_tasks(np.asarray(images), psf, kwargs, [(0, 1)])[0]
         kw["max_iter"] = 2
-        task = (np.asarray(images)[one], _rows_of(psf, one, b), kw)
-        list(self._executor.map(_fit_chunk, [task] * self.workers))
+        list(self._executor.map(_fit_chunk, [(images, psf, kw)] * self.workers))
 
     def fit_stamps(self, images, psf, **kwargs) -> FitResult:
         """:func:`galnet.fit.fit_stamps` of a batch, its rows shared among the workers.
@@ -114,11 +126,7 @@ class FitPool:
             return result
         size = max(self.min_chunk, math.ceil(b / (self.workers * self.chunks_per_worker)))
         bounds = [(s, min(b, s + size)) for s in range(0, b, size)]
-        tasks = []
-        for start, stop in bounds:
-            rows = slice(start, stop)
-            kw = {k: _rows_of(v, rows, b) for k, v in kwargs.items()}
-            tasks.append((images[rows], _rows_of(psf, rows, b), kw))
+        tasks = _chunk_tasks(images, psf, kwargs, bounds)
         for (start, stop), part in zip(bounds, self._executor.map(_fit_chunk, tasks)):
             result.take(part, np.arange(start, stop))
         return result

@@ -241,11 +241,12 @@ def _flat_table(dtype: torch.dtype, device: str) -> torch.Tensor:
     return torch.cat([table.reshape(-1), torch.zeros(table.shape[1] + 1, dtype=dtype, device=device)])
 
 
-def _galaxy_rows(n: torch.Tensor, lo: torch.Tensor, span: int) -> torch.Tensor:
+def _galaxy_rows(n: torch.Tensor, lo: torch.Tensor, span: int, *, with_dn: bool = False):
     """Each galaxy's row of ``T`` over columns ``lo .. lo + span - 1``, as complex (value, slope) (B, span).
 
     Catmull-Rom interpolation in ``ln n`` of the four nearest table rows, whose column windows
     are copied as contiguous slices of the flattened table. Differentiable in ``n``.
+    ``with_dn`` also returns the row of ``dT/dn`` (the cubic's derivative), packed the same way.
     """
     table, _ = _table_tensors(n.dtype, str(n.device))
     tab = sersic_fourier_table()
@@ -265,7 +266,15 @@ def _galaxy_rows(n: torch.Tensor, lo: torch.Tensor, span: int) -> torch.Tensor:
     near = near.reshape(-1, 4, span + 1)  # (B, 4, L + 1)
     diffs = near[:, (0, 2, 3)] - near[:, 1:2]
     row = near[:, 1] + torch.bmm(weights[:, None, :], diffs)[:, 0]  # (B, L + 1)
-    # value and slope of each linear piece, packed as one complex number: a single gather
+    if not with_dn:
+        return _pack_pieces(row)
+    dweights = 0.5 * torch.stack([4 * t - 1 - 3 * t2, 1 + 8 * t - 9 * t2, 3 * t2 - 2 * t], -1)
+    dweights = dweights / (n * tab.ln_n_step)[:, None]  # dt/dn = 1 / (n ln_n_step)
+    return _pack_pieces(row), _pack_pieces(torch.bmm(dweights[:, None, :], diffs)[:, 0])
+
+
+def _pack_pieces(row: torch.Tensor) -> torch.Tensor:
+    """Value and slope of each linear piece of ``row`` (B, L + 1) as one complex number (B, L)."""
     return torch.view_as_complex(torch.stack([row[:, :-1], row[:, 1:] - row[:, :-1]], -1))
 
 
@@ -285,9 +294,10 @@ def sersic_fourier_grad(n: torch.Tensor, ln_kappa: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``T``, ``dT/d ln kappa`` and ``dT/dn`` of :func:`sersic_fourier` in one pass.
 
-    The same interpolant as :func:`sersic_fourier` (Catmull-Rom in ``ln n``, linear in
-    ``ln kappa``), differentiated analytically: equal to what forward-mode AD of
-    :func:`sersic_fourier` gives, at a third of the cost. Used by the fitter's Jacobians.
+    The same interpolant as :func:`sersic_fourier`, through the same column windows and rows
+    (:func:`_galaxy_rows`, Catmull-Rom in ``ln n``, linear in ``ln kappa``), differentiated
+    analytically: what forward-mode AD of :func:`sersic_fourier` gives, at a third of the cost.
+    Used by the fitter's Jacobians.
 
     Parameters
     ----------
@@ -300,32 +310,20 @@ def sersic_fourier_grad(n: torch.Tensor, ln_kappa: torch.Tensor
     -------
     t, dt_dlnk, dt_dn : Tensor, each shaped like ``ln_kappa``.
     """
-    table, _ = _table_tensors(ln_kappa.dtype, str(ln_kappa.device))
     tab = sersic_fourier_table()
     shape = ln_kappa.shape
     pos = (ln_kappa.reshape(shape[0], -1) - tab.u0) / tab.u_step
-    n_cols = table.shape[1]
-    lo_col = int(pos.min().clamp(0, n_cols - 2).floor())
-    hi_col = int(pos.max().clamp(0, n_cols - 2).floor()) + 2
-    rows = table[:, lo_col:hi_col]
-    # Catmull-Rom in ln n: value and d/dn of the cubic
-    npos = (torch.log(n) - tab.ln_n0) / tab.ln_n_step
-    i0 = torch.floor(npos).clamp(1, rows.shape[0] - 3)
-    t = (npos - i0).unsqueeze(-1)
-    i0 = i0.long()
-    p0, p1, p2, p3 = (rows[i0 + o] for o in (-1, 0, 1, 2))
-    c1 = p2 - p0
-    c2 = 2 * p0 - 5 * p1 + 4 * p2 - p3
-    c3 = 3 * p1 - p0 - 3 * p2 + p3
-    val = 0.5 * (2 * p1 + t * (c1 + t * (c2 + t * c3)))  # (B, L')
-    dval = (0.5 * (c1 + t * (2 * c2 + 3 * t * c3))) / (n * tab.ln_n_step).unsqueeze(-1)
-    pos = (pos - lo_col).clamp(0, hi_col - lo_col - 1 - 1e-6)
-    j = torch.floor(pos)
-    frac = pos - j
-    j = j.long()
-    lo, hi = torch.gather(val, 1, j), torch.gather(val, 1, j + 1)
-    dlo, dhi = torch.gather(dval, 1, j), torch.gather(dval, 1, j + 1)
-    t_out = torch.lerp(lo, hi, frac)
-    dt_dlnk = (hi - lo) / tab.u_step
-    dt_dn = torch.lerp(dlo, dhi, frac)
+    n_cols = _table_tensors(pos.dtype, str(pos.device))[0].shape[1]
+    lo, span = _column_window(pos.amin(1), pos.amax(1), n_cols)
+    local = torch.clamp(pos - lo[:, None], min=torch.zeros_like(lo)[:, None], max=(n_cols - 1 - lo)[:, None])
+    rows, dn_rows = _galaxy_rows(n, lo, span, with_dn=True)
+    j = local.long()  # local >= 0: truncation = floor
+    frac = local - j
+    pair = torch.view_as_real(torch.gather(rows, 1, j))  # (B, E, 2): value, slope per column
+    dn_pair = torch.view_as_real(torch.gather(dn_rows, 1, j))
+    t_out = torch.addcmul(pair[..., 0], frac, pair[..., 1])
+    # zero beyond the table's ends, where T is clamped (as autograd of the clamp gives)
+    inside = (pos >= 0) & (pos <= n_cols - 1)
+    dt_dlnk = torch.where(inside, pair[..., 1] / tab.u_step, torch.zeros_like(frac))
+    dt_dn = torch.addcmul(dn_pair[..., 0], frac, dn_pair[..., 1])
     return t_out.reshape(shape), dt_dlnk.reshape(shape), dt_dn.reshape(shape)
