@@ -221,7 +221,7 @@ def run_galnet(stamps: Stamps, init: np.ndarray, pool=None) -> tuple[Any, float,
 
     clock: dict[str, float] = {}
     model_cls = getattr(solver_mod, "_Model", None)  # private: the accounting is skipped if it changes
-    attrs = {"render": "_render", "jacobian": "jacobian"}
+    attrs = {"render": "render", "jacobian": "jacobian"}
     originals = {name: getattr(model_cls, attr) for name, attr in attrs.items() if hasattr(model_cls, attr)}
 
     def timed(name, fn):

@@ -55,7 +55,7 @@ def test_fourier_jacobian_matches_finite_differences(psf):
                      dtype=torch.float64)
     pt = torch.as_tensor(psf)
     model = _Model(pt, SHAPE, 128, 27.0, 1.0)
-    _, jac = model.jacobian(p, None, pt)
+    _, jac = model.jacobian(p, None)
     for j in range(7):
         h = 1e-5
         pp, pm = p.clone(), p.clone()
@@ -108,7 +108,7 @@ def test_converges_from_poor_start(psf):
     assert np.abs(r.params[:, 3:5] / p[:, 3:5] - 1).max() < 1e-3
 
 
-def _noisy_check(psf, b, seed):
+def _noisy_check(psf, b, seed, *, width="mad"):
     p = _truth(b, seed)
     rng = np.random.default_rng(seed + 100)
     model = _render(p, psf, 128)
@@ -124,9 +124,10 @@ def _noisy_check(psf, b, seed):
     diff = r.params[ok] - p[ok]
     diff[:, 6] = pa_difference(r.params[ok, 6], p[ok, 6])
     pulls = diff / r.errors[ok]
-    widths = 1.4826 * np.median(np.abs(pulls - np.median(pulls, 0)), 0)
-    use = np.ones(7, dtype=bool)
-    return widths[use], ok.sum()
+    if width == "mad":
+        return 1.4826 * np.median(np.abs(pulls - np.median(pulls, 0)), 0), ok.sum()
+    clipped = np.where(np.abs(pulls) < 5, pulls, np.nan)  # the rare non-Gaussian tail out
+    return np.nanstd(clipped, 0), ok.sum()
 
 
 def test_noisy_chi2nu_and_pulls_fast(psf):
@@ -141,10 +142,15 @@ def test_noisy_chi2nu_and_pulls_fast(psf):
     assert np.all(np.abs(widths - 1) < 0.55), widths
 
 
-@pytest.mark.slow
-def test_noisy_chi2nu_and_pulls_500(psf):
-    """As the fast test on 500 stamps: pull widths within 0.1 of 1 (3× the ~0.033 sampling scatter)."""
-    widths, n = _noisy_check(psf, 500, 4)
+def test_noisy_chi2nu_and_pulls_2000(psf):
+    """As the fast test on 2,000 stamps: pull widths within 0.1 of 1.
+
+    Width: standard deviation of the pulls within ±5 (sampling scatter 1/sqrt(2N) = 0.016; a MAD
+    width scatters 1.17/sqrt(N), 0.052 for 500 stamps, too much for a 0.1 test). 0.1 is 3× that
+    scatter plus 0.05 for the non-linear regime of the faintest stamps and the position angle of
+    nearly round ones (measured: 0.99–1.06).
+    """
+    widths, n = _noisy_check(psf, 2000, 4, width="std")
     assert np.all(np.abs(widths - 1) < 0.1), widths
 
 

@@ -87,6 +87,12 @@ class FitConfig:
         Convergence when the largest internal step is below ``xtol`` (internal units ~ relative).
     patience : int
         Consecutive small-Δχ² accepted steps needed.
+    gn_tol_chi2 : float
+        Convergence when the Gauss–Newton model predicts that less than this χ² decrease is left
+        (``βᵀ α⁻¹ β`` from the undamped normal equations at an accepted point): the point is then
+        within ``sqrt(gn_tol_chi2)`` standard errors of the minimum in the Fisher metric (0.1 σ by
+        default). It stops well-behaved fits without the confirming steps of the Δχ² rule, and never
+        on a plateau where damped steps are small but the minimum is still far. ``0`` disables it.
     lambda_init, lambda_up, lambda_down, lambda_max : float
         Marquardt damping: start, factor on a rejected step, divisor on an accepted one, and the
         value above which the fit is declared stalled.
@@ -117,6 +123,7 @@ class FitConfig:
     atol_chi2: float = 1e-3
     xtol: float = 1e-10
     patience: int = 2
+    gn_tol_chi2: float = 1e-2
     lambda_init: float = 1e-3
     lambda_up: float = 10.0
     lambda_down: float = 10.0
@@ -283,45 +290,79 @@ def _prepare_forward_ad() -> None:
 
 
 class _Model:
-    """Model images and Jacobians for one group of galaxies sharing a DFT size."""
+    """Model images and Jacobians of one group of galaxies sharing a DFT size.
+
+    An image PSF's spectrum (kx-major, see :func:`galnet.render.model._image_psf_spectrum`) is
+    computed once per group and dtype, not at every render: the Levenberg–Marquardt loop renders the
+    same galaxies tens of times. ``sel`` arguments pick rows of the group (its PSF rows and spectra).
+    """
 
     def __init__(self, psf, shape, size: int, zeropoint: float, exptime: float, fast: bool = True,
                  jacobian_dtype: torch.dtype = torch.float32):
         self.fast = fast
         self.jacobian_dtype = jacobian_dtype
         self.psf = psf
-        self.shape = shape
+        self.shape = tuple(shape)
         self.size = int(size)
         self.zp = zeropoint
         self.exptime = exptime
+        self._spectra: dict[torch.dtype, torch.Tensor] = {}
 
-    def _render(self, p: torch.Tensor, psf) -> torch.Tensor:
-        return render_sersic(p, psf, shape=self.shape, zeropoint=self.zp, exptime=self.exptime,
-                             fourier_size=self.size, validate=False)
+    @property
+    def image_psf(self) -> bool:
+        return isinstance(self.psf, torch.Tensor)
 
-    def jacobian(self, p: torch.Tensor, sky, psf, gal: torch.Tensor | None = None
+    def _psf_rows(self, sel):
+        return self.psf[sel] if self.image_psf and self.psf.ndim == 3 and sel is not None else self.psf
+
+    def psf_spectrum(self, dtype: torch.dtype, sel=None) -> torch.Tensor:
+        """Kx-major PSF spectrum (K, N) or (B, K, N) in the complex dtype matching real ``dtype``."""
+        from ..render.model import _image_psf_spectrum
+
+        spec = self._spectra.get(dtype)
+        if spec is None:
+            spec = self._spectra[dtype] = _image_psf_spectrum(self.psf.to(dtype), self.size, kx_major=True)
+        return spec[sel] if spec.ndim == 3 and sel is not None else spec
+
+    def render(self, p: torch.Tensor, sel=None) -> torch.Tensor:
+        """Galaxy models (B, H, W) at catalog parameters ``p`` (B, 7): :func:`render_sersic` at this size."""
+        if not self.image_psf:
+            return render_sersic(p, self.psf, shape=self.shape, zeropoint=self.zp, exptime=self.exptime,
+                                 fourier_size=self.size, validate=False)
+        from ..render.model import _render_group
+
+        _, correct = required_fourier_size(p.detach().numpy(), self.shape, self.psf.shape[-1],
+                                           return_correction=True, forced_size=self.size)
+        x, y, mag, re, n, q, pa = p.unbind(-1)
+        flux = self.exptime * torch.pow(torch.as_tensor(10.0, dtype=p.dtype), -0.4 * (mag - self.zp))
+        return _render_group(flux, x - 1, y - 1, re, n, q, pa, self._psf_rows(sel), self.shape, self.size,
+                             correct=torch.as_tensor(correct), psf_spectrum=self.psf_spectrum(p.dtype, sel))
+
+    def jacobian(self, p: torch.Tensor, sky, sel=None, gal: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Model (B, H, W) and Jacobian (B, 7 or 8, H, W) w.r.t. the external parameters.
 
         ``gal``: the galaxy model at ``p`` (without sky) if already rendered. Image PSFs use the
-        Fourier-space forward-mode Jacobian (:func:`_fourier_jacobian`), analytic PSFs one JVP of
+        Fourier-space Jacobian (:func:`_fourier_jacobian`), analytic PSFs one JVP of
         :func:`galnet.render.render_sersic` per parameter.
         """
-        _prepare_forward_ad()
         b = p.shape[0]
         n_cols = 7 if sky is None else 8
         jac = torch.empty((b, n_cols, *self.shape), dtype=p.dtype)
-        if isinstance(psf, torch.Tensor) and self.fast:
+        if self.image_psf and self.fast:
             if gal is None:
-                gal = self._render(p, psf)
-            _fourier_jacobian(p, psf, self.shape, self.size, self.zp, self.exptime, jac,
-                              dtype=self.jacobian_dtype)
+                gal = self.render(p, sel)
+            _fourier_jacobian(p, self.psf_spectrum(self.jacobian_dtype, sel), self.shape, self.size, self.zp,
+                              self.exptime, jac)
         else:
+            _prepare_forward_ad()
             for j in _JVP_COLUMNS:
                 tangent = torch.zeros_like(p)
                 tangent[:, j] = 1.0
                 with fwad.dual_level():
-                    out = self._render(fwad.make_dual(p, tangent), psf)
+                    out = render_sersic(fwad.make_dual(p, tangent), self._psf_rows(sel), shape=self.shape,
+                                        zeropoint=self.zp, exptime=self.exptime, fourier_size=self.size,
+                                        validate=False)
                     primal, tan = fwad.unpack_dual(out)
                     jac[:, j] = tan
                     if gal is None:
@@ -335,11 +376,12 @@ class _Model:
         return model, jac
 
 
-_JAC_CHUNK_ELEMENTS = 2**21  # complex spectrum elements per Jacobian chunk (bounds memory)
+#: Fourier modes (galaxies x 6 x K x N) per Jacobian chunk: its temporaries stay in the CPU cache.
+_JAC_CHUNK_ELEMENTS = 2**17
 
 
-def _fourier_jacobian(p: torch.Tensor, psf: torch.Tensor, shape, size: int, zeropoint: float,
-                      exptime: float, out: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> None:
+def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: int, zeropoint: float,
+                      exptime: float, out: torch.Tensor) -> None:
     """∂model/∂(x, y, re, n, q, pa) by differentiation in Fourier space.
 
     The model is ``M = IDFT[F E(k) T(n, ln κ(k; re, q, pa)) e^{-i k·x0}]`` (see
@@ -347,34 +389,40 @@ def _fourier_jacobian(p: torch.Tensor, psf: torch.Tensor, shape, size: int, zero
     derivative spectrum: ``-i kx S`` and ``-i ky S`` for the centre, ``F E ∂T/∂θ`` for the shape.
     ``∂T/∂ln κ`` and ``∂T/∂n`` come from :func:`galnet.render.sersic.sersic_fourier_grad` (the
     renderer's own interpolant, differentiated analytically); ``∂ ln κ/∂(re, q, pa)`` are analytic
-    (``κ² = re² (k_maj² + q² k_min²)``). All six spectra of a chunk go through one batched inverse
-    DFT of the renderer. The Jacobian only steers the Levenberg–Marquardt steps (χ² is always
-    evaluated with the full-precision model), so it is computed in ``dtype`` (float32 by default:
-    half the cost of float64, relative error ~1e-6). Writes columns 0, 1, 3, 4, 5, 6 of ``out``
-    (B, ≥7, H, W).
+    (``κ² = re² (k_maj² + q² k_min²)``). The six spectra of a chunk, laid out kx-major, go through
+    one batched inverse DFT of the renderer (FFT along ``ky``). The Jacobian only steers the
+    Levenberg–Marquardt steps (χ² is always evaluated with the float64 model), so it is computed in
+    the real dtype of ``psf_spectrum`` (float32 in the LM loop: half the cost of float64, relative
+    error ~1e-6).
+
+    Parameters
+    ----------
+    p : Tensor, shape (B, 7)
+        Catalog parameters.
+    psf_spectrum : Tensor, complex, shape (K, N) or (B, K, N)
+        Kx-major PSF spectrum at this DFT size (``_image_psf_spectrum(psf, size, kx_major=True)``).
+    out : Tensor, shape (B, ≥7, H, W)
+        Columns 0, 1, 3, 4, 5, 6 are written.
     """
-    from ..render.model import _image_psf_spectrum, _inverse_dft, _k_grids
+    from ..render.model import _centre_phase, _k_grids, _stamp_inverse_dft
     from ..render.sersic import sersic_fourier_grad
 
+    dtype = psf_spectrum.real.dtype
     p = p.to(dtype)
-    psf = psf.to(dtype)
     b = p.shape[0]
     kx, ky = _k_grids(size, dtype, p.device)
     nk = kx.shape[0]
-    shared_psf = psf.ndim == 2
-    if shared_psf:
-        e_hat_all = _image_psf_spectrum(psf, size)  # (N, K)
-    kxg, kyg = kx[None, None, :], ky[None, :, None]
+    kxg, kyg = kx[None, :, None], ky[None, None, :]  # kx-major: (1, K, 1), (1, 1, N)
     chunk = max(1, _JAC_CHUNK_ELEMENTS // (6 * size * nk))
     for s0 in range(0, b, chunk):
         sl = slice(s0, min(b, s0 + chunk))
         x, y, mag, re, n, q, pa = p[sl].unbind(-1)
         bc = x.shape[0]
         flux = exptime * torch.pow(torch.as_tensor(10.0, dtype=dtype), -0.4 * (mag - zeropoint))
-        e_hat = e_hat_all[None] if shared_psf else _image_psf_spectrum(psf[sl], size)  # (B|1, N, K)
+        e_hat = psf_spectrum[sl] if psf_spectrum.ndim == 3 else psf_spectrum
         par = torch.deg2rad(pa)
         sn, cs = torch.sin(par)[:, None, None], torch.cos(par)[:, None, None]
-        kmaj = -sn * kxg + cs * kyg
+        kmaj = -sn * kxg + cs * kyg  # (B, K, N)
         kmin = cs * kxg + sn * kyg
         re2 = (re * re)[:, None, None]
         q_ = q[:, None, None]
@@ -386,9 +434,10 @@ def _fourier_jacobian(p: torch.Tensor, psf: torch.Tensor, shape, size: int, zero
         inv = 1.0 / kappa2
         t, dt_dlnk, dt_dn = sersic_fourier_grad(n, 0.5 * torch.log(kappa2))
         # T(0) = 1 exactly for every n (the renderer restores the DC mode): no derivative there
+        t[:, 0, 0] = 1.0
         dt_dlnk[:, 0, 0] = 0.0
         dt_dn[:, 0, 0] = 0.0
-        base = flux[:, None, None] * e_hat  # (B, N, K) complex
+        base = _centre_phase(x - 1, y - 1, size) * (flux[:, None, None] * e_hat)  # (B, K, N) complex
         bt = base * dt_dlnk
         s = base * t
         spec = torch.stack([
@@ -397,9 +446,8 @@ def _fourier_jacobian(p: torch.Tensor, psf: torch.Tensor, shape, size: int, zero
             base * dt_dn,
             bt * (re2 * q_ * kmin2 * inv),
             bt * (re2 * kmaj * kmin * (q_ * q_ - 1) * inv * (math.pi / 180.0)),
-        ], 1)  # (B, 6, N, K)
-        img = _inverse_dft(spec.reshape(bc * 6, size, nk), (x - 1).repeat_interleave(6),
-                           (y - 1).repeat_interleave(6), shape, size).reshape(bc, 6, *shape)
+        ], 1)  # (B, 6, K, N)
+        img = _stamp_inverse_dft(spec.reshape(bc * 6, nk, size), shape, size).reshape(bc, 6, *shape)
         out[sl, 0] = img[:, 0]
         out[sl, 1] = img[:, 1]
         out[sl, 3:7] = img[:, 2:6]
@@ -512,22 +560,19 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
     fixed_sky = None if fit_sky else sky0
     sqw = torch.sqrt(weights)
 
-    def psf_rows(sel):
-        return psf[sel] if isinstance(psf, torch.Tensor) and psf.ndim == 3 else psf
-
     def evaluate(uu, sel, gal=None):
         """χ² (B,), weighted residuals (B, H, W), galaxy model (B, H, W) at internal ``uu``."""
         p, sky, _ = tr.to_external(uu, sel)
         sk = sky if fit_sky else fixed_sky[sel]
         if gal is None:
-            gal = model._render(p, psf_rows(sel))
+            gal = model.render(p, sel)
         r = (data[sel] - gal - sk[:, None, None]) * sqw[sel]
         return (r * r).sum((1, 2)), r, gal
 
     def normal_equations(uu, sel, r, gal):
         """Jᵀ W J (B, P, P) and Jᵀ W r (B, P) in internal variables."""
         p, sky, d = tr.to_external(uu, sel)
-        _, jac = model.jacobian(p, sky, psf_rows(sel), gal=gal)
+        _, jac = model.jacobian(p, sky, sel, gal=gal)
         jac = jac[:, :n_free] * d[:, :, None, None]
         jw = (jac * sqw[sel][:, None]).reshape(sel.numel(), n_free, -1)
         return jw @ jw.transpose(1, 2), (jw @ r.reshape(sel.numel(), -1, 1))[..., 0]
@@ -540,6 +585,10 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
     niter = torch.zeros(b, dtype=torch.long)
     small = torch.zeros(b, dtype=torch.long)
     status = torch.full((b,), int(FitStatus.MAX_ITER), dtype=torch.long)
+    if cfg.gn_tol_chi2 > 0:  # already at the minimum (e.g. a refit at a larger DFT size)
+        done = _gauss_newton_decrease(alpha, beta) < cfg.gn_tol_chi2
+        status[done] = int(FitStatus.CONVERGED_CHI2)
+        active[done] = False
     eye = torch.eye(n_free, dtype=data.dtype)
     for _ in range(cfg.max_iter):
         idx = torch.nonzero(active).flatten()
@@ -586,9 +635,29 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
                 al, be = normal_equations(u[cont], cont, r_try[better][keep], gal_try[better][keep])
                 alpha[cont] = al
                 beta[cont] = be
+                if cfg.gn_tol_chi2 > 0:
+                    near = cont[_gauss_newton_decrease(al, be) < cfg.gn_tol_chi2]
+                    status[near] = int(FitStatus.CONVERGED_CHI2)
+                    active[near] = False
     p, sky, _ = tr.to_external(u)
     return (p.numpy(), (sky if fit_sky else fixed_sky).numpy(), chi2.numpy(), niter.numpy(),
             status.numpy())
+
+
+def _gauss_newton_decrease(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """χ² decrease (B,) to the minimum of the local quadratic model: ``βᵀ α⁻¹ β``.
+
+    ``α`` (B, P, P) is scaled to unit diagonal first, with a relative floor on near-zero diagonals
+    (parameters saturated at a bound): a singular direction contributes nothing.
+    """
+    diag = torch.diagonal(alpha, dim1=1, dim2=2)
+    floor = 1e-12 * diag.amax(1, keepdim=True).clamp_min(1e-300)
+    scale = torch.sqrt(torch.maximum(diag, floor))
+    a = alpha / (scale[:, :, None] * scale[:, None, :])
+    b = beta / scale
+    sol = torch.linalg.solve(a + 1e-10 * torch.eye(a.shape[-1], dtype=a.dtype), b)
+    dec = (b * sol).sum(-1)
+    return torch.where(torch.isfinite(dec), dec, torch.full_like(dec, math.inf))
 
 
 def _covariance_errors(data, weights, psf, params, sky, *, fit_sky, size, zeropoint, exptime):
@@ -597,7 +666,7 @@ def _covariance_errors(data, weights, psf, params, sky, *, fit_sky, size, zeropo
     model = _Model(psf, (h, w), size, zeropoint, exptime, jacobian_dtype=torch.float64)
     p = torch.as_tensor(params)
     sk = torch.as_tensor(sky)
-    _, jac = model.jacobian(p, sk, psf)
+    _, jac = model.jacobian(p, sk)
     if not fit_sky:
         jac = jac[:, :7]
     n = jac.shape[1]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -42,12 +41,12 @@ from ..params import N_PARAMS, validate_parameters
 from .model import (
     DEFAULT_WRAP_TOLERANCE,
     _as_psf,
-    _dft_bases,
     _grid_to_stamp,
     _image_psf_spectrum,
     _k_grids,
     _near_rings_grid,
     _sersic_spectrum,
+    _stamp_inverse_dft,
     required_fourier_size,
 )
 from .psf import AnalyticPSF
@@ -58,31 +57,6 @@ __all__ = ["render_scene"]
 _OBJECT_CHUNK_ELEMENTS = 2**18
 #: Fourier modes (stamps x N x K) of the stamp spectra transformed at once.
 _STAMP_CHUNK_ELEMENTS = 2**19
-
-
-@lru_cache(maxsize=32)
-def _real_dft_x(size: int, h: int, w: int, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """The ``kx`` inverse-DFT factor of ``_dft_bases`` as a real (2K, W) matrix.
-
-    Rows ``2k`` and ``2k + 1`` hold the real part and minus the imaginary part of row ``k``:
-    ``Re(z @ base_x) = view_as_real(z).reshape(-1, 2K) @`` this matrix, one real product.
-    """
-    base_x = _dft_bases(size, h, w, dtype, device)[2]
-    return torch.stack([base_x.real, -base_x.imag], 1).reshape(-1, w).contiguous()
-
-
-def _stamp_inverse_dft(spectrum: torch.Tensor, shape, size: int) -> torch.Tensor:
-    """Real images (C, H, W) from half spectra laid out (C, K, N) (centres already in the phases).
-
-    The ``ky`` stage is an FFT along the contiguous last axis (2-3x faster than the (H, N) @ (N, K)
-    product for N >= 64), of which the first H rows are kept; of the ``kx`` stage only the real
-    part is needed: one real (C H, 2K) @ (2K, W) product with the ``_dft_bases`` factor.
-    """
-    h, w = shape
-    c, nk, _ = spectrum.shape
-    rows = torch.fft.ifft(spectrum, dim=-1, norm="forward")[..., :h]  # sum_ky S e^{i ky y}: (C, K, H)
-    rows = torch.view_as_real(rows.transpose(1, 2).contiguous()).reshape(c * h, 2 * nk)
-    return (rows @ _real_dft_x(size, h, w, rows.dtype, str(rows.device))).reshape(c, h, w)
 
 
 def _add_spectra(acc, owner, flux, x0, y0, re, n, q, pa, point: bool, size: int) -> torch.Tensor:
