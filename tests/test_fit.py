@@ -294,6 +294,17 @@ def test_fit_pool_matches_single_process(tmp_path, psf):
     np.testing.assert_allclose(pooled.params, single.params, rtol=1e-12, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(pooled.chi2, single.chi2, rtol=1e-12, equal_nan=True)
     assert pooled.messages[4] and pooled.messages[4] == single.messages[4]
+    # the neighbour mask made in the workers (per-stamp σ values, centres and a PSF cube cut by rows)
+    from galnet.fit import neighbour_mask
+
+    scene = np.nan_to_num(img) + _render(np.c_[p[:, :2] + 12, p[:, 2:]], psf, 128)  # a neighbour each
+    kw = dict(centre=p[:, :2], psf=np.repeat(psf[None], 7, 0))
+    with FitPool(2, min_chunk=3, chunks_per_worker=1) as pool:
+        pooled_mask, pooled_count = pool.neighbour_mask(scene, np.ones(7), **kw)
+    single_mask, single_count = neighbour_mask(scene, np.ones(7), **kw)
+    assert single_count.sum() >= 6 and single_mask.any()
+    np.testing.assert_array_equal(pooled_mask, single_mask)
+    np.testing.assert_array_equal(pooled_count, single_count)
 
     h5py = pytest.importorskip("h5py")
     from galnet.catalog import read_table

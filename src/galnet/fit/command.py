@@ -283,8 +283,11 @@ def _open_fits(inp: Path, args, stack):
     return shape3[0], fingerprint, zp, {}, read
 
 
-def _fit_batch(batch, args, cfg, start_mode, start_table, n_grid, fitter):
-    """Mask neighbours and fit one batch with ``fitter``; returns (FitResult, n_masked)."""
+def _fit_batch(batch, args, cfg, start_mode, start_table, n_grid, fitter, masker=None):
+    """Mask neighbours with ``masker`` and fit one batch with ``fitter``; returns (FitResult, n_masked).
+
+    ``masker``: :func:`galnet.fit.neighbour_mask` (default) or a :class:`galnet.fit.FitPool`'s.
+    """
     from ..flags import Flag
     from .masking import neighbour_mask
     from .solver import FitResult, fit_multistart
@@ -305,7 +308,7 @@ def _fit_batch(batch, args, cfg, start_mode, start_table, n_grid, fitter):
         # around the start position when there is one (hybrid / feedme), else the stamp centre
         centre = None if init is None else np.asarray(init, dtype=float)[:, :2]
         try:
-            nb, n_masked = neighbour_mask(images, sigma, mask=mask, centre=centre, psf=psf)
+            nb, n_masked = (masker or neighbour_mask)(images, sigma, mask=mask, centre=centre, psf=psf)
         except InputDataError as exc:  # e.g. a PSF cube that does not match the batch: fit unmasked
             log.error("batch starting at id %s: neighbour masking skipped: %s", ids[0], exc)
         else:
@@ -418,11 +421,12 @@ def run(args: argparse.Namespace) -> int:
             todo = todo[: max(0, args.max_batches)]
         pool = FitPool(args.workers) if args.workers > 1 else None
         fitter = pool.fit_stamps if pool is not None else fit_stamps
+        masker = pool.neighbour_mask if pool is not None else None
         try:
             for start, stop in todo:  # one batch in memory at a time; each written as a shard, then dropped
                 batch = read(start, stop)
                 t0 = time.perf_counter()
-                res, n_masked = _fit_batch(batch, args, cfg, start_mode, start_table, n_grid, fitter)
+                res, n_masked = _fit_batch(batch, args, cfg, start_mode, start_table, n_grid, fitter, masker)
                 shard = {"rows": np.arange(start, stop, dtype=np.int64), "ids": np.asarray(batch[0])}
                 shard.update({k: getattr(res, k) for k in _RESULT_COLUMNS})
                 shard["n_masked"] = n_masked

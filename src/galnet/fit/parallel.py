@@ -11,6 +11,7 @@ Example::
     from galnet.fit import FitPool
     with FitPool(workers=2) as pool:
         result = pool.fit_stamps(images, psfs, sigma=sigma, mask=mask)   # a FitResult, rows in order
+        nb_mask, n_masked = pool.neighbour_mask(images, sigma, psf=psfs)  # masks made in the workers too
 """
 
 from __future__ import annotations
@@ -39,26 +40,41 @@ def _fit_chunk(task: tuple[np.ndarray, Any, dict[str, Any]]) -> FitResult:
     return fit_stamps(images, psf, **kwargs)
 
 
-#: Dimensions of the per-stamp form of the arguments that :meth:`FitPool.fit_stamps` cuts by rows
-#: (a shared PSF (P, P) or a scalar sky is passed whole, whatever its size).
-_PER_STAMP_NDIM = {"psf": 3, "sigma": 3, "mask": 3, "init": 2, "sky": 1}
+def _mask_chunk(task: tuple[np.ndarray, Any, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    from .masking import neighbour_mask
+
+    images, sigma, kwargs = task
+    return neighbour_mask(images, sigma, **kwargs)
 
 
-def _rows_of(name: str, value, rows: slice):
+#: Dimensions of the per-stamp forms of the arguments that :class:`FitPool` cuts by rows (a shared
+#: PSF (P, P), a scalar sky or σ, one centre (2,) are passed whole, whatever their size).
+_PER_STAMP_NDIM = {"psf": (3,), "sigma": (3,), "mask": (3,), "init": (2,), "sky": (1,)}
+#: The same for :func:`galnet.fit.neighbour_mask` (σ may also be one value per stamp).
+_MASK_PER_STAMP_NDIM = {"psf": (3,), "sigma": (1, 3), "mask": (3,), "centre": (2,)}
+
+
+def _rows_of(name: str, value, rows: slice, per_stamp_ndim: dict[str, tuple[int, ...]] = _PER_STAMP_NDIM):
     """``value[rows]`` when ``value`` is the per-stamp form of argument ``name``, else ``value``."""
     if isinstance(value, (np.ndarray, list, tuple)) or hasattr(value, "__array__"):
-        if name in _PER_STAMP_NDIM and np.ndim(value) == _PER_STAMP_NDIM[name]:
+        if name in per_stamp_ndim and np.ndim(value) in per_stamp_ndim[name]:
             return np.asarray(value)[rows]
     return value
 
 
-def _chunk_tasks(images: np.ndarray, psf, kwargs: dict[str, Any], bounds: list[tuple[int, int]]) -> list:
-    """One ``(images, psf, kwargs)`` task per chunk ``(start, stop)``, per-stamp arguments cut."""
+def _chunk_tasks(images: np.ndarray, first, kwargs: dict[str, Any], bounds: list[tuple[int, int]],
+                 first_name: str = "psf", per_stamp_ndim: dict[str, tuple[int, ...]] = _PER_STAMP_NDIM
+                 ) -> list:
+    """One ``(images, first, kwargs)`` task per chunk ``(start, stop)``, per-stamp arguments cut.
+
+    ``first`` is the second positional argument (``psf`` of ``fit_stamps``, ``sigma`` of
+    ``neighbour_mask``), named ``first_name``.
+    """
     tasks = []
     for start, stop in bounds:
         rows = slice(start, stop)
-        kw = {k: _rows_of(k, v, rows) for k, v in kwargs.items()}
-        tasks.append((images[rows], _rows_of("psf", psf, rows), kw))
+        kw = {k: _rows_of(k, v, rows, per_stamp_ndim) for k, v in kwargs.items()}
+        tasks.append((images[rows], _rows_of(first_name, first, rows, per_stamp_ndim), kw))
     return tasks
 
 
@@ -124,12 +140,41 @@ class FitPool:
         result = FitResult.empty(b)
         if b == 0:
             return result
-        size = max(self.min_chunk, math.ceil(b / (self.workers * self.chunks_per_worker)))
-        bounds = [(s, min(b, s + size)) for s in range(0, b, size)]
+        bounds = self._bounds(b)
         tasks = _chunk_tasks(images, psf, kwargs, bounds)
         for (start, stop), part in zip(bounds, self._executor.map(_fit_chunk, tasks)):
             result.take(part, np.arange(start, stop))
         return result
+
+    def neighbour_mask(self, images, sigma=None, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`galnet.fit.neighbour_mask` of a batch, its rows shared among the workers.
+
+        Parameters
+        ----------
+        images : array_like, shape (B, H, W), counts
+        sigma : array_like, optional
+            As :func:`galnet.fit.neighbour_mask` (a map, one value per stamp, or one for all).
+        **kwargs
+            As :func:`galnet.fit.neighbour_mask`; per-stamp arrays (``mask``, ``centre`` (B, 2),
+            ``psf`` (B, P, P)) are cut with the images.
+
+        Returns
+        -------
+        (mask (B, H, W) bool, n_masked_sources (B,) int64), identical to a single-process call.
+        """
+        images = np.asarray(images)
+        if images.ndim != 3 or len(images) == 0:
+            from .masking import neighbour_mask
+
+            return neighbour_mask(images, sigma, **kwargs)
+        bounds = self._bounds(len(images))
+        tasks = _chunk_tasks(images, sigma, kwargs, bounds, "sigma", _MASK_PER_STAMP_NDIM)
+        parts = list(self._executor.map(_mask_chunk, tasks))
+        return np.concatenate([m for m, _ in parts]), np.concatenate([c for _, c in parts])
+
+    def _bounds(self, b: int) -> list[tuple[int, int]]:
+        size = max(self.min_chunk, math.ceil(b / (self.workers * self.chunks_per_worker)))
+        return [(s, min(b, s + size)) for s in range(0, b, size)]
 
     def close(self) -> None:
         """Stop the workers."""
