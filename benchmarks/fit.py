@@ -18,8 +18,10 @@ re, n, q within 15% and |Δmag| < 0.15 of the truth, and the fraction of fits th
 ratios and the χ²ν difference. The last line is one JSON object with all figures (galnet's at the top
 level, as before, plus ``"pyimfit"`` and ``"hybrid"`` sub-objects).
 
-Timing: wall-clock. The moment-based start is computed once and its time added to galnet's and
-PyImfit's; the hybrid's time is the network's inference plus its fit. Model loading, one warm-up call
+Timing: wall-clock. The neighbour mask is made once (in galnet's worker processes when there are
+some, as ``galnet fit --workers`` makes it) and its time added to every method. The moment-based start
+is computed once and its time added to galnet's and PyImfit's; the hybrid's time is the network's
+inference plus its fit. Model loading, one warm-up call
 each of the fitter and the network, and the start-up of PyImfit's worker processes are excluded
 (PyImfit's time is its slowest worker's, from its first fit to its last).
 
@@ -497,10 +499,17 @@ def main(argv: list[str] | None = None) -> int:
     stamps = make_stamps(n, args.seed)
     print(f"{n} stamps {stamps.images.shape[1:]} (PSF {stamps.psfs.shape[1:]}) from {stamps.source}; "
           f"{args.threads} thread(s) / process(es)")
-    # ---- the shared neighbour mask (timed once; its time is added to every method)
+    # ---- worker processes for galnet (started and warmed up first: process start-up is not timed)
+    pool = None
+    if args.threads > 1 and not args.galnet_threads:
+        pool = FitPool(args.threads)
+        pool.warm_up(stamps.images, stamps.psfs, sigma=stamps.sigma, zeropoint=stamps.zeropoint)
+    # ---- the shared neighbour mask (timed once, made in the worker processes when there are some, as
+    # `galnet fit --workers` makes it; its time is added to every method)
     t0 = time.perf_counter()
     if not args.no_mask:
-        stamps.mask = neighbour_mask(stamps.images, stamps.sigma, psf=stamps.psfs)[0]
+        masker = pool.neighbour_mask if pool is not None else neighbour_mask
+        stamps.mask = masker(stamps.images, stamps.sigma, psf=stamps.psfs)[0]
     t_mask = time.perf_counter() - t0
     weights = pixel_weights(stamps.images, stamps.sigma, stamps.mask)[0]
     good = weights > 0
@@ -512,11 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     t_moments = time.perf_counter() - t0 + t_mask
 
     # ---- galnet from moments (after a 2-iteration warm-up fit of one stamp: torch's first-call costs)
-    pool = None
-    if args.threads > 1 and not args.galnet_threads:
-        pool = FitPool(args.threads)
-        pool.warm_up(stamps.images, stamps.psfs, sigma=stamps.sigma, zeropoint=stamps.zeropoint)
-    else:
+    if pool is None:
         fit_stamps(stamps.images[:1], stamps.psfs[:1], sigma=stamps.sigma[:1], init=starts[:1],
                    zeropoint=stamps.zeropoint, max_iter=2)
     res, wall, clock = run_galnet(stamps, starts, pool)

@@ -112,10 +112,14 @@ class FitPool:
                                              initializer=_init_worker, initargs=(int(threads),))
 
     def warm_up(self, images, psf, **kwargs) -> None:
-        """Start every worker and run a 2-iteration fit of the first stamp in each (imports, caches)."""
+        """Start every worker; run a 2-iteration fit and a neighbour mask of the first stamp in each.
+
+        The first calls pay the imports and torch's first-call costs; timed work that follows does not.
+        """
         images, psf, kw = _chunk_tasks(np.asarray(images), psf, kwargs, [(0, 1)])[0]
         kw["max_iter"] = 2
         list(self._executor.map(_fit_chunk, [(images, psf, kw)] * self.workers))
+        list(self._executor.map(_mask_chunk, [(images, kw.get("sigma"), {})] * self.workers))
 
     def fit_stamps(self, images, psf, **kwargs) -> FitResult:
         """:func:`galnet.fit.fit_stamps` of a batch, its rows shared among the workers.
