@@ -62,20 +62,72 @@ def _rows_of(name: str, value, rows: slice, per_stamp_ndim: dict[str, tuple[int,
     return value
 
 
-def _chunk_tasks(images: np.ndarray, first, kwargs: dict[str, Any], bounds: list[tuple[int, int]],
+def _chunk_tasks(images: np.ndarray, first, kwargs: dict[str, Any], chunks: list,
                  first_name: str = "psf", per_stamp_ndim: dict[str, tuple[int, ...]] = _PER_STAMP_NDIM
                  ) -> list:
-    """One ``(images, first, kwargs)`` task per chunk ``(start, stop)``, per-stamp arguments cut.
+    """One ``(images, first, kwargs)`` task per chunk, per-stamp arguments cut.
 
-    ``first`` is the second positional argument (``psf`` of ``fit_stamps``, ``sigma`` of
-    ``neighbour_mask``), named ``first_name``.
+    ``chunks``: ``(start, stop)`` pairs or arrays of row indices. ``first`` is the second positional
+    argument (``psf`` of ``fit_stamps``, ``sigma`` of ``neighbour_mask``), named ``first_name``.
     """
     tasks = []
-    for start, stop in bounds:
-        rows = slice(start, stop)
+    for chunk in chunks:
+        rows = slice(*chunk) if isinstance(chunk, tuple) else np.asarray(chunk)
         kw = {k: _rows_of(k, v, rows, per_stamp_ndim) for k, v in kwargs.items()}
         tasks.append((images[rows], _rows_of(first_name, first, rows, per_stamp_ndim), kw))
     return tasks
+
+
+#: Relative cost of one LM iteration at each DFT size N, ~ (N / 64)^1.2 (measured on 61x61 stamps:
+#: 0.47 ms per galaxy at N = 64, 2.5 ms at N = 256, one thread).
+_COST_EXPONENT = 1.2
+
+
+def _fit_cost_order(images: np.ndarray, psf, kwargs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by the estimated cost of their fit, dearest first, and those costs.
+
+    The cost of a fit grows with its DFT size, which the start parameters (``init``) give; without
+    them all rows cost the same and keep their order.
+    """
+    b = len(images)
+    init = kwargs.get("init")
+    cost = np.ones(b)
+    if init is not None and np.ndim(init) == 2:
+        from ..render import required_fourier_size
+        from .solver import FitConfig
+
+        start = np.array(init, dtype=float, copy=True)
+        ok = np.all(np.isfinite(start), axis=1) & (start[:, 3] > 0) & (start[:, 4] > 0) & (start[:, 5] > 0)
+        if ok.any():
+            cfg = kwargs.get("config") or FitConfig()
+            start[:, 3] *= cfg.size_margin
+            start[:, 4] = np.clip(start[:, 4], 0.2, 10.0)
+            start[:, 5] = np.clip(start[:, 5], 0.02, 1.0)
+            psf_size = np.shape(psf)[-1] if np.ndim(psf) >= 2 else 25
+            sizes = required_fourier_size(start[ok], images.shape[1:], psf_size,
+                                          wrap_tolerance=cfg.wrap_tolerance)
+            cost[ok] = (sizes / 64.0) ** _COST_EXPONENT
+    order = np.argsort(-cost, kind="stable")
+    return order, cost[order]
+
+
+def _balanced_chunks(order: np.ndarray, cost: np.ndarray, n_chunks: int, min_chunk: int) -> list[np.ndarray]:
+    """Cut ``order`` (sorted dearest first) into about ``n_chunks`` runs of equal total ``cost``.
+
+    Each run has at least ``min_chunk`` rows (the last may have fewer). Handed out in this order,
+    the dear chunks start first and the cheap ones fill the gaps at the end.
+    """
+    total = float(cost.sum())
+    target = total / max(1, n_chunks)
+    chunks, start, acc = [], 0, 0.0
+    for i, c in enumerate(cost):
+        acc += c
+        if acc >= target and i + 1 - start >= min_chunk:
+            chunks.append(order[start : i + 1])
+            start, acc = i + 1, 0.0
+    if start < len(order):
+        chunks.append(order[start:])
+    return chunks
 
 
 class FitPool:
@@ -88,9 +140,11 @@ class FitPool:
     threads : int
         Torch threads per worker.
     chunks_per_worker : int
-        Each call is cut into about ``workers × chunks_per_worker`` contiguous chunks (at least
-        ``min_chunk`` stamps each), handed out as workers free up: a few slow fits (blends that take
-        100 iterations) then do not hold the others back.
+        Each call is cut into about ``workers × chunks_per_worker`` chunks (at least ``min_chunk``
+        stamps each), handed out as workers free up. For fits with start parameters, the rows are
+        first sorted by the DFT size their start needs (the cost of an iteration grows with it), and
+        the chunks cut to equal estimated cost, dearest first: each chunk then holds galaxies of
+        one or two sizes (fewer, fuller tensor batches), and the cheap chunks fill the gaps at the end.
     min_chunk : int
         Smallest chunk, stamps (the solver is batched: tiny chunks waste its vectorisation).
 
@@ -144,10 +198,11 @@ class FitPool:
         result = FitResult.empty(b)
         if b == 0:
             return result
-        bounds = self._bounds(b)
-        tasks = _chunk_tasks(images, psf, kwargs, bounds)
-        for (start, stop), part in zip(bounds, self._executor.map(_fit_chunk, tasks)):
-            result.take(part, np.arange(start, stop))
+        order, cost = _fit_cost_order(images, psf, kwargs)
+        chunks = _balanced_chunks(order, cost, self.workers * self.chunks_per_worker, self.min_chunk)
+        tasks = _chunk_tasks(images, psf, kwargs, chunks)
+        for rows, part in zip(chunks, self._executor.map(_fit_chunk, tasks)):
+            result.take(part, rows)
         return result
 
     def neighbour_mask(self, images, sigma=None, **kwargs) -> tuple[np.ndarray, np.ndarray]:

@@ -405,7 +405,7 @@ class _Model:
 
 
 #: Fourier modes (galaxies x 6 x K x N) per Jacobian chunk: its temporaries stay in the CPU cache.
-_JAC_CHUNK_ELEMENTS = 2**17
+_JAC_CHUNK_ELEMENTS = 2**18
 
 
 def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: int, zeropoint: float,
@@ -441,7 +441,9 @@ def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: 
     kx, ky = _k_grids(size, dtype, p.device)
     nk = kx.shape[0]
     kxg, kyg = kx[None, :, None], ky[None, None, :]  # kx-major: (1, K, 1), (1, 1, N)
-    chunk = max(1, _JAC_CHUNK_ELEMENTS // (6 * size * nk))
+    dx, dy = -1j * kxg, -1j * kyg  # ∂/∂x0, ∂/∂y0 of the centre's phase
+    # galaxies per chunk: the temporaries stay in cache, but at least a few (per-chunk overheads)
+    chunk = max(4, _JAC_CHUNK_ELEMENTS // (6 * size * nk))
     for s0 in range(0, b, chunk):
         sl = slice(s0, min(b, s0 + chunk))
         x, y, mag, re, n, q, pa = p[sl].unbind(-1)
@@ -459,22 +461,22 @@ def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: 
         # as the renderer: floor the DC mode (T = 1 there exactly) to keep the table range short
         floor = ((re * q * (2 * math.pi / size)) ** 2 * 0.999)[:, None, None]
         kappa2 = torch.maximum(kappa2, floor)
-        inv = 1.0 / kappa2
+        re2_inv = re2 / kappa2
         t, dt_dlnk, dt_dn = sersic_fourier_grad(n, 0.5 * torch.log(kappa2))
         # T(0) = 1 exactly for every n (the renderer restores the DC mode): no derivative there
         t[:, 0, 0] = 1.0
         dt_dlnk[:, 0, 0] = 0.0
         dt_dn[:, 0, 0] = 0.0
-        base = _centre_phase(x - 1, y - 1, size) * (flux[:, None, None] * e_hat)  # (B, K, N) complex
-        bt = base * dt_dlnk
+        base = _centre_phase(x - 1, y - 1, size).mul_(e_hat).mul_(flux[:, None, None])  # (B, K, N)
+        spec = torch.empty((bc, 6, nk, size), dtype=base.dtype)
         s = base * t
-        spec = torch.stack([
-            s * (-1j * kxg), s * (-1j * kyg),
-            bt * (1.0 / re)[:, None, None],
-            base * dt_dn,
-            bt * (re2 * q_ * kmin2 * inv),
-            bt * (re2 * kmaj * kmin * (q_ * q_ - 1) * inv * (math.pi / 180.0)),
-        ], 1)  # (B, 6, K, N)
+        torch.mul(s, dx, out=spec[:, 0])
+        torch.mul(s, dy, out=spec[:, 1])
+        bt = base * dt_dlnk
+        torch.mul(bt, (1.0 / re)[:, None, None], out=spec[:, 2])
+        torch.mul(base, dt_dn, out=spec[:, 3])
+        torch.mul(bt, (q_ * kmin2).mul_(re2_inv), out=spec[:, 4])
+        torch.mul(bt, (kmaj * kmin).mul_(re2_inv).mul_((q_ * q_ - 1) * (math.pi / 180.0)), out=spec[:, 5])
         img = _stamp_inverse_dft(spec.reshape(bc * 6, nk, size), shape, size).reshape(bc, 6, *shape)
         out[sl, 0] = img[:, 0]
         out[sl, 1] = img[:, 1]
