@@ -459,7 +459,7 @@ def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: 
         kmin2 = kmin * kmin
         kappa2 = re2 * (kmaj * kmaj + q_ * q_ * kmin2)
         # as the renderer: floor the DC mode (T = 1 there exactly) to keep the table range short
-        floor = ((re * q * (2 * math.pi / size)) ** 2 * 0.999)[:, None, None]
+        floor = ((re * q.clamp(max=1.0) * (2 * math.pi / size)) ** 2 * 0.999)[:, None, None]
         kappa2 = torch.maximum(kappa2, floor)
         re2_inv = re2 / kappa2
         t, dt_dlnk, dt_dn = sersic_fourier_grad(n, 0.5 * torch.log(kappa2))
@@ -615,6 +615,7 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
     niter = torch.zeros(b, dtype=torch.long)
     small = torch.zeros(b, dtype=torch.long)
     status = torch.full((b,), int(FitStatus.MAX_ITER), dtype=torch.long)
+    alpha_at_u = torch.ones(b, dtype=torch.bool)  # alpha holds the normal matrix at the current u
     if cfg.gn_tol_chi2 > 0:  # already at the minimum (e.g. a refit at a larger DFT size)
         done = _gauss_newton_decrease(alpha, beta, u, tr.at_bound(u)) < cfg.gn_tol_chi2
         status[done] = int(FitStatus.CONVERGED_CHI2)
@@ -659,6 +660,7 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
             status[acc[xsmall & ~done_chi]] = int(FitStatus.CONVERGED_STEP)
             finished = done_chi | xsmall
             active[acc[finished]] = False
+            alpha_at_u[acc[finished]] = False  # u moved; its normal matrix is not computed
             keep = ~finished
             cont = acc[keep]
             if cont.numel():
@@ -670,9 +672,62 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
                                 < cfg.gn_tol_chi2]
                     status[near] = int(FitStatus.CONVERGED_CHI2)
                     active[near] = False
-    p, sky, _ = tr.to_external(u)
-    return (p.numpy(), (sky if fit_sky else fixed_sky).numpy(), chi2.numpy(), niter.numpy(),
-            status.numpy())
+    p, sky, d = tr.to_external(u)
+    # the normal matrix serves for the errors where it is finite and no variable is saturated at a
+    # bound (its column then vanishes to rounding; those rows get a Jacobian in catalog parameters)
+    diag = torch.diagonal(alpha, dim1=1, dim2=2)
+    alpha_at_u &= (torch.isfinite(alpha).all(2).all(1) & torch.isfinite(d).all(1)
+                   & (diag.amin(1) > 1e-20 * diag.amax(1)))
+    try:
+        cov = _covariance_from_normal(alpha[alpha_at_u]) * d[alpha_at_u, :, None] * d[alpha_at_u, None, :]
+    except torch.linalg.LinAlgError:
+        alpha_at_u[:] = False
+        cov = alpha[:0]
+    return _GroupFit(p.numpy(), (sky if fit_sky else fixed_sky).numpy(), chi2.numpy(), niter.numpy(),
+                     status.numpy(), alpha_at_u.numpy(), cov, model)
+
+
+@dataclass
+class _GroupFit:
+    """What :func:`_lm_group` returns: numpy rows, and the covariances it could compute.
+
+    ``cov`` (M, P, P) are the covariances of the external (unfolded) parameters ``x .. pa (, sky)``
+    of the ``has_cov`` rows: ``D α⁻¹ D`` from the normal matrix ``α`` of the last Jacobian, when it
+    was computed at the final point (fits that stopped on the Gauss–Newton test, stalled or ran out
+    of iterations), with ``D = ∂θ/∂u`` of the bound reparameterisation. That equals
+    ``(J_θᵀ W J_θ)⁻¹``, which :func:`_covariance_errors` computes for the other rows.
+    """
+
+    params: np.ndarray
+    sky: np.ndarray
+    chi2: np.ndarray
+    niter: np.ndarray
+    status: np.ndarray
+    has_cov: np.ndarray
+    cov: torch.Tensor
+    model: _Model
+
+
+def _covariance_from_normal(alpha: torch.Tensor) -> torch.Tensor:
+    """Pseudo-inverse (B, P, P) of normal matrices, through their unit-diagonal scaling (well conditioned)."""
+    dscale = torch.sqrt(torch.diagonal(alpha, dim1=1, dim2=2)).clamp_min(1e-300)
+    outer = dscale[:, :, None] * dscale[:, None, :]
+    return torch.linalg.pinv(alpha / outer, hermitian=True) / outer
+
+
+def _fold_errors(p_unfolded: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """1-σ errors (B, 7) after :func:`_fold`, from the covariance (B, ≥7, ≥7) of unfolded parameters.
+
+    Where ``q > 1``, ``re' = re q`` and ``q' = 1 / q``: their variances follow by the chain rule
+    (``pa' = pa + 90`` keeps its error).
+    """
+    var = np.diagonal(cov, axis1=1, axis2=2)[:, :7].copy()
+    re, q = p_unfolded[:, 3], p_unfolded[:, 5]
+    big = q > 1
+    var_re = q * q * var[:, 3] + re * re * var[:, 5] + 2 * q * re * cov[:, 3, 5]
+    var[big, 3] = var_re[big]
+    var[big, 5] = var[big, 5] / q[big] ** 4
+    return np.sqrt(np.clip(var, 0, None))
 
 
 def _gauss_newton_decrease(alpha: torch.Tensor, beta: torch.Tensor, u: torch.Tensor | None = None,
@@ -704,24 +759,21 @@ def _gauss_newton_decrease(alpha: torch.Tensor, beta: torch.Tensor, u: torch.Ten
     return torch.where(torch.isfinite(dec), dec, torch.full_like(dec, math.inf))
 
 
-def _covariance_errors(data, weights, psf, params, sky, *, fit_sky, size, zeropoint, exptime):
-    """sqrt(diag((Jᵀ W J)⁻¹)) in catalog parameters (B, 7) and sky error (B,)."""
-    b, h, w = data.shape
-    # the float32 Fourier Jacobian, its normal matrix in float64: errors within 2e-4 (99th percentile,
-    # 1e-2 at worst) of a float64 Jacobian's on 1,000 hsc-r fits, at 60 % of its cost
-    model = _Model(psf, (h, w), size, zeropoint, exptime)
+def _covariance_errors(model: _Model, weights, params, sky, sel, *, fit_sky):
+    """sqrt(diag((Jᵀ W J)⁻¹)) in catalog parameters (B, 7) and sky error (B,) of rows ``sel`` of a group.
+
+    The float32 Fourier Jacobian, its normal matrix in float64: errors within 2e-4 (99th percentile,
+    1e-2 at worst) of a float64 Jacobian's on 1,000 hsc-r fits, at 60 % of its cost.
+    """
+    b = params.shape[0]
     p = torch.as_tensor(params)
     sk = torch.as_tensor(sky)
-    _, jac = model.jacobian(p, sk)
+    _, jac = model.jacobian(p, sk, sel)
     if not fit_sky:
         jac = jac[:, :7]
     n = jac.shape[1]
     jw = (jac * torch.sqrt(weights)[:, None]).reshape(b, n, -1)
-    alpha = jw @ jw.transpose(1, 2)
-    # scale to unit diagonal for a well-conditioned inverse
-    dscale = torch.sqrt(torch.diagonal(alpha, dim1=1, dim2=2)).clamp_min(1e-300)
-    corr = alpha / (dscale[:, :, None] * dscale[:, None, :])
-    cov = torch.linalg.pinv(corr, hermitian=True) / (dscale[:, :, None] * dscale[:, None, :])
+    cov = _covariance_from_normal(jw @ jw.transpose(1, 2))
     err = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0)).numpy()
     err7 = err[:, :7]
     sky_err = err[:, 7] if fit_sky else np.full(b, np.nan)
@@ -875,12 +927,22 @@ def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sk
             wts = torch.as_tensor(weights[sel])
             ps = psf_obj[torch.as_tensor(sel)] if isinstance(psf_obj, torch.Tensor) and psf_obj.ndim == 3 \
                 else psf_obj
-            p, sk, chi2, niter, status = _lm_group(
+            g = _lm_group(
                 d, wts, ps, torch.as_tensor(start[sel]), torch.as_tensor(sky_arr[sel]), fit_sky=fit_sky,
                 size=int(size), cfg=cfg, zeropoint=zeropoint, exptime=exptime)
-            p = _fold(p)
-            err, sky_err = _covariance_errors(d, wts, ps, p, sk, fit_sky=fit_sky, size=int(size),
-                                              zeropoint=zeropoint, exptime=exptime)
+            p, sk, chi2, niter, status = _fold(g.params), g.sky, g.chi2, g.niter, g.status
+            # errors: from the LM's last normal matrix where it is at the solution, else a new Jacobian
+            err = np.empty((sel.size, 7))
+            sky_err = np.full(sel.size, np.nan)
+            cov = g.cov.numpy()
+            err[g.has_cov] = _fold_errors(g.params[g.has_cov], cov)
+            if fit_sky:
+                sky_err[g.has_cov] = np.sqrt(np.clip(cov[:, 7, 7], 0, None))
+            todo = np.flatnonzero(~g.has_cov)
+            if todo.size:
+                rows_t = torch.as_tensor(todo)
+                err[todo], sky_err[todo] = _covariance_errors(g.model, wts[rows_t], p[todo], sk[todo], rows_t,
+                                                              fit_sky=fit_sky)
             ngood = (weights[sel] > 0).reshape(sel.size, -1).sum(1)
             ndof = ngood - n_free
             chi2nu = chi2 / np.maximum(ndof, 1)

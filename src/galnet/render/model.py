@@ -452,7 +452,8 @@ def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=
             sl = slice(s0, min(b, s0 + per))
             spec = _centre_phase(x0[sl], y0[sl], size)
             if not point_source:
-                floor = (re[sl] * q[sl] * (2 * math.pi / size)) ** 2 * 0.999
+                # every mode but DC has kappa^2 >= (re min(q, 1) dk)^2 (the fitter lets q cross 1)
+                floor = (re[sl] * q[sl].clamp(max=1.0) * (2 * math.pi / size)) ** 2 * 0.999
                 t = _sersic_spectrum(re[sl], n[sl], q[sl], pa[sl], kx, ky, kappa2_floor=floor, kx_major=True)
                 t[:, 0, 0] = 1.0
                 spec = spec * t

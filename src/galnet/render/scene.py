@@ -82,7 +82,7 @@ def _add_spectra(acc, owner, flux, x0, y0, re, n, q, pa, point: bool, size: int)
         fy = torch.exp(-1j * (ky[None, :] * y0[sl, None]))
         term = fx[:, :, None] * fy[:, None, :]  # (m, K, N)
         if not point:
-            floor = (re[sl] * q[sl] * (2 * math.pi / size)) ** 2 * 0.999
+            floor = (re[sl] * q[sl].clamp(max=1.0) * (2 * math.pi / size)) ** 2 * 0.999
             t = _sersic_spectrum(re[sl], n[sl], q[sl], pa[sl], kx, ky, kappa2_floor=floor, kx_major=True)
             term = term.mul_(t) if inplace else term * t
             term[:, 0, 0] = flux[sl].to(term.dtype)  # T = 1 at DC, where the phase is 1
