@@ -603,9 +603,10 @@ def _lm_group(data, weights, psf, start, sky0, *, fit_sky, size, cfg: FitConfig,
         """Jᵀ W J (B, P, P) and Jᵀ W r (B, P) in internal variables."""
         p, sky, d = tr.to_external(uu, sel)
         _, jac = model.jacobian(p, sky, sel, gal=gal)
-        jac = jac[:, :n_free] * d[:, :, None, None]
-        jw = (jac * sqw[sel][:, None]).reshape(sel.numel(), n_free, -1)
-        return jw @ jw.transpose(1, 2), (jw @ r.reshape(sel.numel(), -1, 1))[..., 0]
+        # weighted Jacobian in internal variables: one product by d (B, P, 1) * sqrt(w) (B, 1, H W)
+        nb = sel.numel()
+        jw = jac[:, :n_free].reshape(nb, n_free, -1) * (d[:, :, None] * sqw[sel].reshape(nb, 1, -1))
+        return jw @ jw.transpose(1, 2), (jw @ r.reshape(nb, -1, 1))[..., 0]
 
     all_rows = torch.arange(b)
     chi2, r, gal = evaluate(u, all_rows)
