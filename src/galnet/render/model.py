@@ -15,8 +15,10 @@ For each galaxy the model image is sampled at pixel centres from its exact Fouri
 * ``k`` runs over the DFT grid of size N x N; the image is therefore periodic with period N, and
   N is chosen per galaxy (from 64 to 2048, in buckets) so that the light of the periodic copies
   falling into the stamp is below ``wrap_tolerance`` of the total flux.
-* The inverse transform onto the H x W stamp is done with two small matrix products per galaxy
-  (cost ~ N K W + H N W), which beats a full FFT because only the stamp window is needed.
+* The inverse transform onto the H x W stamp: for image PSFs, an FFT along ``ky`` of the kx-major
+  half spectrum, of which the stamp's H rows are kept, then one real matrix product for its W columns
+  (:func:`_stamp_inverse_dft`); for analytic PSFs two small matrix products (:func:`_inverse_dft`,
+  cost ~ N K W + H N W). Only the stamp window is ever computed.
 
 Stamps holding many objects (the simulator's neighbours) are rendered by
 :func:`galnet.render.scene.render_scene` from the same helpers, summing the objects' spectra before
