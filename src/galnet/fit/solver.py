@@ -359,7 +359,9 @@ class _Model:
                                  fourier_size=self.size, validate=False)
         from ..render.model import _render_group
 
-        _, correct = required_fourier_size(p.detach().numpy(), self.shape, self.psf.shape[-1],
+        # whether the near rings of periodic copies are subtracted: decided on the folded shape (the
+        # bound uses re as the major axis, which it is not while the fit's q > 1)
+        _, correct = required_fourier_size(_fold(p.detach().numpy()), self.shape, self.psf.shape[-1],
                                            return_correction=True, forced_size=self.size)
         x, y, mag, re, n, q, pa = p.unbind(-1)
         flux = self.exptime * torch.pow(torch.as_tensor(10.0, dtype=p.dtype), -0.4 * (mag - self.zp))
