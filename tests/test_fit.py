@@ -506,3 +506,19 @@ def test_fit_against_a_bound_stops_flagged(psf):
     assert r.status[0] in (FitStatus.CONVERGED_CHI2, FitStatus.CONVERGED_STEP)
     assert r.flags[0] & Flag.AT_BOUND
     assert r.niter[0] < 60
+
+
+def test_fit_with_an_analytic_psf():
+    """An analytic PSF (no image) takes the forward-mode JVP Jacobian: a noisy stamp is fitted within 4 σ."""
+    moffat = MoffatPSF(fwhm=3.0, beta=3.0)
+    p = np.array([[21.2, 20.7, 19.0, 3.0, 1.7, 0.6, 30.0]])
+    img = render_sersic(torch.as_tensor(p), moffat, shape=SHAPE).numpy()
+    img = img + np.random.default_rng(8).normal(size=img.shape)
+    init = p.copy()
+    init[:, 3] *= 1.3
+    init[:, 4] *= 0.8
+    r = fit_stamps(img, moffat, sigma=np.ones_like(img), init=init)
+    assert r.status[0] >= 0 and r.flags[0] == 0
+    diff = r.params[0] - p[0]
+    diff[6] = pa_difference(r.params[0, 6], p[0, 6])
+    assert np.all(np.abs(diff) < 4 * r.errors[0]), (diff, r.errors[0])
