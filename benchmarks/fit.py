@@ -124,28 +124,6 @@ def make_stamps(n: int, seed: int) -> Stamps:
 
 
 # ============================================================================== figures
-def fold_q(params: np.ndarray) -> np.ndarray:
-    """Fold ``q > 1`` back into (0, 1] as galnet's fitter does (``q → 1/q, re → re q, pa → pa + 90``).
-
-    Parameters
-    ----------
-    params : ndarray, shape (B, 7)
-
-    Returns
-    -------
-    ndarray, shape (B, 7): a folded copy with ``pa`` wrapped to [-90, 90).
-    """
-    from galnet.conventions import wrap_pa
-
-    p = np.array(params, dtype=float, copy=True)
-    big = p[:, 5] > 1
-    p[big, 3] *= p[big, 5]
-    p[big, 5] = 1.0 / p[big, 5]
-    p[big, 6] += 90.0
-    p[:, 6] = wrap_pa(p[:, 6])
-    return p
-
-
 def method_figures(params: np.ndarray, truth: np.ndarray, chi2nu: np.ndarray, ran: np.ndarray,
                    seconds: float) -> dict[str, float]:
     """The figures every method reports.
@@ -375,7 +353,7 @@ def run_pyimfit(stamps: Stamps, starts: np.ndarray, processes: int) -> dict[str,
     """
     import multiprocessing as mp
 
-    from galnet.conventions import from_imfit
+    from galnet.conventions import fold_axis_ratio, from_imfit
 
     b = len(stamps.images)
     models = [imfit_model(s, stamps.zeropoint) if np.all(np.isfinite(s)) else None for s in starts]
@@ -411,7 +389,7 @@ def run_pyimfit(stamps: Stamps, starts: np.ndarray, processes: int) -> dict[str,
         conv = from_imfit(r[:, 0], r[:, 1], r[:, 2], r[:, 3], r[:, 4], r[:, 5], r[:, 6],
                           zeropoint=stamps.zeropoint)
     params = np.stack([np.asarray(conv[k], dtype=float) for k in ("x", "y", "mag", "re", "n", "q", "pa")], 1)
-    out["params"] = fold_q(params)
+    out["params"] = fold_axis_ratio(params)
     return out
 
 

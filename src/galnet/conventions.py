@@ -34,6 +34,7 @@ __all__ = [
     "HSC_PIXEL_SCALE",
     "wrap_pa",
     "pa_difference",
+    "fold_axis_ratio",
     "mag_to_flux",
     "flux_to_mag",
     "stamp_center",
@@ -74,6 +75,31 @@ def wrap_pa(pa_deg):
 def pa_difference(pa_a, pa_b):
     """Signed difference ``pa_a - pa_b`` of axial angles, in degrees, in [-90, 90)."""
     return wrap_pa(pa_a - pa_b)
+
+
+def fold_axis_ratio(params) -> np.ndarray:
+    """Parameters ``(B, 7)`` with ``q > 1`` folded back into (0, 1] and ``pa`` wrapped to [-90, 90).
+
+    An ellipse with ``q = b/a > 1`` along ``pa`` is the ellipse ``(re q, 1/q, pa + 90)``: ``re``
+    stays the semi-major half-light radius. Fitters that let ``q`` cross 1 (GALFIT, galnet's) report
+    the folded form.
+
+    Parameters
+    ----------
+    params : array_like, shape (B, 7)
+        ``x, y, mag, re, n, q, pa``.
+
+    Returns
+    -------
+    ndarray, shape (B, 7): a folded copy.
+    """
+    p = np.array(params, dtype=float, copy=True)
+    big = p[:, 5] > 1
+    p[big, 3] *= p[big, 5]
+    p[big, 5] = 1.0 / p[big, 5]
+    p[big, 6] += 90.0
+    p[:, 6] = wrap_pa(p[:, 6])
+    return p
 
 
 def mag_to_flux(mag, zeropoint: float = DEFAULT_ZEROPOINT, exptime: float = 1.0):

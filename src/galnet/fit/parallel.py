@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .solver import FitResult, fit_stamps
+from .solver import FitResult, fit_stamps, start_fourier_sizes
 
 __all__ = ["FitPool"]
 
@@ -93,19 +93,10 @@ def _fit_cost_order(images: np.ndarray, psf, kwargs: dict[str, Any]) -> tuple[np
     init = kwargs.get("init")
     cost = np.ones(b)
     if init is not None and np.ndim(init) == 2:
-        from ..render import required_fourier_size
-        from .solver import FitConfig
-
-        start = np.array(init, dtype=float, copy=True)
-        ok = np.all(np.isfinite(start), axis=1) & (start[:, 3] > 0) & (start[:, 4] > 0) & (start[:, 5] > 0)
+        start = np.asarray(init, dtype=float)
+        ok = np.all(np.isfinite(start), axis=1)
         if ok.any():
-            cfg = kwargs.get("config") or FitConfig()
-            start[:, 3] *= cfg.size_margin
-            start[:, 4] = np.clip(start[:, 4], 0.2, 10.0)
-            start[:, 5] = np.clip(start[:, 5], 0.02, 1.0)
-            psf_size = np.shape(psf)[-1] if np.ndim(psf) >= 2 else 25
-            sizes = required_fourier_size(start[ok], images.shape[1:], psf_size,
-                                          wrap_tolerance=cfg.wrap_tolerance)
+            sizes = start_fourier_sizes(start[ok], images.shape[1:], psf, kwargs.get("config"))
             cost[ok] = (sizes / 64.0) ** _COST_EXPONENT
     order = np.argsort(-cost, kind="stable")
     return order, cost[order]

@@ -56,13 +56,14 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwad
 
-from ..conventions import DEFAULT_ZEROPOINT, wrap_pa
+from ..conventions import DEFAULT_ZEROPOINT, fold_axis_ratio, mag_to_flux, wrap_pa
 from ..errors import InputDataError, PSFError
 from ..flags import Flag
 from ..params import PARAMETERS, index
 from ..render import render_sersic, required_fourier_size, validate_psf_image
 
-__all__ = ["FitResult", "FitStatus", "FitConfig", "fit_stamps", "fit_multistart", "pixel_weights"]
+__all__ = ["FitResult", "FitStatus", "FitConfig", "fit_stamps", "fit_multistart", "pixel_weights",
+           "start_fourier_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -292,17 +293,6 @@ class _Transform:
         return sat
 
 
-def _fold(p: np.ndarray) -> np.ndarray:
-    """Fold q > 1 back into (0, 1] (GALFIT's convention) and wrap pa."""
-    p = p.copy()
-    big = p[:, 5] > 1
-    p[big, 3] = p[big, 3] * p[big, 5]
-    p[big, 5] = 1.0 / p[big, 5]
-    p[big, 6] = p[big, 6] + 90.0
-    p[:, 6] = wrap_pa(p[:, 6])
-    return p
-
-
 # ----------------------------------------------------------------------------- model
 def _prepare_forward_ad() -> None:
     """Import torch's forward-AD decompositions once, silencing its ``torch.jit.script`` deprecation.
@@ -361,10 +351,10 @@ class _Model:
 
         # whether the near rings of periodic copies are subtracted: decided on the folded shape (the
         # bound uses re as the major axis, which it is not while the fit's q > 1)
-        _, correct = required_fourier_size(_fold(p.detach().numpy()), self.shape, self.psf.shape[-1],
-                                           return_correction=True, forced_size=self.size)
+        _, correct = required_fourier_size(fold_axis_ratio(p.detach().numpy()), self.shape,
+                                           self.psf.shape[-1], return_correction=True, forced_size=self.size)
         x, y, mag, re, n, q, pa = p.unbind(-1)
-        flux = self.exptime * torch.pow(torch.as_tensor(10.0, dtype=p.dtype), -0.4 * (mag - self.zp))
+        flux = mag_to_flux(mag, self.zp, self.exptime)
         return _render_group(flux, x - 1, y - 1, re, n, q, pa, self._psf_rows(sel), self.shape, self.size,
                              correct=torch.as_tensor(correct), psf_spectrum=self.psf_spectrum(p.dtype, sel))
 
@@ -434,7 +424,7 @@ def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: 
     out : Tensor, shape (B, ≥7, H, W)
         Columns 0, 1, 3, 4, 5, 6 are written.
     """
-    from ..render.model import _centre_phase, _k_grids, _stamp_inverse_dft
+    from ..render.model import _centre_phase, _dc_floor, _k_grids, _stamp_inverse_dft
     from ..render.sersic import sersic_fourier_grad
 
     dtype = psf_spectrum.real.dtype
@@ -450,7 +440,7 @@ def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: 
         sl = slice(s0, min(b, s0 + chunk))
         x, y, mag, re, n, q, pa = p[sl].unbind(-1)
         bc = x.shape[0]
-        flux = exptime * torch.pow(torch.as_tensor(10.0, dtype=dtype), -0.4 * (mag - zeropoint))
+        flux = mag_to_flux(mag, zeropoint, exptime)
         e_hat = psf_spectrum[sl] if psf_spectrum.ndim == 3 else psf_spectrum
         par = torch.deg2rad(pa)
         sn, cs = torch.sin(par)[:, None, None], torch.cos(par)[:, None, None]
@@ -461,15 +451,14 @@ def _fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape, size: 
         kmin2 = kmin * kmin
         kappa2 = re2 * (kmaj * kmaj + q_ * q_ * kmin2)
         # as the renderer: floor the DC mode (T = 1 there exactly) to keep the table range short
-        floor = ((re * q.clamp(max=1.0) * (2 * math.pi / size)) ** 2 * 0.999)[:, None, None]
-        kappa2 = torch.maximum(kappa2, floor)
+        kappa2 = torch.maximum(kappa2, _dc_floor(re, q, size)[:, None, None])
         re2_inv = re2 / kappa2
         t, dt_dlnk, dt_dn = sersic_fourier_grad(n, 0.5 * torch.log(kappa2))
         # T(0) = 1 exactly for every n (the renderer restores the DC mode): no derivative there
         t[:, 0, 0] = 1.0
         dt_dlnk[:, 0, 0] = 0.0
         dt_dn[:, 0, 0] = 0.0
-        base = _centre_phase(x - 1, y - 1, size).mul_(e_hat).mul_(flux[:, None, None])  # (B, K, N)
+        base = _centre_phase(x - 1, y - 1, size, flux).mul_(e_hat)  # F E e^{-i k.x0}: (B, K, N)
         spec = torch.empty((bc, 6, nk, size), dtype=base.dtype)
         s = base * t
         torch.mul(s, dx, out=spec[:, 0])
@@ -719,7 +708,9 @@ def _covariance_from_normal(alpha: torch.Tensor) -> torch.Tensor:
 
 
 def _fold_errors(p_unfolded: np.ndarray, cov: np.ndarray) -> np.ndarray:
-    """1-σ errors (B, 7) after :func:`_fold`, from the covariance (B, ≥7, ≥7) of unfolded parameters.
+    """1-σ errors (B, 7) of folded parameters from the covariance (B, ≥7, ≥7) of unfolded ones.
+
+    The fold is :func:`~galnet.conventions.fold_axis_ratio`; ``cov`` has ``x .. pa`` first.
 
     Where ``q > 1``, ``re' = re q`` and ``q' = 1 / q``: their variances follow by the chain rule
     (``pa' = pa + 90`` keeps its error).
@@ -875,28 +866,16 @@ def fit_stamps(
         flags[i] |= Flag.BAD_INPUT
         msgs[i] += "start parameters are not finite; not fitted; "
     ok &= ~bad_start
-    # keep starts inside the fit bounds (a start outside would be clamped silently otherwise: flag it)
-    for name in ("re", "n", "q"):
-        j = index(name)
-        lo, hi = _bounds(name)
-        start[:, j] = np.clip(start[:, j], lo * 1.01, hi / 1.01 if name != "q" else 1.0)
-    start[:, 6] = wrap_pa(start[:, 6])
+    start = _clip_start(start)
     res.flags[:] = flags
     res.messages = msgs
     if not ok.any():
         return res
     rows = np.flatnonzero(ok)
     sizes = np.zeros(b, dtype=np.int64)
-    grow = start[rows].copy()
-    grow[:, 3] *= cfg.size_margin
-    psf_size = psf_obj.shape[-1] if isinstance(psf_obj, torch.Tensor) else int(6 * psf_obj.fwhm) | 1
-    sizes[rows] = required_fourier_size(grow, (h, w), psf_size, wrap_tolerance=cfg.wrap_tolerance)
-    from ..render import FOURIER_SIZES
-
-    cap = cfg.max_fourier_size or next((s for s in FOURIER_SIZES if s >= 4 * max(h, w)), FOURIER_SIZES[-1])
-    sizes[rows] = np.minimum(sizes[rows], cap)
-    if cfg.fourier_size is not None:
-        sizes[rows] = int(cfg.fourier_size)
+    sizes[rows] = start_fourier_sizes(start[rows], (h, w), psf_obj, cfg)
+    psf_size = _psf_extent(psf_obj)
+    cap = _max_fourier_size((h, w), cfg)
     todo = rows
     for _pass in range(3):
         if todo.size == 0:
@@ -919,6 +898,54 @@ def fit_stamps(
     return res
 
 
+def _clip_start(start: np.ndarray) -> np.ndarray:
+    """A copy of starts ``(B, 7)`` with re, n, q just inside their fit bounds (q ≤ 1) and pa wrapped."""
+    start = np.array(start, dtype=float, copy=True)
+    for name in ("re", "n", "q"):
+        j = index(name)
+        lo, hi = _bounds(name)
+        start[:, j] = np.clip(start[:, j], lo * 1.01, hi / 1.01 if name != "q" else 1.0)
+    start[:, 6] = wrap_pa(start[:, 6])
+    return start
+
+
+def _psf_extent(psf) -> int:
+    """Side of a PSF image (P, P) / (B, P, P), or of the stamp holding an analytic PSF (6 FWHM, odd)."""
+    return int(np.shape(psf)[-1]) if np.ndim(psf) >= 2 else int(6 * psf.fwhm) | 1
+
+
+def _max_fourier_size(shape, cfg: FitConfig) -> int:
+    """``cfg.max_fourier_size``, else the smallest DFT size ≥ 4 × the stamp's longer side."""
+    from ..render import FOURIER_SIZES
+
+    return cfg.max_fourier_size or next((s for s in FOURIER_SIZES if s >= 4 * max(shape)), FOURIER_SIZES[-1])
+
+
+def start_fourier_sizes(start: np.ndarray, shape, psf, cfg: FitConfig | None = None) -> np.ndarray:
+    """DFT size (B,) each fit starts with: from its start, ``re × size_margin``, capped.
+
+    Parameters
+    ----------
+    start : ndarray, shape (B, 7)
+        Finite start parameters (clipped into the fit bounds here, as :func:`fit_stamps` does).
+    shape : (int, int)
+        Stamp (H, W).
+    psf : array (P, P) or (B, P, P), Tensor, or AnalyticPSF
+    cfg : FitConfig, optional
+
+    Returns
+    -------
+    ndarray of int, shape (B,): ``cfg.fourier_size`` everywhere if set.
+    """
+    cfg = cfg or FitConfig()
+    grow = _clip_start(start)
+    if cfg.fourier_size is not None:
+        return np.full(len(grow), int(cfg.fourier_size), dtype=np.int64)
+    grow[:, 3] *= cfg.size_margin
+    sizes = required_fourier_size(grow, tuple(shape), _psf_extent(psf), wrap_tolerance=cfg.wrap_tolerance)
+    return np.minimum(sizes, _max_fourier_size(shape, cfg))
+
+
 def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sky, cfg, zeropoint, exptime,
                 res: FitResult) -> None:
     n_free = 8 if fit_sky else 7
@@ -933,7 +960,7 @@ def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sk
             g = _lm_group(
                 d, wts, ps, torch.as_tensor(start[sel]), torch.as_tensor(sky_arr[sel]), fit_sky=fit_sky,
                 size=int(size), cfg=cfg, zeropoint=zeropoint, exptime=exptime)
-            p, sk, chi2, niter, status = _fold(g.params), g.sky, g.chi2, g.niter, g.status
+            p, sk, chi2, niter, status = fold_axis_ratio(g.params), g.sky, g.chi2, g.niter, g.status
             # errors: from the LM's last normal matrix where it is at the solution, else a new Jacobian
             err = np.empty((sel.size, 7))
             sky_err = np.full(sel.size, np.nan)

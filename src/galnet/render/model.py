@@ -36,7 +36,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..conventions import DEFAULT_ZEROPOINT
+from ..conventions import DEFAULT_ZEROPOINT, mag_to_flux
 from ..errors import ParameterRangeError, PSFError
 from ..params import N_PARAMS, validate_parameters
 from .psf import AnalyticPSF, validate_psf_image
@@ -305,15 +305,8 @@ def _inverse_dft(
              * torch.exp(-1j * kx[None, :] * x0[:, None])[:, None, :])  # (B, N, K)
     shifted = (spectrum * phase).permute(1, 0, 2).reshape(n_rows, b * nk)
     rows = (base_y @ shifted).reshape(h, b, nk).permute(1, 0, 2).reshape(b * h, nk)  # (B H, K)
-    real_x, imag_x = _real_dft_factor(size, h, w, x0.dtype, str(x0.device))
-    return (rows.real @ real_x - rows.imag @ imag_x).reshape(b, h, w)
-
-
-@lru_cache(maxsize=32)
-def _real_dft_factor(size: int, h: int, w: int, dtype: torch.dtype, device: str):
-    """Real and imaginary parts (K, W) of the ``kx`` inverse-DFT factor, contiguous."""
-    base_x = _dft_bases(size, h, w, dtype, device)[2]
-    return base_x.real.contiguous(), base_x.imag.contiguous()
+    rows = torch.view_as_real(rows.contiguous()).reshape(b * h, 2 * nk)
+    return (rows @ _real_dft_x(size, h, w, x0.dtype, str(x0.device))).reshape(b, h, w)
 
 
 def _sersic_spectrum(re, n, q, pa_deg, kx, ky, kappa2_floor=None, *, kx_major: bool = False):
@@ -402,12 +395,28 @@ def _stamp_inverse_dft(spectrum: torch.Tensor, shape, size: int) -> torch.Tensor
     return (rows @ _real_dft_x(size, h, w, rows.dtype, str(rows.device))).reshape(c, h, w)
 
 
-def _centre_phase(x0: torch.Tensor, y0: torch.Tensor, size: int) -> torch.Tensor:
-    """``e^{-i (kx x0 + ky y0)}`` (B, K, N) on the kx-major half grid, for 0-based centres (B,)."""
+def _centre_phase(x0: torch.Tensor, y0: torch.Tensor, size: int, amplitude: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """``A e^{-i (kx x0 + ky y0)}`` (B, K, N) on the kx-major half grid, for 0-based centres (B,).
+
+    ``amplitude`` (B,) (e.g. the flux, default 1) is multiplied into the (B, K) factor, not the grid.
+    """
     kx, ky = _k_grids(size, x0.dtype, x0.device)
     fx = torch.exp(-1j * (kx[None, :] * x0[:, None]))  # (B, K)
+    if amplitude is not None:
+        fx = amplitude[:, None] * fx
     fy = torch.exp(-1j * (ky[None, :] * y0[:, None]))  # (B, N)
     return fx[:, :, None] * fy[:, None, :]
+
+
+def _dc_floor(re: torch.Tensor, q: torch.Tensor, size: int) -> torch.Tensor:
+    """Floor (B,) on ``kappa^2`` that only the DC mode reaches: just below ``(re min(q, 1) dk)^2``.
+
+    Every other mode of the DFT grid has ``kappa^2 >= (re min(q, 1) dk)^2``, ``dk = 2 pi / N`` (the
+    fitter lets q cross 1). Flooring DC there keeps the table range short; callers set its exact
+    value ``T = 1``.
+    """
+    return (re * q.clamp(max=1.0) * (2 * math.pi / size)) ** 2 * 0.999
 
 
 #: Fourier modes (galaxies x K x N) of one chunk of :func:`_render_group`: its complex temporaries
@@ -454,9 +463,8 @@ def _render_group(flux, x0, y0, re, n, q, pa, psf, shape, size, *, point_source=
             sl = slice(s0, min(b, s0 + per))
             spec = _centre_phase(x0[sl], y0[sl], size)
             if not point_source:
-                # every mode but DC has kappa^2 >= (re min(q, 1) dk)^2 (the fitter lets q cross 1)
-                floor = (re[sl] * q[sl].clamp(max=1.0) * (2 * math.pi / size)) ** 2 * 0.999
-                t = _sersic_spectrum(re[sl], n[sl], q[sl], pa[sl], kx, ky, kappa2_floor=floor, kx_major=True)
+                t = _sersic_spectrum(re[sl], n[sl], q[sl], pa[sl], kx, ky,
+                                     kappa2_floor=_dc_floor(re[sl], q[sl], size), kx_major=True)
                 t[:, 0, 0] = 1.0
                 spec = spec * t
             spec = spec * (e_hat[sl] if e_hat.ndim == 3 else e_hat)
@@ -532,7 +540,7 @@ def render_sersic(
         return_correction=True, forced_size=fourier_size,
     )
     x, y, mag, re, n, q, pa = params.unbind(-1)
-    flux = exptime * torch.pow(torch.as_tensor(10.0, dtype=params.dtype), -0.4 * (mag - zeropoint))
+    flux = mag_to_flux(mag, zeropoint, exptime)
     out = torch.empty((batch, h, w), dtype=params.dtype, device=params.device)
     pieces = []
     for size in np.unique(sizes):

@@ -29,18 +29,19 @@ stamp's columns.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from ..conventions import DEFAULT_ZEROPOINT
+from ..conventions import DEFAULT_ZEROPOINT, mag_to_flux
 from ..errors import ParameterRangeError, PSFError
 from ..params import N_PARAMS, validate_parameters
 from .model import (
     DEFAULT_WRAP_TOLERANCE,
     _as_psf,
+    _centre_phase,
+    _dc_floor,
     _grid_to_stamp,
     _image_psf_spectrum,
     _k_grids,
@@ -77,13 +78,10 @@ def _add_spectra(acc, owner, flux, x0, y0, re, n, q, pa, point: bool, size: int)
     per = max(1, _OBJECT_CHUNK_ELEMENTS // (size * nk))
     for start in range(0, x0.shape[0], per):
         sl = slice(start, start + per)
-        # F e^{-i kx x0} (m, K) times e^{-i ky y0} (m, N): the centre's phase ramp
-        fx = flux[sl, None] * torch.exp(-1j * (kx[None, :] * x0[sl, None]))
-        fy = torch.exp(-1j * (ky[None, :] * y0[sl, None]))
-        term = fx[:, :, None] * fy[:, None, :]  # (m, K, N)
+        term = _centre_phase(x0[sl], y0[sl], size, flux[sl])  # F e^{-i k.x0}: (m, K, N)
         if not point:
-            floor = (re[sl] * q[sl].clamp(max=1.0) * (2 * math.pi / size)) ** 2 * 0.999
-            t = _sersic_spectrum(re[sl], n[sl], q[sl], pa[sl], kx, ky, kappa2_floor=floor, kx_major=True)
+            t = _sersic_spectrum(re[sl], n[sl], q[sl], pa[sl], kx, ky,
+                                 kappa2_floor=_dc_floor(re[sl], q[sl], size), kx_major=True)
             term = term.mul_(t) if inplace else term * t
             term[:, 0, 0] = flux[sl].to(term.dtype)  # T = 1 at DC, where the phase is 1
         term = torch.view_as_real(term)
@@ -215,7 +213,7 @@ def render_scene(
     unit_stamp, unit_size = units // base, units % base
 
     x, y, mag, re, n, q, pa = params.unbind(-1)
-    flux = exptime * torch.pow(torch.as_tensor(10.0, dtype=dtype), -0.4 * (mag - zeropoint))
+    flux = mag_to_flux(mag, zeropoint, exptime)
     x0, y0 = x - 1, y - 1
     out = torch.zeros((n_stamps, h, w), dtype=dtype, device=device)
     for size in np.unique(unit_size):

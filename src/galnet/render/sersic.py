@@ -221,11 +221,21 @@ def sersic_fourier_columns(n: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     -------
     Tensor, shape (B, E): ``T``.
     """
+    lo, span, local = _window_positions(pos)
+    return _row_lookup(_galaxy_rows(n, lo, span), local, inplace=False)
+
+
+def _window_positions(pos: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Each galaxy's column window of the table and its positions in it.
+
+    Returns ``lo`` (B,), the window's first column; ``span``, the columns every window holds; and
+    ``local`` (B, E), ``pos - lo`` clamped to the table's ends.
+    """
     n_cols = _table_tensors(pos.dtype, str(pos.device))[0].shape[1]
     with torch.no_grad():
         lo, span = _column_window(pos.amin(1), pos.amax(1), n_cols)
     local = torch.clamp(pos - lo[:, None], min=torch.zeros_like(lo)[:, None], max=(n_cols - 1 - lo)[:, None])
-    return _row_lookup(_galaxy_rows(n, lo, span), local, inplace=False)
+    return lo, span, local
 
 
 def _column_window(pos_min: torch.Tensor, pos_max: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, int]:
@@ -313,9 +323,8 @@ def sersic_fourier_grad(n: torch.Tensor, ln_kappa: torch.Tensor
     tab = sersic_fourier_table()
     shape = ln_kappa.shape
     pos = (ln_kappa.reshape(shape[0], -1) - tab.u0) / tab.u_step
+    lo, span, local = _window_positions(pos)
     n_cols = _table_tensors(pos.dtype, str(pos.device))[0].shape[1]
-    lo, span = _column_window(pos.amin(1), pos.amax(1), n_cols)
-    local = torch.clamp(pos - lo[:, None], min=torch.zeros_like(lo)[:, None], max=(n_cols - 1 - lo)[:, None])
     rows, dn_rows = _galaxy_rows(n, lo, span, with_dn=True)
     j = local.long()  # local >= 0: truncation = floor
     frac = local - j
