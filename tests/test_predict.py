@@ -489,7 +489,7 @@ def test_cli(tmp_path, stamps, model_path, capsys):
     rc = main(
         ["predict", str(tmp_path / "missing.fits"), "-o", str(tmp_path / "o.fits"), "--model", model_path]
     )
-    assert rc == 1
+    assert rc == 2
 
 
 def test_real_hst_image(tmp_path, model_path):

@@ -494,4 +494,4 @@ def test_cli_simulate(tmp_path, capsys):
     assert len(ds) == 8 and ds.meta["preset"]["psf"]["library"] == str(HST_PSF)
     assert json.loads((out / "config.json").read_text())["seed"] == 1
     rc = main(["simulate", "--n", "10", "--out", str(tmp_path / "x"), "--preset", "nope"])
-    assert rc == 1 and "unknown preset" in capsys.readouterr().err
+    assert rc == 2 and "unknown preset" in capsys.readouterr().err

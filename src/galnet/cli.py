@@ -15,6 +15,11 @@ import sys
 from . import __version__
 from .errors import GalnetError
 
+#: exit status of a clear, one-line error (bad option, file or data), as argparse's own
+EXIT_USAGE = 2
+#: exit status after Ctrl-C (128 + SIGINT, as a shell reports it)
+EXIT_INTERRUPTED = 130
+
 #: subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("galnet.render.command", "draw Sérsic ⊗ PSF model images from a parameter table"),
@@ -58,8 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except GalnetError as exc:
-        print(f"galnet {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"galnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        hint = getattr(args, "_interrupt_hint", None) or "finished work is kept"
+        print(f"galnet {args.command}: interrupted; {hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # unreadable / unwritable files: the message names the file
+        print(f"galnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (multi-line messages are joined)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover
