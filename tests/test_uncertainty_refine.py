@@ -230,3 +230,23 @@ def test_predict_refine_bad_values(value, data_dir, small_card, tmp_path, capsys
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--refine" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_symmetry_averaging_is_equivariant(data_dir, small_card):
+    """With 8 symmetries the answer for a mirrored stamp is the mirrored answer (exactly, to float32)."""
+    split = load_split(data_dir / "test.h5")
+    img, psf, sky = split["image"].numpy()[:16], split["psf"].numpy()[:16], split["sky_sigma"].numpy()[:16]
+    pred = load_model(small_card, backend="torch", symmetries=8)
+    p = pred.predict(img, psf, sky)
+    q = pred.predict(img[:, :, ::-1], psf[:, :, ::-1], sky)  # mirrored in x
+    np.testing.assert_allclose(q[:, 0], 62 - p[:, 0], atol=2e-4)
+    np.testing.assert_allclose(q[:, 1:6], p[:, 1:6], rtol=2e-4, atol=2e-4)
+    dpa = np.remainder(q[:, 6] + p[:, 6] + 90, 180) - 90
+    np.testing.assert_allclose(dpa, 0, atol=2e-2)
+    # 4 symmetries average the flips: their mean of x equals the mean over the flipped copies
+    one = load_model(small_card, backend="torch")
+    xs = [one.predict(img, psf, sky)[:, 0], 62 - one.predict(img[:, :, ::-1], psf[:, :, ::-1], sky)[:, 0],
+          one.predict(img[:, ::-1], psf[:, ::-1], sky)[:, 0],
+          62 - one.predict(img[:, ::-1, ::-1], psf[:, ::-1, ::-1], sky)[:, 0]]
+    four = load_model(small_card, backend="torch", symmetries=4)
+    np.testing.assert_allclose(four.predict(img, psf, sky)[:, 0], np.mean(xs, axis=0), atol=1e-4)

@@ -237,12 +237,21 @@ class Predictor:
         Use channels_last memory format in torch (faster on CPU).
     num_threads : int, optional
         Intra-op threads for ONNX Runtime (default: torch's).
+    symmetries : {1, 4, 8}
+        Test-time symmetry averaging: run the network on this many symmetric copies of each stamp (and its
+        PSF) — 4: the x and y flips; 8: also the transposes (the 8 symmetries of the square, which training
+        augments with) — map each answer back and average (x, y, mag, q arithmetically, re and n
+        geometrically, pa on the doubled-angle circle; errors: the mean of the copies' errors, which the
+        averaging makes slightly conservative). Costs that many network passes.
     """
 
     def __init__(self, model: GalNet, card: dict, *, device="cpu", backend: str = "torch",
-                 channels_last: bool = True, num_threads: int | None = None) -> None:
+                 channels_last: bool = True, num_threads: int | None = None, symmetries: int = 1) -> None:
         if backend not in ("torch", "onnx"):
             raise ModelCardError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if symmetries not in (1, 4, 8):
+            raise ModelCardError(f"symmetries must be 1, 4 or 8, got {symmetries!r}")
+        self.symmetries = int(symmetries)
         self.card = card
         self.device = torch.device(device)
         self.backend = backend
@@ -335,6 +344,38 @@ class Predictor:
             (degrees); all NaN for a network without an uncertainty head (:attr:`has_errors`).
         """
         images, psfs, sky = self._check(images, psfs, sky_sigma)
+        if self.symmetries == 1:
+            return self._predict_once(images, psfs, sky, batch_size)
+        size = images.shape[-1]
+        params, errors = [], []
+        for transpose in (False, True)[: self.symmetries // 4]:
+            for flip_x in (False, True):
+                for flip_y in (False, True):
+                    img, psf = images, psfs
+                    if transpose:
+                        img, psf = img.swapaxes(-1, -2), psf.swapaxes(-1, -2)
+                    if flip_x:
+                        img, psf = img[..., ::-1], psf[..., ::-1]
+                    if flip_y:
+                        img, psf = img[..., ::-1, :], psf[..., ::-1, :]
+                    p, e = self._predict_once(np.ascontiguousarray(img), np.ascontiguousarray(psf), sky,
+                                              batch_size)
+                    if flip_y:
+                        p[:, 1] = (size + 1) - p[:, 1]
+                        p[:, 6] = -p[:, 6]
+                    if flip_x:
+                        p[:, 0] = (size + 1) - p[:, 0]
+                        p[:, 6] = -p[:, 6]
+                    if transpose:
+                        p[:, [0, 1]] = p[:, [1, 0]]
+                        e[:, [0, 1]] = e[:, [1, 0]]
+                        p[:, 6] = 90.0 - p[:, 6]
+                    params.append(p)
+                    errors.append(e)
+        return _average_symmetric(np.stack(params)), np.mean(np.stack(errors), axis=0)
+
+    def _predict_once(self, images: np.ndarray, psfs: np.ndarray, sky: np.ndarray,
+                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         n_par = len(PARAMETER_NAMES)
         out = np.full((images.shape[0], 2 * n_par), np.nan, dtype=np.float64)
         for start in range(0, images.shape[0], batch_size):
@@ -352,6 +393,20 @@ class Predictor:
                     ).cpu().numpy()
             out[sl, : res.shape[1]] = res
         return out[:, :n_par], out[:, n_par:]
+
+
+def _average_symmetric(params: np.ndarray) -> np.ndarray:
+    """Average (K, B, 7) answers of K symmetric copies.
+
+    x, y, mag and q arithmetically; re and n geometrically; pa on the doubled-angle circle.
+    """
+    out = params.mean(axis=0)
+    out[:, 3] = np.exp(np.log(params[:, :, 3]).mean(axis=0))
+    out[:, 4] = np.exp(np.log(params[:, :, 4]).mean(axis=0))
+    two = np.deg2rad(2.0 * params[:, :, 6])
+    pa = 0.5 * np.rad2deg(np.arctan2(np.sin(two).mean(axis=0), np.cos(two).mean(axis=0)))
+    out[:, 6] = np.remainder(pa + 90.0, 180.0) - 90.0
+    return out
 
 
 def export_onnx(model: GalNet, path: str | os.PathLike) -> Path:
@@ -404,7 +459,7 @@ def _onnx_session(model: GalNet, threads: int):
 
 
 def load_model(name_or_path: str | os.PathLike = "hsc-r", *, device: str | torch.device = "cpu",
-               backend: str = "torch", channels_last: bool = True) -> Predictor:
+               backend: str = "torch", channels_last: bool = True, symmetries: int = 1) -> Predictor:
     """Load a shipped model (``"hsc-r"``) or a card path as a :class:`Predictor`.
 
     Examples
@@ -413,4 +468,5 @@ def load_model(name_or_path: str | os.PathLike = "hsc-r", *, device: str | torch
     >>> params = pred.predict(images, psf, sky_sigma)                 # doctest: +SKIP
     """
     model, card = load_card(name_or_path, device=device)
-    return Predictor(model, card, device=device, backend=backend, channels_last=channels_last)
+    return Predictor(model, card, device=device, backend=backend, channels_last=channels_last,
+                     symmetries=symmetries)

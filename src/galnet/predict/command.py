@@ -83,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "alone (default 0; see docs/network.md for the accuracy and speed of each K)",
     )
     r.add_argument(
+        "--symmetries",
+        type=int,
+        choices=(1, 4, 8),
+        default=1,
+        help="test-time symmetry averaging: average the network over 4 (flips) or 8 (flips and transposes) "
+        "symmetric copies of each stamp; that many times the network's cost (default 1: none)",
+    )
+    r.add_argument(
         "--mask-neighbours",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -155,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         keep_parts=args.keep_parts,
         refiner=getattr(args, "refiner", None),
+        symmetries=args.symmetries,
     )
     table = predict_catalog(
         args.input,

@@ -100,6 +100,9 @@ class PredictOptions:
         ``(FitResult, n_masked)``. The refined rows get the fit's parameters, covariance errors and
         ``chi2nu`` (over the unmasked pixels, σ as ``galnet fit``'s). None: the network alone, whose errors
         are its own predicted ones (NaN for a network without an uncertainty head).
+    symmetries : {1, 4, 8}
+        Test-time symmetry averaging of the network (:class:`galnet.models.Predictor`): that many network
+        passes per galaxy.
     """
 
     model: str = "hsc-r"
@@ -115,6 +118,7 @@ class PredictOptions:
     progress: bool = True
     keep_parts: bool = False
     refiner: Any = None
+    symmetries: int = 1
 
     @property
     def refine(self) -> int:
@@ -137,7 +141,8 @@ def resolve_backend(backend: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def get_predictor(card_path: str, backend: str, device: str = "cpu", threads: int | None = None):
+def get_predictor(card_path: str, backend: str, device: str = "cpu", threads: int | None = None,
+                  symmetries: int = 1):
     """A :class:`galnet.models.Predictor`, loaded once per process (cached: Dask workers reuse it)."""
     import torch
 
@@ -146,7 +151,8 @@ def get_predictor(card_path: str, backend: str, device: str = "cpu", threads: in
     if threads:
         torch.set_num_threads(int(threads))
     model, card = load_card(card_path, device=device)
-    return Predictor(model, card, device=device, backend=resolve_backend(backend), num_threads=threads)
+    return Predictor(model, card, device=device, backend=resolve_backend(backend), num_threads=threads,
+                     symmetries=symmetries)
 
 
 def _card_dataset_meta(card: dict) -> dict:
@@ -516,6 +522,7 @@ def _manifest(source: InputSource, options: PredictOptions, card: dict, output: 
         "chi2": bool(options.chi2 or options.save_models),
         "save_models": options.save_models,
         "refine": options.refine,
+        "symmetries": options.symmetries,
         "output": output.name,
     }
 
@@ -624,7 +631,8 @@ def predict_source(
     _format_for(output)  # fail early on an unknown extension
     t0 = time.perf_counter()
     predictor = get_predictor(
-        _card_path(options.model), resolve_backend(options.backend), options.device, options.threads
+        _card_path(options.model), resolve_backend(options.backend), options.device, options.threads,
+        options.symmetries,
     )
     card = predictor.card
     source.stamp_size, source.psf_size = predictor.image_size, predictor.psf_size
