@@ -90,18 +90,22 @@ class OutputScalingConfig:
         Image stamp size in pixels (the offsets are from its centre, :func:`stamp_center`).
     zeropoint : float
         Zero point of the training magnitudes (informational; the scaling is zero-point free).
-    error_scale : list of 7 float
-        Calibration factor of each parameter's predicted error (``x, y, mag, re, n, q, pa``), measured on
+    error_scale : list of 7 float, or K lists of 7 float
+        Calibration factors of each parameter's predicted error (``x, y, mag, re, n, q, pa``), measured on
         a validation set after training (:func:`galnet.train.calibrate_errors`) so that 68.3 % of the
-        errors |estimate - truth| are below ``error_scale * raw error``. Ones until calibrated; unused by
-        networks without an uncertainty head.
+        errors |estimate - truth| are below ``error_scale * raw error``; one row per bin of the predicted
+        noise-unit magnitude ``mag_rel = mag + 2.5 log10(sky_sigma)`` (an S/N proxy that needs no truth).
+        Ones until calibrated; unused by networks without an uncertainty head.
+    error_scale_edges : list of K - 1 float
+        Interior edges of those ``mag_rel`` bins (increasing); empty for one row.
     """
 
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.5, 0.2, 0.6])
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 0.3, 0.3, 0.25])
     stamp_size: int = 61
     zeropoint: float = DEFAULT_ZEROPOINT
-    error_scale: list[float] = field(default_factory=lambda: [1.0] * N_PARAMS)
+    error_scale: list = field(default_factory=lambda: [1.0] * N_PARAMS)
+    error_scale_edges: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.mean) != _STANDARDISED or len(self.std) != _STANDARDISED:
@@ -111,9 +115,15 @@ class OutputScalingConfig:
             )
         if not all(math.isfinite(s) and s > 0 for s in self.std) or not all(map(math.isfinite, self.mean)):
             raise ModelCardError(f"output scaling has non-finite or non-positive entries: {asdict(self)}")
-        if len(self.error_scale) != N_PARAMS or not all(math.isfinite(s) and s > 0 for s in self.error_scale):
+        table = np.asarray(self.error_scale, dtype=np.float64)
+        table = table[None] if table.ndim == 1 else table
+        edges = np.asarray(self.error_scale_edges, dtype=np.float64)
+        if (table.ndim != 2 or table.shape[1] != N_PARAMS or not np.all(np.isfinite(table) & (table > 0))
+                or edges.ndim != 1 or len(edges) != len(table) - 1 or not np.all(np.isfinite(edges))
+                or np.any(np.diff(edges) <= 0)):
             raise ModelCardError(
-                f"output scaling error_scale needs {N_PARAMS} positive numbers, got {self.error_scale}"
+                f"output scaling error_scale needs K rows of {N_PARAMS} positive numbers and K - 1 "
+                f"increasing error_scale_edges, got {self.error_scale} and {self.error_scale_edges}"
             )
 
 
@@ -165,9 +175,7 @@ class OutputScaling(nn.Module):
         self.config = config or OutputScalingConfig()
         self.register_buffer("mean", torch.tensor(self.config.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(self.config.std, dtype=torch.float32), persistent=False)
-        self.register_buffer(
-            "error_scale", torch.tensor(self.config.error_scale, dtype=torch.float32), persistent=False
-        )
+        self.set_error_scale(self.config.error_scale, self.config.error_scale_edges)
         self.center = stamp_center(self.config.stamp_size)
         self.log_n_range = tuple(math.log10(v) for v in PARAMETERS[4].valid)
         self.q_min = PARAMETERS[5].valid[0]
@@ -214,6 +222,27 @@ class OutputScaling(nn.Module):
         return torch.stack([x, y, mag, re, n, q, pa], dim=-1)
 
 
+    def set_error_scale(self, table, edges) -> None:
+        """Set the calibration table (K, 7) or (7,) and its K - 1 ``mag_rel`` bin edges (config, buffers)."""
+        t = torch.as_tensor(np.asarray(table, dtype=np.float64), dtype=torch.float32)
+        t = t[None] if t.ndim == 1 else t
+        self.config.error_scale = t.tolist() if len(t) > 1 else t[0].tolist()
+        self.config.error_scale_edges = [float(v) for v in edges]
+        self.register_buffer("error_scale", t, persistent=False)
+        self.register_buffer(
+            "error_scale_edges", torch.tensor(self.config.error_scale_edges, dtype=torch.float32),
+            persistent=False,
+        )
+
+    def error_scale_rows(self, out: torch.Tensor) -> torch.Tensor:
+        """The calibration factors (B, 7) of each galaxy: the row of its predicted ``mag_rel`` bin."""
+        mag_rel = out[:, 2] * self.std[2] + self.mean[2]
+        if self.error_scale_edges.numel() == 0:
+            return self.error_scale[0].expand(out.shape[0], -1)
+        # bin index as a sum of comparisons (exportable to ONNX, unlike bucketize)
+        idx = (mag_rel[:, None] > self.error_scale_edges[None, :]).to(torch.int64).sum(dim=1)
+        return self.error_scale[idx]
+
     def decode_errors(self, out: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Network outputs with an uncertainty head (B, 16) → 1-sigma errors (B, 7) in catalog units.
 
@@ -227,7 +256,7 @@ class OutputScaling(nn.Module):
         Returns
         -------
         Tensor, shape (B, 7): ``x_err, y_err`` (pixels), ``mag_err`` (mag), ``re_err`` (pixels), ``n_err``,
-        ``q_err``, ``pa_err`` (degrees), each times its calibration factor ``error_scale``.
+        ``q_err``, ``pa_err`` (degrees), each times its calibration factor (:meth:`error_scale_rows`).
 
         Notes
         -----
@@ -255,7 +284,7 @@ class OutputScaling(nn.Module):
             ],
             dim=-1,
         )
-        return errs * self.error_scale
+        return errs * self.error_scale_rows(out)
 
     def pa_vector_length(self, out: torch.Tensor) -> torch.Tensor:
         """Length (B,) of the predicted ``(cos 2pa, sin 2pa)`` vector, floored at 0.1."""

@@ -154,8 +154,10 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
         val_path = Path(cfg.data) / "val.h5" if cfg.data else None
         if val_path is None or not val_path.is_file():
             raise ModelCardError(f"{run_dir}: calibrating the errors needs the validation split {val_path}")
-        scale = calibrate_errors(model, load_split(val_path, cfg.val_size))
-        calibration = {"split": str(val_path), "n": cfg.val_size, "error_scale": [float(v) for v in scale]}
+        calibrate_errors(model, load_split(val_path, cfg.val_size))
+        oscale = model.output_scaling.config
+        calibration = {"split": str(val_path), "n": cfg.val_size, "error_scale": oscale.error_scale,
+                       "error_scale_edges": oscale.error_scale_edges}
     test_path = Path(test) if test else (Path(cfg.data) / "test.h5" if cfg.data else None)
     if test_path is not None and test_path.is_file():
         split = load_split(test_path)
