@@ -5,7 +5,7 @@ Usage::
     python benchmarks/limit.py [--set galsim|test] [--test PATH] [--n 2000] [--quick] [--seed 14]
                                [--model NAME_OR_CARD] [--method 'NAME=SUBCOMMAND ARGS' ...]
                                [--methods network,fitter,hybrid] [--workers 2] [--threads 2]
-                               [--out benchmarks/results]
+                               [--out benchmarks/results] [--reuse]
 
 Stamps (``--set``):
 
@@ -27,8 +27,9 @@ whole (process start, model load, reading, writing included):
   ``--method 'refine1=predict --refine 1'`` or
   ``--method 'lm2=fit --start catalog:{network} --max-iter 2 --workers 2'``.
 
-For every method, per bin of true magnitude (:data:`MAG_BINS`) and of the target's S/N
-(:data:`SNR_BINS`; ``snr`` of the set: optimal S/N of the noiseless target), and for each of
+For every method, per bin of true magnitude (:data:`MAG_BINS`), of the target's S/N
+(:data:`SNR_BINS`; ``snr`` of the set: optimal S/N of the noiseless target) and, when the set has
+``n_neighbours``, of the number of neighbours on the stamp (:data:`NB_BINS`), and for each of
 ``mag, re, n, q, x, y, pa``: NMAD (1.4826 × median absolute deviation from the median) and bias
 (median) of Δ, and the outlier fraction, with Δ and the outlier thresholds of
 :mod:`galnet.train.metrics` (Δ fractional for re, n, q; PA wrapped, in degrees, only where
@@ -42,8 +43,11 @@ median χ²ν of its model over the target's aperture, the same pixels for every
 (:func:`galnet.evaluate.residual_statistics`), and the wall time per galaxy.
 
 Writes ``<out>/limit_<set>.md`` (markdown tables, ready to paste) and ``<out>/limit_<set>.json``;
-the catalogs go to ``benchmarks/.cache/limit_<set>_n<N>/``. The last stdout line is one JSON
-object (the summary: times, χ²ν, NMAD and ratios per magnitude bin).
+the catalogs go to ``benchmarks/.cache/limit_<set>_n<N>/``, each with a run record
+(``<name>.run.json``: command, inputs, wall time); ``--reuse`` keeps the catalogs whose record
+matches (same command line, stamp file and network catalog) and reports the times recorded then,
+to remake the tables without rerunning. The last stdout line is one JSON object (the summary:
+times, χ²ν, NMAD and ratios per magnitude bin).
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ ERR_COLUMNS = {"x": "x_err", "y": "y_err", "mag": "mag_err", "re": "re_pix_err",
 MAG_BINS = (18.0, 20.0, 21.5, 22.5, 23.3, 24.0)
 #: Bins of the target's optimal S/N.
 SNR_BINS = (0.0, 20.0, 50.0, 100.0, 300.0, math.inf)
+#: Bins of the number of neighbours on the stamp (``n_neighbours`` of the set, when it has one).
+NB_BINS = (-0.5, 0.5, 1.5, 2.5, math.inf)
+#: Row heading and section title of each binning.
+KINDS = {"mag": ("mag bin", "true magnitude"), "snr": ("S/N bin", "S/N of the target"),
+         "nb": ("neighbours", "number of neighbours on the stamp")}
 #: The fitter: the reference of the NMAD ratios.
 REFERENCE = "fitter"
 BUILTIN = ("network", "fitter", "hybrid")
@@ -257,20 +266,59 @@ def builtin_methods(names: list[str], model: str, workers: int, threads: int) ->
     return [table[n] for n in names]
 
 
-def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | None, n: int) -> dict:
-    """Run one method's command; return ``{"command", "wall_s", "ms_per_gal", "rc", "catalog"}``."""
+def _stat(path: Path | None) -> list | None:
+    if path is None or not Path(path).exists():
+        return None
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | None, n: int, *,
+               reuse: bool = False) -> dict:
+    """Run one method's command and time it.
+
+    Parameters
+    ----------
+    m : Method
+    data : Path
+        The stamp file.
+    workdir : Path
+        Folder for the catalog ``<name>.fits`` and its run record ``<name>.run.json``.
+    network_catalog : Path or None
+        Substituted for ``{network}``.
+    n : int
+        Number of stamps (for the time per galaxy).
+    reuse : bool
+        Keep the catalog of an earlier run when its record has the same command line, stamp file
+        and network catalog (size and modification time), with the time recorded then.
+
+    Returns
+    -------
+    dict ``{"command", "argv", "wall_s", "ms_per_gal", "rc", "catalog"[, "error"][, "reused"]}``.
+    """
     import galnet
 
     cat = workdir / f"{m.name}.fits"
-    if cat.exists():
-        cat.unlink()
+    record = workdir / f"{m.name}.run.json"
     argv = m.argv(data, cat, network_catalog)
-    env = dict(os.environ)
-    src = str(Path(galnet.__file__).resolve().parent.parent)  # the same galnet as this script
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     short = {str(data): "SET", str(cat): cat.name, str(network_catalog): "network.fits"}
     shown = " ".join(shlex.quote(short.get(a, a.replace(str(network_catalog), "network.fits")))
                      for a in ["galnet", *argv[3:]])
+    key = {"argv": argv[1:], "data": _stat(data),
+           "network": _stat(network_catalog) if m.needs_network else None}
+    if reuse and record.exists() and cat.exists():
+        old = json.loads(record.read_text())
+        if old.get("key") == key and _stat(cat) == old.get("catalog_stat"):
+            print(f"[{m.name}] {shown}\n[{m.name}] reused the catalog of {old['date']} "
+                  f"({old['wall_s']:.1f} s then)", flush=True)
+            return {"command": shown, "argv": argv[1:], "wall_s": old["wall_s"], "rc": 0,
+                    "ms_per_gal": 1e3 * old["wall_s"] / n, "catalog": str(cat), "reused": old["date"]}
+    for path in (cat, record):
+        if path.exists():
+            path.unlink()
+    env = dict(os.environ)
+    src = str(Path(galnet.__file__).resolve().parent.parent)  # the same galnet as this script
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"[{m.name}] {shown}", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -283,6 +331,8 @@ def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | Non
         res["error"] = tail[-1] if tail else f"exit {proc.returncode}"
     else:
         print(f"[{m.name}] {wall:.1f} s, {res['ms_per_gal']:.2f} ms/galaxy", flush=True)
+        record.write_text(json.dumps({"key": key, "catalog_stat": _stat(cat), "wall_s": wall,
+                                      "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}))
     return res
 
 
@@ -353,6 +403,8 @@ def _f(v, digits: int = 3) -> str:
 
 def _label(entry: dict, kind: str) -> str:
     lo, hi = entry["lo"], entry["hi"]
+    if kind == "nb":
+        return f"{lo + 0.5:g}" if np.isfinite(hi) else f"≥ {lo + 0.5:g}"
     if kind == "snr":
         return f"< {hi:g}" if lo == 0 else (f"> {lo:g}" if not np.isfinite(hi) else f"{lo:g}–{hi:g}")
     return f"{lo:g}–{hi:g}"
@@ -361,7 +413,7 @@ def _label(entry: dict, kind: str) -> str:
 def key_table(results: dict, names: list[str], kind: str = "mag") -> list[str]:
     """The README table: NMAD of mag, re, n, q per bin, all methods in one cell, then the ratios."""
     head = "/".join(names)
-    lines = [f"| {'mag' if kind == 'mag' else 'S/N'} bin | N | "
+    lines = [f"| {KINDS[kind][0]} | N | "
              + " | ".join(f"{p}: {head}" for p in ("mag", "re", "n", "q"))
              + " | " + " | ".join(f"{p} ratio: {'/'.join(x for x in names if x != REFERENCE)}"
                                   for p in ("mag", "re", "n", "q")) + " |",
@@ -380,7 +432,7 @@ def key_table(results: dict, names: list[str], kind: str = "mag") -> list[str]:
 
 def detail_table(results: dict, names: list[str], kind: str, stat: str) -> list[str]:
     """Rows bin × method, one column per parameter: ``stat`` (nmad with its ratio, bias, outlier_frac)."""
-    lines = [f"| {'mag' if kind == 'mag' else 'S/N'} bin | method | N | " + " | ".join(PARAMS) + " |",
+    lines = [f"| {KINDS[kind][0]} | method | N | " + " | ".join(PARAMS) + " |",
              "|---|---|---|" + "---|" * len(PARAMS)]
     for b in range(len(results[names[0]]["bins"][kind])):
         for m in names:
@@ -416,9 +468,10 @@ def markdown(meta: dict, results: dict, names: list[str]) -> str:
         r = results[m]
         ms = _f(r["ms_per_gal"], 2) + (f" (+ network = {_f(r['ms_per_gal_total'], 2)})"
                                         if "ms_per_gal_total" in r else "")
+        wall = _f(r["wall_s"], 1) + (f" (run {r['reused']})" if "reused" in r else "")
         lines.append(f"| {m} | {_f(r.get('measured_frac'), 3)} | {_f(r.get('flagged_frac'), 3)} | "
                      f"{_f(r.get('median_chi2nu_catalog'))} | {_f(r.get('median_chi2nu_aperture'))} | "
-                     f"{_f(r['wall_s'], 1)} | {ms} | {_f(r.get('tpergal_ms'), 2)} | `{r['command']}`"
+                     f"{wall} | {ms} | {_f(r.get('tpergal_ms'), 2)} | `{r['command']}`"
                      + (f" FAILED: {r['error']}" if "error" in r else "") + " |")
     if not ok:
         return "\n".join(lines) + "\n"
@@ -429,7 +482,8 @@ def markdown(meta: dict, results: dict, names: list[str]) -> str:
               "included). χ²ν (aperture): each method's model against the stamp over the target's aperture, "
               "the same pixels for every method. any flag: rows with a non-zero `flags` (for the fit "
               "mostly the information flag NEIGHBOURS_MASKED).", ""]
-    for kind, title in (("mag", "true magnitude"), ("snr", "S/N of the target")):
+    for kind in results[ok[0]]["bins"]:
+        title = KINDS[kind][1]
         lines += [f"## NMAD per bin of {title} (fractional for re, n, q), with the ratio to the fitter's", ""]
         lines += key_table(results, ok, kind) if REFERENCE in ok else []
         lines += ["", "All parameters (x, y in px, pa in degrees for q_true < 0.8; ratio to the fitter's "
@@ -484,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=2, help="galnet fit --workers (default 2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="galnet predict --threads")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for limit_<set>.md/.json")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep catalogs of an earlier run with the same commands and inputs (and the times "
+                    "recorded then), e.g. to remake the tables")
     return ap
 
 
@@ -517,6 +574,8 @@ def main(argv=None) -> int:
     if args.set == "test" and not Path(args.test).is_file():
         ap.error(f"--test {args.test}: no such file")
 
+    import h5py
+
     import galnet
     from galnet.evaluate import render_models, residual_statistics
     from galnet.evaluate.command import load_truth
@@ -547,7 +606,7 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     net_cat = None
     for m in methods:
-        res = run_method(m, data, workdir, net_cat, n)
+        res = run_method(m, data, workdir, net_cat, n, reuse=args.reuse)
         if m.name == "network" and "error" not in res:
             net_cat = Path(res["catalog"])
         if m.needs_network and "network" in results:
@@ -557,6 +616,9 @@ def main(argv=None) -> int:
     # statistics
     by = {"mag": truth.params[:, INDEX["mag"]], "snr": truth.snr}
     edges = {"mag": MAG_BINS, "snr": SNR_BINS}
+    with h5py.File(data, "r") as f:
+        if "n_neighbours" in f:
+            by["nb"], edges["nb"] = f["n_neighbours"][:].astype(np.float64), NB_BINS
     for res in results.values():
         if "error" in res:
             continue
@@ -578,7 +640,7 @@ def main(argv=None) -> int:
             "galnet_version": galnet.__version__, "git": _git_rev(), "threads": threads,
             "command": "python benchmarks/limit.py "
                        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-            "mag_bins": list(MAG_BINS), "snr_bins": [b if np.isfinite(b) else None for b in SNR_BINS]}
+            "bins": {k: [b if np.isfinite(b) else None for b in e] for k, e in edges.items()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(meta, results, all_names)
