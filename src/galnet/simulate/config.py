@@ -156,12 +156,18 @@ def _read_table_column(path: str, column: str) -> np.ndarray:
             from astropy.table import Table
 
             col = np.asarray(Table.read(p)[column])
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:
         raise ConfigError(f"prior table {path}: cannot read column {column!r} ({exc})") from exc
-    col = np.asarray(col, dtype=float).ravel()
-    col = col[np.isfinite(col)]
+    try:
+        col = np.asarray(col, dtype=float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"prior table {path}: column {column!r} is not numeric ({exc})") from exc
     if col.size == 0:
-        raise ConfigError(f"prior table {path}: column {column!r} has no finite values")
+        raise ConfigError(f"prior table {path}: column {column!r} is empty")
+    bad = ~np.isfinite(col)
+    if bad.any():
+        raise ConfigError(f"prior table {path}: column {column!r} has {int(bad.sum())} NaN or infinite "
+                          f"value(s), first at row {int(np.flatnonzero(bad)[0])}")
     _TABLE_CACHE[key] = col
     return col
 
@@ -485,8 +491,49 @@ def _build(cls, data: Any, where: str):
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _build(type(sub), value, path)
         else:
+            _check_type(value, str(fields[name].type), path)
             kwargs[name] = value
     return cls(**kwargs)
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,),
+                                         "None": (type(None),)}
+
+
+def _check_type(value: Any, annotation: str, path: str) -> None:
+    """Raise :class:`ConfigError` naming ``path`` unless ``value`` fits the field's ``annotation``.
+
+    ``annotation`` is the dataclass field's type as text (``"float | None"``, ``"list[str]"``,
+    ``"dict[str, float]"``); numbers must be finite, and ``bool`` is not accepted as a number.
+    """
+    ok = False
+    for alt in (a.strip() for a in annotation.split("|")):
+        base = alt.split("[", 1)[0]
+        if base == "list":
+            inner = alt[5:-1] if alt.endswith("]") else "Any"
+            ok = isinstance(value, list) and all(
+                inner == "Any" or _fits(v, inner) for v in value)
+        elif base == "dict":
+            inner = alt[alt.rfind(",") + 1:-1].strip() if alt.endswith("]") else "Any"
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and (inner == "Any" or _fits(v, inner)) for k, v in value.items())
+        else:
+            ok = _fits(value, base)
+        if ok:
+            break
+    if not ok:
+        raise ConfigError(f"{path}: expected {annotation}, got {type(value).__name__} {value!r}")
+
+
+def _fits(value: Any, name: str) -> bool:
+    kinds = _SCALARS.get(name)
+    if kinds is None:
+        return True
+    if isinstance(value, bool) and name != "bool":
+        return False
+    if not isinstance(value, kinds):
+        return False
+    return not (isinstance(value, float) and not math.isfinite(value))
 
 
 def _presets_dir() -> Path:
@@ -530,14 +577,20 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
             )
     if not p.exists():
         raise ConfigError(f"{p}: preset file not found")
+    if not p.is_file():
+        raise ConfigError(f"{p}: preset is not a file")
     try:
         if p.suffix == ".json":
             data = json.loads(p.read_text())
         else:
             with open(p, "rb") as fh:
                 data = tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot parse ({exc})") from exc
+    except (ValueError, OSError) as exc:  # TOML/JSON syntax, not UTF-8 text, unreadable
+        raise ConfigError(f"{p}: cannot parse the preset ({exc})") from exc
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{p}: the preset is empty (or not a table); see galnet/presets/hsc-r.toml")
+    if p.suffix == ".json" and "fingerprint" in data and isinstance(data.get("config"), dict):
+        data = data["config"]  # a dataset's config.json
     if overrides:
         data = _merge(data, overrides)
     try:

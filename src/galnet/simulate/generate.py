@@ -243,7 +243,9 @@ def load_psf_library(path: str, size: int, hdu: int | str | None = None) -> np.n
                     raise PSFError(
                         f"PSF library {path}: HDU {h.name!r} has {data.ndim} dimensions; need 2 or 3"
                     )
-    except (OSError, KeyError, IndexError) as exc:
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
+        if isinstance(exc, PSFError):
+            raise
         raise InputDataError(f"PSF library {path}: cannot read ({exc})") from exc
     if not stamps:
         raise InputDataError(f"PSF library {path}: no image data found")
@@ -308,7 +310,7 @@ def load_background(path: str, stamp_size: int, image_hdu: int | str = 0,
             var = hdul[variance_hdu].data if variance_hdu is not None else None
             img = None if img is None else np.asarray(img, dtype=np.float64)
             var = None if var is None else np.asarray(var, dtype=np.float64)
-    except (OSError, KeyError, IndexError) as exc:
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
         raise InputDataError(
             f"background {path}: cannot read HDU {image_hdu!r}/{variance_hdu!r} ({exc})"
         ) from exc
