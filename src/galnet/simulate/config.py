@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..options import check_field_type
 
 __all__ = [
     "Prior",
@@ -491,49 +492,9 @@ def _build(cls, data: Any, where: str):
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _build(type(sub), value, path)
         else:
-            _check_type(value, str(fields[name].type), path)
+            check_field_type(value, str(fields[name].type), path)
             kwargs[name] = value
     return cls(**kwargs)
-
-
-_SCALARS: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,),
-                                         "None": (type(None),)}
-
-
-def _check_type(value: Any, annotation: str, path: str) -> None:
-    """Raise :class:`ConfigError` naming ``path`` unless ``value`` fits the field's ``annotation``.
-
-    ``annotation`` is the dataclass field's type as text (``"float | None"``, ``"list[str]"``,
-    ``"dict[str, float]"``); numbers must be finite, and ``bool`` is not accepted as a number.
-    """
-    ok = False
-    for alt in (a.strip() for a in annotation.split("|")):
-        base = alt.split("[", 1)[0]
-        if base == "list":
-            inner = alt[5:-1] if alt.endswith("]") else "Any"
-            ok = isinstance(value, list) and all(
-                inner == "Any" or _fits(v, inner) for v in value)
-        elif base == "dict":
-            inner = alt[alt.rfind(",") + 1:-1].strip() if alt.endswith("]") else "Any"
-            ok = isinstance(value, dict) and all(
-                isinstance(k, str) and (inner == "Any" or _fits(v, inner)) for k, v in value.items())
-        else:
-            ok = _fits(value, base)
-        if ok:
-            break
-    if not ok:
-        raise ConfigError(f"{path}: expected {annotation}, got {type(value).__name__} {value!r}")
-
-
-def _fits(value: Any, name: str) -> bool:
-    kinds = _SCALARS.get(name)
-    if kinds is None:
-        return True
-    if isinstance(value, bool) and name != "bool":
-        return False
-    if not isinstance(value, kinds):
-        return False
-    return not (isinstance(value, float) and not math.isfinite(value))
 
 
 def _presets_dir() -> Path:
