@@ -180,7 +180,7 @@ def test_cli_train_export_predict(data_dir, tmp_path, monkeypatch):
     assert ((out[:, 5] > 0) & (out[:, 5] <= 1)).all()
     assert ((out[:, 6] >= -90) & (out[:, 6] < 90)).all()
     # a config error is reported by the CLI as a galnet error (exit 1), not a traceback
-    assert cli_main(["train", "--out", str(tmp_path / "x"), "--no-progress"]) == 1
+    assert cli_main(["train", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
 
 
 def test_bad_training_inputs(tmp_path, data_dir):
