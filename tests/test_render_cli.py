@@ -79,7 +79,8 @@ def test_render_stamp_larger_than_64(tmp_path, psf_file):
     table = tmp_path / "p.ecsv"
     _table(x=[51.0, 50.2], y=[51.0, 52.5], re_pix=[0.5, 5.0]).write(table)
     out = tmp_path / "big.fits"
-    assert main(["render", str(table), "--psf", str(psf_file), "--out", str(out), "--shape", "101", "101"]) == 0
+    assert main(["render", str(table), "--psf", str(psf_file), "--out", str(out),
+                 "--shape", "101", "101"]) == 0
     cube = fits.getdata(out)
     assert cube.shape == (2, 101, 101)
     assert cube[0].sum() == pytest.approx(10 ** (0.4 * 7), rel=0.01)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,14 +89,24 @@ def _read_psf(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputDataError(f"{path}: no such PSF file")
     try:
-        with fits.open(path, memmap=False) as hdul:
-            data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
-            data = None if data is None else np.asarray(data, dtype=np.float64)
+        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
+            warnings.simplefilter("always")
+            with fits.open(path, memmap=False) as hdul:
+                data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
+                data = None if data is None else np.asarray(data, dtype=np.float64)
+        _raise_if_truncated(caught)
     except (OSError, ValueError, TypeError, IndexError) as exc:
         raise InputDataError(f"{path}: cannot read the PSF FITS file ({exc})") from exc
     if data is None:
         raise InputDataError(f"{path}: no image data in the PSF FITS file")
     return data
+
+
+def _raise_if_truncated(caught: list) -> None:
+    """Raise :class:`OSError` if astropy warned that a FITS file is truncated (caught warnings)."""
+    for w in caught:
+        if "truncated" in str(w.message):
+            raise OSError(str(w.message))
 
 
 def _check_ids(ids: np.ndarray, path: Path) -> np.ndarray:

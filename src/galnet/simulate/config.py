@@ -157,8 +157,9 @@ def _read_table_column(path: str, column: str) -> np.ndarray:
             from astropy.table import Table
 
             col = np.asarray(Table.read(p)[column])
-    except (KeyError, ValueError, TypeError, IndexError, OSError) as exc:
-        raise ConfigError(f"prior table {path}: cannot read column {column!r} ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - numpy / astropy raise many types for bad files
+        detail = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"prior table {path}: cannot read column {column!r} ({detail})") from exc
     try:
         col = np.asarray(col, dtype=float).ravel()
     except (TypeError, ValueError) as exc:

@@ -56,8 +56,11 @@ def read_meta(path: str | os.PathLike) -> dict:
     """The ``meta`` JSON root attribute of a galnet HDF5 split ({} if absent)."""
     import h5py
 
-    with h5py.File(path, "r") as fh:
-        raw = fh.attrs.get("meta")
+    try:
+        with h5py.File(path, "r") as fh:
+            raw = fh.attrs.get("meta")
+    except OSError as exc:
+        raise InputDataError(f"{path}: not a readable HDF5 dataset ({' '.join(str(exc).split())})") from exc
     if raw is None:
         return {}
     if isinstance(raw, bytes):
@@ -94,16 +97,21 @@ def load_split(path: str | os.PathLike, limit: int | None = None) -> dict[str, t
         from ..data import read_arrays  # the data stage's reader, when present
     except ImportError:
         read_arrays = None
-    if read_arrays is not None:
-        arrs = read_arrays(str(path), start=0, stop=limit, keys=[*_SPLIT_KEYS, "ids"])
-    else:
-        import h5py
+    try:
+        if read_arrays is not None:
+            arrs = read_arrays(str(path), start=0, stop=limit, keys=[*_SPLIT_KEYS, "ids"])
+        else:
+            import h5py
 
-        with h5py.File(path, "r") as fh:
-            missing = [k for k in _SPLIT_KEYS if k not in fh]
-            if missing:
-                raise InputDataError(f"{path}: missing dataset(s) {missing}")
-            arrs = {k: fh[k][:limit] for k in (*_SPLIT_KEYS, "ids") if k in fh}
+            with h5py.File(path, "r") as fh:
+                missing = [k for k in _SPLIT_KEYS if k not in fh]
+                if missing:
+                    raise InputDataError(f"{path}: missing dataset(s) {missing}")
+                arrs = {k: fh[k][:limit] for k in (*_SPLIT_KEYS, "ids") if k in fh}
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # not HDF5, truncated, wrong layout
+        if isinstance(exc, InputDataError):
+            raise
+        raise InputDataError(f"{path}: cannot read the dataset ({' '.join(str(exc).split())})") from exc
     missing = [k for k in _SPLIT_KEYS if k not in arrs]
     if missing:
         raise InputDataError(f"{path}: missing dataset(s) {missing}")
