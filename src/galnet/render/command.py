@@ -107,6 +107,8 @@ def _raise_if_truncated(caught: list) -> None:
     for w in caught:
         if "truncated" in str(w.message):
             raise OSError(str(w.message))
+    for w in caught:  # the others as they were
+        warnings.warn(w.message, w.category, stacklevel=3)
 
 
 def _check_ids(ids: np.ndarray, path: Path) -> np.ndarray:

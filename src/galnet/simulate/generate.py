@@ -225,7 +225,6 @@ def load_psf_library(path: str, size: int, hdu: int | str | None = None) -> np.n
     PSFError
         A PSF is unusable; the message names the file and the index.
     """
-
     p = Path(path)
     if not p.exists():
         raise InputDataError(f"PSF library {path}: file not found")
@@ -248,6 +247,8 @@ def _raise_if_truncated(caught: list) -> None:
     for w in caught:
         if "truncated" in str(w.message):
             raise OSError(str(w.message))
+    for w in caught:  # the others as they were
+        warnings.warn(w.message, w.category, stacklevel=3)
 
 
 def _read_psf_stamps(p: Path, path: str, hdu: int | str | None) -> list[np.ndarray]:
