@@ -235,6 +235,14 @@ def f(tmp_path_factory) -> SimpleNamespace:
         (run / "checkpoint.safetensors").write_bytes(weights)
         (run / "best.safetensors").write_bytes(weights)
         (run / "best.json").write_text(json.dumps({"epoch": 1, "val_loss": 1.0}))
+    from galnet.models import create_model, save_model
+
+    for name, content in (("init_pickle", pickle.dumps(_Boom())), ("init_garbage", os.urandom(3000))):
+        card = save_model(create_model("galnet-psf-small", image_size=31, psf_size=11), d / name, "m")
+        card.with_suffix(".safetensors").write_bytes(content)
+        data = json.loads(card.read_text())
+        data["weights"].pop("sha256", None)  # test the loader itself, not the checksum
+        card.write_text(json.dumps(data))
     ns.run_badjson = d / "run_badjson"
     ns.run_badjson.mkdir()
     (ns.run_badjson / "checkpoint.json").write_text('{"config": {')
@@ -537,13 +545,20 @@ TRAIN_OPTION_ERRORS = [
     (("--device", "bogus"), "--device 'bogus'"),
     (("--device", "cuda:7", "--model-config", SMALL), "cuda:7"),
     ((), "the data has 31x31 stamps"),  # the model's default 61x61 stamps do not fit the data
+    (("--nll-beta", "2"), "--nll-beta"),
+    (("--init-sigma", "0"), "--init-sigma"),
+    (("--init", "no-such-card", "--model-config", SMALL), "no model card"),
+    (("--init", "INIT/init_pickle/m.json", "--model-config", SMALL), "not a valid safetensors weights"),
+    (("--init", "INIT/init_garbage/m.json", "--model-config", SMALL), "not a valid safetensors weights"),
 ]
 
 
 @pytest.mark.parametrize("opts,match", TRAIN_OPTION_ERRORS,
                          ids=[" ".join(o) or "size" for o, _ in TRAIN_OPTION_ERRORS])
 def test_train_bad_option(f, capsys, opts, match):
+    opts = [o.replace("INIT", str(f.d)) for o in opts]
     _assert_error(capsys, _train(f, *opts), match)
+    assert not f.marker.exists()
     assert not (f.d / "train_out" / "checkpoint.json").exists()
 
 

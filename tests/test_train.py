@@ -179,7 +179,7 @@ def test_cli_train_export_predict(data_dir, tmp_path, monkeypatch):
     assert out.shape == (96, 7) and np.isfinite(out).all()
     assert ((out[:, 5] > 0) & (out[:, 5] <= 1)).all()
     assert ((out[:, 6] >= -90) & (out[:, 6] < 90)).all()
-    # a config error is reported by the CLI as a galnet error (exit 1), not a traceback
+    # a config error is reported by the CLI as a one-line galnet error (exit 2), not a traceback
     assert cli_main(["train", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
 
 

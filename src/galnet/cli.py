@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _compose(args)
         return int(args._run(args) or 0)
     except GalnetError as exc:
         print(f"galnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
@@ -72,6 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # unreadable / unwritable files: the message names the file
         print(f"galnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _compose(args: argparse.Namespace) -> None:
+    """Hand a command the later stages it uses (the stages themselves only import earlier ones).
+
+    ``galnet predict --refine K`` refines the network's answers with the fitter: a
+    :class:`galnet.fit.Refiner` is passed to predict as ``args.refiner``.
+    """
+    if args.command == "predict" and getattr(args, "refine", 0) > 0:
+        from .fit import Refiner
+
+        args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours))
 
 
 def _one_line(exc: BaseException) -> str:

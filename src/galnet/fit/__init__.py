@@ -1,7 +1,7 @@
 """The classical fitter: batched Levenberg–Marquardt Sérsic ⊗ PSF fits (GALFIT-style).
 
 See ``docs/fit.md``. Public API: :func:`fit_stamps`, :func:`fit_multistart`, :class:`FitPool` (one process per
-core), :class:`FitResult`,
+core), :class:`Refiner` (K steps from network answers: ``galnet predict --refine``), :class:`FitResult`,
 :class:`FitConfig`, :class:`FitStatus`, the starts (:func:`moments_start`, :func:`catalog_start`,
 :func:`feedme_start`), neighbour masking (:func:`neighbour_mask`, :func:`segment_stamps`) and GALFIT /
 Imfit interoperability (:mod:`galnet.fit.galfit_io`).
@@ -9,6 +9,7 @@ Imfit interoperability (:mod:`galnet.fit.galfit_io`).
 
 from .masking import neighbour_mask, segment_stamps
 from .parallel import FitPool
+from .refine import Refiner
 from .solver import FitConfig, FitResult, FitStatus, fit_multistart, fit_stamps, pixel_weights
 from .starts import catalog_start, feedme_start, moments_start, with_n
 
@@ -16,6 +17,7 @@ __all__ = [
     "fit_stamps",
     "fit_multistart",
     "FitPool",
+    "Refiner",
     "FitResult",
     "FitConfig",
     "FitStatus",

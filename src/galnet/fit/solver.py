@@ -128,6 +128,13 @@ class FitConfig:
         ``"none"`` (GALFIT/Imfit convention) or ``"chi2nu"`` (errors × sqrt(χ²ν)).
     max_batch : int
         Galaxies per tensor batch (bounds memory: the Jacobian is (batch, 8, H, W) float64).
+    refit_outgrown : bool
+        Refit, with a larger DFT size, the galaxies whose result outgrew the size chosen from their start
+        (up to two more passes). ``False`` keeps the first pass (a fixed amount of work per galaxy, as
+        :class:`galnet.fit.Refiner` wants).
+    flag_max_iter : bool
+        Flag ``NOT_CONVERGED`` when ``max_iter`` is reached. ``False`` where a fixed small iteration count
+        is the point (refinement of a good start).
     """
 
     max_iter: int = 100
@@ -148,6 +155,8 @@ class FitConfig:
     max_fourier_size: int | None = None
     error_scale: str = "none"
     max_batch: int = 256
+    refit_outgrown: bool = True
+    flag_max_iter: bool = True
 
 
 @dataclass
@@ -884,7 +893,7 @@ def fit_stamps(
                     exptime, res)
         # galaxies that outgrew their DFT size are refitted from their result with a larger one
         fitted = todo[np.all(np.isfinite(res.params[todo]), axis=1)]
-        if cfg.fourier_size is not None:
+        if cfg.fourier_size is not None or not cfg.refit_outgrown:
             break
         need = np.minimum(required_fourier_size(res.params[fitted], (h, w), psf_size,
                                                 wrap_tolerance=cfg.wrap_tolerance), cap)
@@ -980,7 +989,8 @@ def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sk
                 err = err * np.sqrt(chi2nu)[:, None]
                 sky_err = sky_err * np.sqrt(chi2nu)
             flags = res.flags[sel].copy()
-            flags[status == int(FitStatus.MAX_ITER)] |= Flag.NOT_CONVERGED
+            if cfg.flag_max_iter:
+                flags[status == int(FitStatus.MAX_ITER)] |= Flag.NOT_CONVERGED
             flags[_at_bound(p, start[sel], cfg.center_box)] |= Flag.AT_BOUND
             res.params[sel] = p
             res.errors[sel] = err

@@ -299,6 +299,11 @@ class Predictor:
             raise InputDataError("psfs: every PSF must have a positive sum")
         return images, psfs, sky
 
+    @property
+    def has_errors(self) -> bool:
+        """Whether the network predicts per-galaxy errors (an uncertainty head)."""
+        return bool(self.model.config.uncertainty)
+
     def predict(self, images, psfs, sky_sigma, *, batch_size: int = 512) -> np.ndarray:
         """Measure galaxies.
 
@@ -320,8 +325,26 @@ class Predictor:
         InputDataError
             Wrong shapes, NaN/inf, non-positive sky sigma or PSF sum.
         """
+        return self.predict_with_errors(images, psfs, sky_sigma, batch_size=batch_size)[0]
+
+    def predict_with_errors(
+        self, images, psfs, sky_sigma, *, batch_size: int = 512
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Measure galaxies with per-galaxy 1-sigma errors.
+
+        Parameters are those of :meth:`predict`.
+
+        Returns
+        -------
+        params : ndarray, shape (B, 7), float64
+            As :meth:`predict`.
+        errors : ndarray, shape (B, 7), float64
+            Calibrated 1-sigma errors of ``x, y`` (pixels), ``mag``, ``re`` (pixels), ``n``, ``q``, ``pa``
+            (degrees); all NaN for a network without an uncertainty head (:attr:`has_errors`).
+        """
         images, psfs, sky = self._check(images, psfs, sky_sigma)
-        out = np.empty((images.shape[0], len(PARAMETER_NAMES)), dtype=np.float64)
+        n_par = len(PARAMETER_NAMES)
+        out = np.full((images.shape[0], 2 * n_par), np.nan, dtype=np.float64)
         for start in range(0, images.shape[0], batch_size):
             sl = slice(start, start + batch_size)
             if self._session is not None:
@@ -330,17 +353,21 @@ class Predictor:
                                                "sky_sigma": np.ascontiguousarray(sky[sl])})[0]
             else:
                 with torch.inference_mode():
-                    res = self.model.predict_params(
+                    res = self.model.predict_params_and_errors(
                         torch.from_numpy(np.ascontiguousarray(images[sl])).to(self.device),
                         torch.from_numpy(np.ascontiguousarray(psfs[sl])).to(self.device),
                         torch.from_numpy(np.ascontiguousarray(sky[sl])).to(self.device),
                     ).cpu().numpy()
-            out[sl] = res
-        return out
+            out[sl, : res.shape[1]] = res
+        return out[:, :n_par], out[:, n_par:]
 
 
 def export_onnx(model: GalNet, path: str | os.PathLike) -> Path:
-    """Export the decoded model (image, psf, sky_sigma → (B, 7) params) to ONNX, dynamic batch."""
+    """Export the decoded model to ONNX, dynamic batch.
+
+    Inputs ``image`` (B, 61, 61), ``psf`` (B, 25, 25), ``sky_sigma`` (B,); output ``params``: (B, 7), or
+    (B, 14) (parameters, then errors) for a network with an uncertainty head.
+    """
     import warnings
 
     model = model.eval().cpu()

@@ -53,6 +53,10 @@ class NetworkConfig:
         Add normalised x, y coordinate channels to the image input.
     image_size, psf_size : int
         Stamp sizes.
+    uncertainty : bool
+        Add an uncertainty head: the output layer also predicts the log standard deviation of each of the
+        8 standardised targets (trained with a Gaussian negative log-likelihood), decoded into per-galaxy
+        1-sigma errors of all seven parameters (:meth:`GalNet.predict_params_and_errors`).
     """
 
     use_psf: bool = True
@@ -64,6 +68,18 @@ class NetworkConfig:
     coordconv: bool = True
     image_size: int = 61
     psf_size: int = 25
+    uncertainty: bool = False
+
+    def __post_init__(self) -> None:
+        positive = {"hidden": [self.hidden], "widths": self.widths, "psf_widths": self.psf_widths,
+                    "image_size": [self.image_size], "psf_size": [self.psf_size]}
+        for name, values in positive.items():
+            if not values or not all(isinstance(v, int) and v > 0 for v in values):
+                raise ConfigError(f"network config {name} must be positive integers, got {values}")
+        if not all(isinstance(v, int) and v >= 0 for v in self.extra_convs):
+            raise ConfigError(f"network config extra_convs must be integers >= 0, got {self.extra_convs}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"network config dropout must be in [0, 1), got {self.dropout}")
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -133,13 +149,18 @@ class GalNet(nn.Module):
             nn.Linear(n_feat, config.hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
-            nn.Linear(config.hidden, N_OUTPUTS),
+            nn.Linear(config.hidden, self.n_outputs),
         )
         if config.coordconv:
             s = config.image_size
             lin = torch.linspace(-1.0, 1.0, s)
             yy, xx = torch.meshgrid(lin, lin, indexing="ij")
             self.register_buffer("coords", torch.stack([xx, yy])[None], persistent=False)
+
+    @property
+    def n_outputs(self) -> int:
+        """8 standardised targets, then (with the uncertainty head) their 8 log standard deviations."""
+        return 2 * N_OUTPUTS if self.config.uncertainty else N_OUTPUTS
 
     def forward(self, image: torch.Tensor, psf: torch.Tensor, sky_sigma: torch.Tensor) -> torch.Tensor:
         """Standardised network outputs.
@@ -152,7 +173,8 @@ class GalNet(nn.Module):
 
         Returns
         -------
-        Tensor, shape (B, 8): ``dx, dy, mag_rel, log10_re, log10_n, q`` standardised, ``cos2pa, sin2pa``.
+        Tensor, shape (B, 8): ``dx, dy, mag_rel, log10_re, log10_n, q`` standardised, ``cos2pa, sin2pa``;
+        shape (B, 16) with the uncertainty head: then the natural log of each one's predicted sigma.
         """
         img, p, flux = self.input_scaling(image, psf, sky_sigma)
         if self.config.coordconv:
@@ -164,7 +186,23 @@ class GalNet(nn.Module):
 
     def predict_params(self, image: torch.Tensor, psf: torch.Tensor, sky_sigma: torch.Tensor) -> torch.Tensor:
         """(B, 7) ``x, y, mag, re, n, q, pa`` in catalog conventions (:mod:`galnet.conventions`)."""
-        return self.output_scaling.decode(self.forward(image, psf, sky_sigma), sky_sigma)
+        return self.output_scaling.decode(self.forward(image, psf, sky_sigma)[:, :N_OUTPUTS], sky_sigma)
+
+    def predict_params_and_errors(
+        self, image: torch.Tensor, psf: torch.Tensor, sky_sigma: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 14): the 7 parameters of :meth:`predict_params`, then their calibrated 1-sigma errors.
+
+        Errors are in catalog units (pixels, mag, pixels, -, -, degrees;
+        :meth:`OutputScaling.decode_errors`); NaN for a network without the uncertainty head.
+        """
+        out = self.forward(image, psf, sky_sigma)
+        params = self.output_scaling.decode(out[:, :N_OUTPUTS], sky_sigma)
+        if self.config.uncertainty:
+            errors = self.output_scaling.decode_errors(out, params)
+        else:
+            errors = torch.full_like(params, float("nan"))
+        return torch.cat([params, errors], dim=-1)
 
     def describe(self) -> dict:
         """JSON-able architecture + scaling description (what the model card stores)."""
@@ -176,13 +214,18 @@ class GalNet(nn.Module):
 
 
 class _Decoded(nn.Module):
-    """Wraps a :class:`GalNet` so that ``forward`` returns decoded (B, 7) parameters (for export)."""
+    """Wraps a :class:`GalNet` so that ``forward`` returns decoded parameters (for export).
+
+    (B, 7) parameters, or (B, 14) parameters and errors for a network with the uncertainty head.
+    """
 
     def __init__(self, net: GalNet) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, image: torch.Tensor, psf: torch.Tensor, sky_sigma: torch.Tensor) -> torch.Tensor:
+        if self.net.config.uncertainty:
+            return self.net.predict_params_and_errors(image, psf, sky_sigma)
         return self.net.predict_params(image, psf, sky_sigma)
 
 

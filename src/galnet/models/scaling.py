@@ -90,12 +90,18 @@ class OutputScalingConfig:
         Image stamp size in pixels (the offsets are from its centre, :func:`stamp_center`).
     zeropoint : float
         Zero point of the training magnitudes (informational; the scaling is zero-point free).
+    error_scale : list of 7 float
+        Calibration factor of each parameter's predicted error (``x, y, mag, re, n, q, pa``), measured on
+        a validation set after training (:func:`galnet.train.calibrate_errors`) so that 68.3 % of the
+        errors |estimate - truth| are below ``error_scale * raw error``. Ones until calibrated; unused by
+        networks without an uncertainty head.
     """
 
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.5, 0.2, 0.6])
     std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 0.3, 0.3, 0.25])
     stamp_size: int = 61
     zeropoint: float = DEFAULT_ZEROPOINT
+    error_scale: list[float] = field(default_factory=lambda: [1.0] * N_PARAMS)
 
     def __post_init__(self) -> None:
         if len(self.mean) != _STANDARDISED or len(self.std) != _STANDARDISED:
@@ -105,6 +111,10 @@ class OutputScalingConfig:
             )
         if not all(math.isfinite(s) and s > 0 for s in self.std) or not all(map(math.isfinite, self.mean)):
             raise ModelCardError(f"output scaling has non-finite or non-positive entries: {asdict(self)}")
+        if len(self.error_scale) != N_PARAMS or not all(math.isfinite(s) and s > 0 for s in self.error_scale):
+            raise ModelCardError(
+                f"output scaling error_scale needs {N_PARAMS} positive numbers, got {self.error_scale}"
+            )
 
 
 def _asinh(x: torch.Tensor) -> torch.Tensor:
@@ -155,6 +165,9 @@ class OutputScaling(nn.Module):
         self.config = config or OutputScalingConfig()
         self.register_buffer("mean", torch.tensor(self.config.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(self.config.std, dtype=torch.float32), persistent=False)
+        self.register_buffer(
+            "error_scale", torch.tensor(self.config.error_scale, dtype=torch.float32), persistent=False
+        )
         self.center = stamp_center(self.config.stamp_size)
         self.log_n_range = tuple(math.log10(v) for v in PARAMETERS[4].valid)
         self.q_min = PARAMETERS[5].valid[0]
@@ -199,6 +212,54 @@ class OutputScaling(nn.Module):
         pa = torch.atan2(out[:, 7], out[:, 6]) * (90.0 / math.pi)  # degrees, (-90, 90]
         pa = torch.remainder(pa + 90.0, 180.0) - 90.0
         return torch.stack([x, y, mag, re, n, q, pa], dim=-1)
+
+
+    def decode_errors(self, out: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Network outputs with an uncertainty head (B, 16) → 1-sigma errors (B, 7) in catalog units.
+
+        Parameters
+        ----------
+        out : Tensor, shape (B, 16)
+            The 8 standardised targets, then the natural log of the predicted standard deviation of each.
+        params : Tensor, shape (B, 7)
+            The decoded parameters (:meth:`decode`), for the chain rule of ``re``, ``n`` and ``pa``.
+
+        Returns
+        -------
+        Tensor, shape (B, 7): ``x_err, y_err`` (pixels), ``mag_err`` (mag), ``re_err`` (pixels), ``n_err``,
+        ``q_err``, ``pa_err`` (degrees), each times its calibration factor ``error_scale``.
+
+        Notes
+        -----
+        ``re`` and ``n`` are regressed as log10: ``err = value ln(10) sigma_log10``. PA is regressed as the
+        unit vector ``(cos 2pa, sin 2pa)``; an error sigma on each component moves the angle ``2 pa`` by
+        ``sigma / r`` radians (``r`` the predicted vector's length, floored at 0.1 where the shape is near
+        round), so ``pa_err = (90 / pi) * sigma_perp / r`` degrees, ``sigma_perp`` the component of the two
+        sigmas perpendicular to the vector.
+        """
+        sig = torch.exp(out[:, N_OUTPUTS:].clamp(-20.0, 10.0))
+        raw = sig[:, :_STANDARDISED] * self.std
+        ln10 = math.log(10.0)
+        re, n = params[:, 3], params[:, 4]
+        two = params[:, 6] * (math.pi / 90.0)
+        perp = torch.sqrt((sig[:, 6] * torch.sin(two)) ** 2 + (sig[:, 7] * torch.cos(two)) ** 2)
+        errs = torch.stack(
+            [
+                raw[:, 0],
+                raw[:, 1],
+                raw[:, 2],
+                re * ln10 * raw[:, 3],
+                n * ln10 * raw[:, 4],
+                raw[:, 5],
+                (90.0 / math.pi) * perp / self.pa_vector_length(out),
+            ],
+            dim=-1,
+        )
+        return errs * self.error_scale
+
+    def pa_vector_length(self, out: torch.Tensor) -> torch.Tensor:
+        """Length (B,) of the predicted ``(cos 2pa, sin 2pa)`` vector, floored at 0.1."""
+        return torch.sqrt(out[:, 6] ** 2 + out[:, 7] ** 2).clamp_min(0.1)
 
 
 def fit_output_scaling(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import nonnegative_int
+
 log = logging.getLogger(__name__)
 
 __all__ = ["add_arguments", "run", "plot_quicklook"]
@@ -71,6 +73,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--threads", type=int, help="network threads (default: torch's)")
     r.add_argument("--batch-size", type=int, default=512)
     r.add_argument("--chunk-size", type=int, default=4096, help="rows per shard / Dask task")
+    r.add_argument(
+        "--refine",
+        type=nonnegative_int,
+        default=0,
+        metavar="K",
+        help="refine the network's answers with K batched Levenberg-Marquardt steps of the exact forward "
+        "model (neighbours masked as in galnet fit); writes the fit's errors and chi2nu. 0: the network "
+        "alone (default 0; see docs/network.md for the accuracy and speed of each K)",
+    )
+    r.add_argument(
+        "--mask-neighbours",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --refine: mask other sources on the stamp first (default: yes)",
+    )
     r.add_argument("--chi2", action="store_true", help="add chi2nu of the predicted model (renders it)")
     r.add_argument("--high-chi2", type=float, default=1.5, help="chi2nu above which HIGH_CHI2 is set")
     r.add_argument(
@@ -137,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         save_models=args.save_models,
         progress=not args.no_progress,
         keep_parts=args.keep_parts,
+        refiner=getattr(args, "refiner", None),
     )
     table = predict_catalog(
         args.input,

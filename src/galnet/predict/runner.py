@@ -93,6 +93,13 @@ class PredictOptions:
         Show a tqdm progress bar (galaxies / s).
     keep_parts : bool
         Keep ``<output>.parts/`` after the catalog is written.
+    refiner : callable, optional
+        Refines the network's answers with the exact forward model: ``galnet.fit.Refiner(k)`` (K batched
+        Levenberg–Marquardt steps, neighbours masked; ``galnet predict --refine K``). Called as
+        ``refiner(images, psfs, start, sky_sigma=, sigma=, mask=, gain=, zeropoint=)`` and returning
+        ``(FitResult, n_masked)``. The refined rows get the fit's parameters, covariance errors and
+        ``chi2nu`` (over the unmasked pixels, σ as ``galnet fit``'s). None: the network alone, whose errors
+        are its own predicted ones (NaN for a network without an uncertainty head).
     """
 
     model: str = "hsc-r"
@@ -107,6 +114,12 @@ class PredictOptions:
     save_models: bool = False
     progress: bool = True
     keep_parts: bool = False
+    refiner: Any = None
+
+    @property
+    def refine(self) -> int:
+        """Number of refinement steps (0: the network alone)."""
+        return int(getattr(self.refiner, "k", 0)) if self.refiner is not None else 0
 
 
 # ============================================================================== model helpers
@@ -280,6 +293,44 @@ def _render_chi2(
     return chi2nu, models, bad_sig
 
 
+def _refine(chunk: Chunk, refiner, params: np.ndarray, errors: np.ndarray, flags: np.ndarray,
+            ok: np.ndarray, *, zeropoint: float, gain: float | None, high_chi2: float) -> dict[str, Any]:
+    """Refine the rows ``ok`` in place (params, errors, flags); returns ``chi2nu``, ``niter``, ``n_masked``.
+
+    A row whose refinement fails (non-finite result) keeps the network's answer and is flagged
+    ``NOT_CONVERGED``.
+    """
+    b = len(chunk)
+    chi2nu = np.full(b, np.nan)
+    niter = np.zeros(b, dtype=np.int64)
+    n_masked = np.zeros(b, dtype=np.int64)
+    idx = np.flatnonzero(ok & np.all(np.isfinite(params), axis=1))
+    if idx.size:
+        psfs = chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[idx]
+        res, nm = refiner(
+            chunk.images[idx], psfs, params[idx],
+            sky_sigma=chunk.sky_sigma[idx],
+            sigma=None if chunk.sigma_maps is None else chunk.sigma_maps[idx],
+            mask=None if chunk.mask is None else chunk.mask[idx],
+            gain=gain, zeropoint=zeropoint,
+        )
+        good = np.all(np.isfinite(res.params), axis=1)
+        params[idx[good]] = res.params[good]
+        errors[idx[good]] = res.errors[good]
+        errors[idx[~good]] = np.nan
+        chi2nu[idx] = res.chi2nu
+        niter[idx] = res.niter
+        n_masked[idx] = nm
+        fit_flags = res.flags & ~int(Flag.BAD_INPUT)
+        flags[idx] |= fit_flags
+        flags[idx[~good]] |= int(Flag.NOT_CONVERGED)
+        for i in np.flatnonzero(~good):
+            log.warning("id %s: refinement failed (%s); the network's answer is kept",
+                        chunk.ids[idx[i]], res.messages[i].strip().rstrip(";") or "no finite result")
+    flags[np.nan_to_num(chi2nu, nan=0.0) > high_chi2] |= int(Flag.HIGH_CHI2)
+    return {"chi2nu": chi2nu, "niter": niter, "n_masked": n_masked}
+
+
 def process_chunk(
     chunk: Chunk,
     predictor,
@@ -293,6 +344,7 @@ def process_chunk(
     high_chi2: float = 1.5,
     save_models: bool = False,
     source: InputSource | None = None,
+    refiner=None,
 ) -> dict[str, Any]:
     """Measure one chunk.
 
@@ -308,30 +360,40 @@ def process_chunk(
         e- / count, for the Poisson term of the χ² σ.
     source : InputSource, optional
         Converts positions to RA/Dec when it has a WCS.
+    refiner : callable, optional
+        :attr:`PredictOptions.refiner`.
 
     Returns
     -------
-    dict of arrays: ``rows`` (B,), ``ids``, ``params`` (B, 7) in the output frame, ``flags``, optional
-    ``chi2nu``, ``ra``, ``dec``, ``model``/``resid`` (B, S, S), and ``col:<name>`` carried columns.
+    dict of arrays: ``rows`` (B,), ``ids``, ``params`` (B, 7) in the output frame, ``errors`` (B, 7),
+    ``flags``, optional ``chi2nu``, ``niter`` and ``n_masked`` (refined runs), ``ra``, ``dec``,
+    ``model``/``resid`` (B, S, S), and ``col:<name>`` carried columns.
     """
     b = len(chunk)
     params = np.full((b, 7), np.nan)
+    errors = np.full((b, 7), np.nan)
     flags = chunk.flags.copy()
     ok = ~chunk.bad
     if ok.any():
         idx = np.flatnonzero(ok)
         psfs = chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[idx]
-        params[idx] = predictor.predict(chunk.images[idx], psfs, chunk.sky_sigma[idx], batch_size=batch_size)
+        params[idx], errors[idx] = predictor.predict_with_errors(
+            chunk.images[idx], psfs, chunk.sky_sigma[idx], batch_size=batch_size
+        )
     if prior is not None:
         flags[ok & _out_of_prior(np.nan_to_num(params, nan=0.0), prior)] |= int(Flag.OUT_OF_PRIOR)
     out: dict[str, Any] = {"rows": np.arange(chunk.start, chunk.stop, dtype=np.int64), "ids": chunk.ids}
-    if chi2 or save_models:
+    if refiner is not None:  # chi2nu from the refinement (neighbours masked, as galnet fit)
+        out.update(_refine(chunk, refiner, params, errors, flags, ok, zeropoint=zp_model, gain=gain,
+                           high_chi2=high_chi2))
+    if (chi2 and refiner is None) or save_models:
         chi2nu, models, bad_sig = _render_chi2(
             chunk, params, ok, zeropoint=zp_model, gain=gain, want_models=save_models
         )
-        flags[bad_sig] |= int(Flag.BAD_SIGMA)
-        flags[np.nan_to_num(chi2nu, nan=0.0) > high_chi2] |= int(Flag.HIGH_CHI2)
-        out["chi2nu"] = chi2nu
+        if refiner is None:
+            flags[bad_sig] |= int(Flag.BAD_SIGMA)
+            flags[np.nan_to_num(chi2nu, nan=0.0) > high_chi2] |= int(Flag.HIGH_CHI2)
+            out["chi2nu"] = chi2nu
         if save_models:
             out["model"] = models
             img = np.where(chunk.mask, np.nan, chunk.images) if chunk.mask is not None else chunk.images
@@ -341,6 +403,7 @@ def process_chunk(
     params[:, 1] += chunk.offset[:, 1]
     params[:, 2] += zp_in - zp_model
     out["params"] = params
+    out["errors"] = errors
     out["flags"] = flags
     if source is not None and source.has_wcs:
         ra, dec = source.pixel_to_world(params[:, 0], params[:, 1])
@@ -452,6 +515,7 @@ def _manifest(source: InputSource, options: PredictOptions, card: dict, output: 
         "backend": resolve_backend(options.backend),
         "chi2": bool(options.chi2 or options.save_models),
         "save_models": options.save_models,
+        "refine": options.refine,
         "output": output.name,
     }
 
@@ -632,6 +696,7 @@ def _chunk_kwargs(options: PredictOptions, ctx: dict, source: InputSource) -> di
         "high_chi2": options.high_chi2,
         "save_models": options.save_models,
         "source": source,
+        "refiner": options.refiner,
     }
 
 
@@ -684,8 +749,9 @@ def assemble(
     extra: dict[str, Any] = {}
     if "ra" in parts[0]:
         extra["ra"], extra["dec"] = cat("ra"), cat("dec")
-    if "chi2nu" in parts[0]:
-        extra["chi2nu"] = cat("chi2nu")
+    for key in ("chi2nu", "niter", "n_masked"):
+        if key in parts[0]:
+            extra[key] = cat(key)
     for k in parts[0]:
         if k.startswith("col:"):
             extra[k[4:]] = cat(k)
@@ -697,10 +763,12 @@ def assemble(
         "XYFRAME": "image" if source.kind == "image+catalog" else "stamp",
         "BACKEND": resolve_backend(options.backend),
         "NETZP": ctx["zp_model"],
+        "REFINE": options.refine,
     }
     table = make_catalog(
         cat("ids"),
         params,
+        errors=cat("errors").reshape(-1, 7) if "errors" in parts[0] else None,
         flags=cat("flags"),
         pixel_scale=float(pixel_scale),
         zeropoint=ctx["zp_in"],

@@ -4,10 +4,12 @@ Public API
 ----------
 TrainConfig                      typed config (JSON/TOML), saved in every run and checkpoint
 train(config, resume=False)      run or resume a training; Trainer for finer control
-export_run(run_dir, name, to)    a run → <name>.safetensors + <name>.json model card
+export_run(run_dir, name, to)    a run → <name>.safetensors + <name>.json model card (errors calibrated)
+calibrate_errors, coverage       scale of the predicted errors (validation split), their coverage
 regression_metrics, binned_metrics, parameter_errors, outlier_mask, nmad, r2_score
 """
 
+from .calibrate import calibrate_errors, coverage, predict_with_errors
 from .command import export_run
 from .config import TrainConfig
 from .loop import Trainer, evaluate_model, load_split, train
@@ -24,6 +26,9 @@ from .metrics import (
 )
 
 __all__ = [
+    "calibrate_errors",
+    "coverage",
+    "predict_with_errors",
     "TrainConfig",
     "Trainer",
     "train",

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..options import (
     check_output_path,
+    float_in_range,
     int_in_range,
     nonnegative_float,
     nonnegative_int,
@@ -55,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=nonnegative_float)
     g.add_argument("--loss", choices=LOSSES)
     g.add_argument("--huber-delta", type=positive_float)
+    g.add_argument("--nll-beta", type=float_in_range(0.0, 1.0),
+                   help="beta-NLL weighting of --loss gaussian_nll, in [0, 1] (default 0)")
+    g.add_argument("--init", metavar="CARD", help="start from a model card's weights (fine-tuning)")
+    g.add_argument("--init-sigma", type=positive_float,
+                   help="initial sigma of a new uncertainty head (> 0; default 0.3)")
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--warmup-steps", type=nonnegative_int)
     g.add_argument("--early-stopping-patience", type=nonnegative_int,
@@ -180,12 +186,26 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
                              f"({' '.join(str(exc).split())[:300]})") from exc
     model.eval()
     metrics: dict = {}
+    calibration: dict = {}
+    if model.config.uncertainty:
+        from .calibrate import calibrate_errors
+
+        val_path = Path(cfg.data) / "val.h5" if cfg.data else None
+        if val_path is None or not val_path.is_file():
+            raise ModelCardError(f"{run_dir}: calibrating the errors needs the validation split {val_path}")
+        scale = calibrate_errors(model, load_split(val_path, cfg.val_size))
+        calibration = {"split": str(val_path), "n": cfg.val_size, "error_scale": [float(v) for v in scale]}
     test_path = Path(test) if test else (Path(cfg.data) / "test.h5" if cfg.data else None)
     if test_path is not None and test_path.is_file():
         split = load_split(test_path)
         _, pred = evaluate_model(model, split, device="cpu")
         metrics = {"split": str(test_path), "n": len(pred),
                    "per_parameter": regression_metrics(split["params"].double().numpy(), pred)}
+        if model.config.uncertainty:
+            from .calibrate import coverage, predict_with_errors
+
+            _, err = predict_with_errors(model, split)
+            metrics["error_coverage"] = coverage(split["params"].double().numpy(), pred, err)
     meta = state.get("meta") or {}
     extra = {
         "training": {
@@ -201,6 +221,7 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
             "best_val_loss": best.get("val_loss"),
             "stopped_early": state.get("stopped_early", False),
             "torch_version": torch.__version__,
+            **({"error_calibration": calibration} if calibration else {}),
         },
         "metrics": {"test": metrics} if metrics else {},
     }

@@ -13,7 +13,7 @@ from ..options import check_field_type
 
 __all__ = ["TrainConfig", "LOSSES", "SCHEDULES", "check_model_config"]
 
-LOSSES = ("huber", "mse", "l1")
+LOSSES = ("huber", "mse", "l1", "gaussian_nll")
 SCHEDULES = ("cosine", "plateau", "none")
 
 
@@ -46,9 +46,22 @@ class TrainConfig:
         ``batch_size`` is global (split over DDP ranks).
     lr, weight_decay : float
         Adam(W) learning rate and decoupled weight decay (0 = plain Adam).
-    loss : {"huber", "mse", "l1"}
+    loss : {"huber", "mse", "l1", "gaussian_nll"}
+        ``gaussian_nll`` trains the network's uncertainty head (``model_config["uncertainty"]``, set
+        automatically): the negative log-likelihood of each standardised target under the predicted
+        Gaussian, ``0.5 ((mu - t) / sigma)^2 + ln sigma``, weighted by ``sigma^(2 nll_beta)`` (no gradient
+        through the weight; beta-NLL, Seitzer et al. 2022).
     huber_delta : float
         Huber transition, in standardised target units.
+    nll_beta : float
+        beta of the beta-NLL weighting, in [0, 1]: 0 is the plain likelihood (the fit concentrates on the
+        galaxies it can measure precisely), 1 weights every galaxy like a squared error.
+    init : str or None
+        Start from a model card's weights and output scaling (name or path; fine-tuning). With an uncertainty
+        head that the card lacks, the card's output layer gives the 8 means and the sigma outputs start at
+        ``init_sigma`` (standardised units).
+    init_sigma : float
+        Initial predicted sigma of the new uncertainty outputs when starting from ``init``.
     loss_weights : list of 8 float or None
         Per-output weights (dx, dy, mag_rel, log10_re, log10_n, q, cos2pa, sin2pa).
     schedule : {"cosine", "plateau", "none"}
@@ -96,6 +109,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: str = "huber"
     huber_delta: float = 1.0
+    nll_beta: float = 0.0
+    init: str | None = None
+    init_sigma: float = 0.3
     loss_weights: list[float] | None = None
     schedule: str = "cosine"
     warmup_steps: int = 200
@@ -152,6 +168,14 @@ class TrainConfig:
         if self.loss_weights is not None and (min(self.loss_weights) < 0 or not sum(self.loss_weights) > 0):
             raise ConfigError(f"loss_weights must be >= 0 with a positive sum, got {self.loss_weights}")
         check_model_config(self.model_config, self.input_scaling)
+        if not 0.0 <= self.nll_beta <= 1.0:
+            raise ConfigError(f"nll_beta must be in [0, 1], got {self.nll_beta}")
+        if not self.init_sigma > 0:
+            raise ConfigError(f"init_sigma must be > 0, got {self.init_sigma}")
+        if self.loss == "gaussian_nll":
+            self.model_config = {**self.model_config, "uncertainty": True}
+        elif self.model_config.get("uncertainty"):
+            raise ConfigError("an uncertainty head (model_config uncertainty=true) needs --loss gaussian_nll")
         return self
 
     # ------------------------------------------------------------------ I/O

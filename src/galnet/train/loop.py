@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..errors import ConfigError, InputDataError
 from ..models import GalNet, create_model, fit_output_scaling
-from ..models.scaling import OutputScalingConfig
+from ..models.scaling import N_OUTPUTS, OutputScalingConfig
 from .config import TrainConfig
 from .metrics import flatten_metrics, regression_metrics
 
@@ -212,7 +212,18 @@ def _augment(batch: dict[str, torch.Tensor], gen: torch.Generator, size: int) ->
 
 
 def _loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Weighted mean over outputs of the per-output mean loss; pred/target (B, 8) standardised."""
+    """Weighted mean over outputs of the per-output mean loss.
+
+    pred (B, 8) standardised targets, or (B, 16) with their log sigmas (``gaussian_nll``); target (B, 8).
+    """
+    n_out = target.shape[-1]
+    if cfg.loss == "gaussian_nll":
+        mu, log_sigma = pred[:, :n_out], pred[:, n_out:].clamp(-12.0, 6.0)
+        per = 0.5 * ((mu - target) * torch.exp(-log_sigma)) ** 2 + log_sigma
+        if cfg.nll_beta > 0:
+            per = per * torch.exp(2.0 * cfg.nll_beta * log_sigma).detach()
+        return (per.mean(dim=0) * weights).sum() / weights.sum()
+    pred = pred[:, :n_out]
     if cfg.loss == "huber":
         per = F.huber_loss(pred, target, reduction="none", delta=cfg.huber_delta)
     elif cfg.loss == "mse":
@@ -220,6 +231,38 @@ def _loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, cfg: 
     else:
         per = F.l1_loss(pred, target, reduction="none")
     return (per.mean(dim=0) * weights).sum() / weights.sum()
+
+
+def _init_weights(name_or_path: str) -> tuple[dict[str, torch.Tensor], OutputScalingConfig]:
+    """Weights and output scaling of a model card, to start a training run from (``TrainConfig.init``)."""
+    from ..models import load_card
+
+    model, card = load_card(name_or_path)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, OutputScalingConfig(**card["output_scaling"])
+
+
+def _load_init(model: GalNet, state: dict[str, torch.Tensor], cfg: TrainConfig) -> None:
+    """Copy ``state`` into ``model``; a new uncertainty head gets the old output layer for its means.
+
+    The sigma rows of the output layer start with zero weights and bias ``ln(cfg.init_sigma)``.
+    """
+    own = model.state_dict()
+    mismatched = {k for k in own if k in state and state[k].shape != own[k].shape}
+    last = [k for k in own if k.startswith("head.") and k.endswith(".weight")][-1].rsplit(".", 1)[0]
+    allowed = {f"{last}.weight", f"{last}.bias"}
+    missing = sorted(set(own) - set(state))
+    if missing or mismatched - allowed or set(state) - set(own):
+        raise ConfigError(f"--init: the card's network does not match {cfg.model} {cfg.model_config}: "
+                          f"missing {missing}, different shapes {sorted(mismatched)}")
+    for key in mismatched:
+        new = own[key].clone()
+        new.zero_()
+        new[:N_OUTPUTS] = state[key][:N_OUTPUTS]
+        if key.endswith(".bias"):
+            new[N_OUTPUTS:] = math.log(cfg.init_sigma)
+        state = {**state, key: new}
+    model.load_state_dict(state)
 
 
 def _resolve_device(spec: str, local_rank: int) -> torch.device:
@@ -269,7 +312,7 @@ def evaluate_model(model: GalNet, split: dict[str, torch.Tensor], *, batch_size:
         if cfg is not None:
             tgt = model.output_scaling.encode(b["params"], b["sky_sigma"])
             loss_sum += float(_loss(out, tgt, weights, cfg)) * len(out)
-        preds.append(model.output_scaling.decode(out, b["sky_sigma"]).double().cpu())
+        preds.append(model.output_scaling.decode(out[:, :N_OUTPUTS], b["sky_sigma"]).double().cpu())
     model.train(was)
     return (loss_sum / n if cfg is not None else math.nan), torch.cat(preds).numpy()
 
@@ -415,6 +458,7 @@ class Trainer:
         }
         size = int(self.val["image"].shape[-1])
         ck_json = None
+        init_state = None
         if self.resume:
             ck_path = self.out / f"{CHECKPOINT}.json"
             ck_json = _read_checkpoint_json(ck_path)
@@ -422,6 +466,8 @@ class Trainer:
                 oscale = OutputScalingConfig(**ck_json["output_scaling"])
             except (KeyError, TypeError) as exc:
                 raise ConfigError(f"{ck_path}: bad output_scaling ({exc}); not a galnet checkpoint?") from exc
+        elif cfg.init:
+            init_state, oscale = _init_weights(cfg.init)
         else:
             oscale = fit_output_scaling(
                 fit_set["params"].double().numpy(), fit_set["sky_sigma"].double().numpy(),
@@ -444,6 +490,8 @@ class Trainer:
                 f"the data has {size}x{size} stamps and {psf_size}x{psf_size} PSFs but the model expects "
                 f"{mcfg.image_size} and {mcfg.psf_size}; set model_config image_size / psf_size"
             )
+        if init_state is not None:
+            _load_init(self.model, init_state, cfg)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.weight_decay > 0:
