@@ -561,7 +561,8 @@ def test_kill9_at_random_points_then_resume(tmp_path):
     ``python -m galnet.cli`` spends seconds importing torch and building tables, where most kill
     points would fall. The 10 moments are drawn from a seeded RNG, uniformly over the duration of
     the uninterrupted run, and sorted; each run is killed after the gap to the next moment, so the
-    kills walk through the whole run (shard writes and merges included).
+    kills walk through the whole run (shard writes and merges included). On a machine so loaded that
+    fewer than 3 kills fell after the first shard was written, 10 more are drawn (at most twice).
     """
     import json
     import os
@@ -592,19 +593,22 @@ def test_kill9_at_random_points_then_resume(tmp_path):
         ref = run(tmp_path / "ref")
         assert ref == {**ref, "killed": False, "rc": 0}
         rng = np.random.default_rng(20261202)
-        moments = np.sort(rng.uniform(0.0, ref["seconds"], 10))
-        states = []
-        for gap in np.diff(np.concatenate([[0.0], moments])):
-            result = run(tmp_path / "run", kill_after=float(gap))
-            if result["killed"]:
-                states.append(sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file()))
+        states: list[list[str]] = []
+        for _ in range(3):  # 10 kills; 10 more if a loaded machine made them all fall before the first shard
+            moments = np.sort(rng.uniform(0.0, ref["seconds"], 10))
+            for gap in np.diff(np.concatenate([[0.0], moments])):
+                result = run(tmp_path / "run", kill_after=float(gap))
+                if result["killed"]:
+                    states.append(sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file()))
+            if sum(any(n.endswith("-00000.h5") for n in s) for s in states) >= 3:
+                break
         final = run(tmp_path / "run")
     finally:
         zygote.stdin.close()
         zygote.wait(30)
         zygote.stdout.close()
     assert final["rc"] == 0
-    assert len(states) >= 8, f"the kill points should fall inside the runs: {states}"
+    assert len(states) >= 8, f"the kill points should fall inside the runs: {states}"  # not after their end
     assert sum(any(n.endswith("-00000.h5") for n in s) for s in states) >= 3, states
     for split in ("train", "val", "test"):
         a, b = _h5_arrays(tmp_path / "ref" / f"{split}.h5"), _h5_arrays(tmp_path / "run" / f"{split}.h5")
