@@ -1,4 +1,7 @@
-"""Shared helpers of the benchmark scripts: argument parsing, HSC-like parameters, JSON output."""
+"""Shared helpers of the benchmark scripts: argument parsing, HSC-like parameters, JSON output.
+
+Timing (interleaved repeats, thread settings, the load check) is in :mod:`_timing`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import numpy as np
 
@@ -30,16 +32,6 @@ def hsc_like_params(count: int, seed: int = 0) -> np.ndarray:
         rng.uniform(0.1, 1.0, count),
         rng.uniform(-90, 90, count),
     ], axis=1)
-
-
-def timed(fn, *args, repeat: int = 1, **kwargs):
-    """(best seconds over ``repeat`` runs, last result)."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def emit(figures: dict) -> None:

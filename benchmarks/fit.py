@@ -32,18 +32,24 @@ forward models differ most for compact, high-n galaxies (Imfit's default pixel s
 profile over sub-pixels — 20×20 within an elliptical radius of 4 px, fewer out to 10 px — then
 convolves with the effective PSF on the pixel grid; galnet samples the exact Sérsic ⊗ PSF at pixel
 centres).
+
+The methods (galnet from moments, PyImfit, hybrid) are timed in this process, interleaved,
+``--repeats`` times (>= 3); speeds and ratios are quoted from the median repeat (``*_best``: the best).
+The thread settings and a load check come first (``--require-idle`` refuses a loaded machine; else
+``"loaded": true`` in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from _timing import add_timing_args, check_machine, emit_with_state, interleaved, timing_figures
 
 #: Free parameters of a single-Sérsic fit without sky (x, y, mag, re, n, q, pa).
 N_FREE = 7
@@ -466,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mask", action="store_true",
                     help="fit every pixel (default: neighbours masked with galnet.fit.neighbour_mask, the "
                          "same mask for every method, its time added to each)")
+    add_timing_args(ap)
     args = ap.parse_args(argv)
     n = 16 if args.quick else args.n
     import torch
@@ -474,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     from galnet.fit.starts import moments_start
 
     torch.set_num_threads(args.threads)
+    state = check_machine(args, threads=args.threads)
     stamps = make_stamps(n, args.seed)
     print(f"{n} stamps {stamps.images.shape[1:]} (PSF {stamps.psfs.shape[1:]}) from {stamps.source}; "
           f"{args.threads} thread(s) / process(es)")
@@ -498,85 +506,127 @@ def main(argv: list[str] | None = None) -> int:
     starts = moments_start(masked_images, sigma=stamps.sigma, zeropoint=stamps.zeropoint)
     t_moments = time.perf_counter() - t0 + t_mask
 
-    # ---- galnet from moments (after a 2-iteration warm-up fit of one stamp: torch's first-call costs)
-    if pool is None:
+    # ---- the methods, timed interleaved in this process (>= 3 repeats each; median and best quoted):
+    # galnet from moments, PyImfit from the same moments, hybrid (network start + galnet fit)
+    if pool is None:  # a 2-iteration warm-up fit of one stamp: torch's first-call costs
         fit_stamps(stamps.images[:1], stamps.psfs[:1], sigma=stamps.sigma[:1], init=starts[:1],
                    zeropoint=stamps.zeropoint, max_iter=2)
-    res, wall, clock = run_galnet(stamps, starts, pool)
+    walls: dict[str, list[float]] = {}
+
+    def galnet_side():
+        out = run_galnet(stamps, starts, pool)
+        walls.setdefault("galnet", []).append(out[1])
+        return out
+
+    sides = {"galnet": galnet_side}
+    pyimfit = None
+    if args.pyimfit:
+        try:
+            import pyimfit
+        except ImportError:
+            pyimfit_missing = ("not installed: pip install 'galnet[bench]' (builds from source; needs the "
+                               "Debian packages libfftw3-dev libgsl-dev libnlopt-dev scons)")
+            print(f"PyImfit {pyimfit_missing}")
+        else:
+            def pyimfit_side():
+                out = run_pyimfit(stamps, starts, args.threads)
+                walls.setdefault("pyimfit", []).append(out["wall"])
+                return out
+
+            sides["pyimfit"] = pyimfit_side
+    hybrid_error = None
+    if not args.no_hybrid:
+        try:
+            network_starts(stamps, args.threads)  # also the network's warm-up
+        except Exception as exc:  # no model / backend: say so, keep the other figures
+            hybrid_error = f"not run: {type(exc).__name__}: {exc}"
+            print(f"hybrid {hybrid_error}")
+        else:
+            def hybrid_side():
+                pred, t_net, backend = network_starts(stamps, args.threads)
+                hres, hwall, _ = run_galnet(stamps, pred, pool)
+                walls.setdefault("hybrid", []).append(t_net + hwall)
+                walls.setdefault("hybrid_network", []).append(t_net)
+                walls.setdefault("hybrid_fit", []).append(hwall)
+                return hres, backend
+
+            sides["hybrid"] = hybrid_side
+    runs = interleaved(sides, repeats=args.repeats, warmup=False)
+
+    def med(name: str) -> float:
+        return float(np.median(walls[name]))
+
+    res, last_wall, clock = runs["galnet"].result
     ok = res.status >= 0
-    g_time = t_moments + wall
+    g_time = t_moments + med("galnet")
     figures: dict[str, Any] = {"n": n, "source": stamps.source, "threads": args.threads,
                                "galnet_parallelism": (f"{args.threads} worker processes x 1 thread" if pool
                                                       else f"1 process x {args.threads} torch threads"),
-                               "neighbour_mask": not args.no_mask, "time_mask_s": t_mask}
+                               "neighbour_mask": not args.no_mask, "time_mask_s": t_mask,
+                               "repeats": args.repeats}
     figures.update(method_figures(res.params, stamps.truth, res.chi2nu, ok, g_time))
+    figures["galaxies_per_second_best"] = n / (t_moments + min(walls["galnet"]))
     figures.update({
         "median_niter": float(np.median(res.niter[ok])) if ok.any() else float("nan"),
         "time_moments_s": t_moments,
         "time_render_trials_s": clock.get("render", float("nan")),
         "time_jacobian_s": clock.get("jacobian", float("nan")),
-        "time_other_s": wall - clock.get("render", float("nan")) - clock.get("jacobian", float("nan")),
+        "time_other_s": last_wall - clock.get("render", float("nan")) - clock.get("jacobian", float("nan")),
         "fourier_sizes": {int(k): int(v) for k, v in zip(*np.unique(res.fourier_size, return_counts=True))},
     })
     rows: dict[str, dict[str, Any]] = {"galnet (moments)": figures}
+    if args.pyimfit and "pyimfit" not in runs:
+        figures["pyimfit"] = pyimfit_missing
 
     # ---- PyImfit from the same moments
     py: dict[str, Any] | None = None
-    if args.pyimfit:
-        try:
-            import pyimfit
-        except ImportError:
-            figures["pyimfit"] = ("not installed: pip install 'galnet[bench]' (builds from source; needs the "
-                                  "Debian packages libfftw3-dev libgsl-dev libnlopt-dev scons)")
-            print(f"PyImfit {figures['pyimfit']}")
-        else:
-            out = run_pyimfit(stamps, starts, args.threads)
-            ran = np.all(np.isfinite(out["params"]), axis=1)
-            ngood = good.reshape(n, -1).sum(1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                chi2nu = np.where(ran, out["stat"] / (ngood - N_FREE), np.nan)
-            py = method_figures(out["params"], stamps.truth, chi2nu, ran, t_moments + out["wall"])
-            failures = sorted({e for e in out["errors"] if e})
-            py.update({
-                "version": getattr(pyimfit, "__version__", "?"),
-                "settings": "solver LM, ftol 1e-8, maxThreads 1 per fit, pixel subsampling on (default), "
-                            "psfNormalization on (default), error image = sigma map (error_type sigma)",
-                "processes": args.threads,
-                "fraction_converged": float(out["converged"].mean()),
-                "median_niter": float(np.median(out["niter"][ran])) if ran.any() else float("nan"),
-                "wall_with_startup_s": out["wall_with_startup"],
-                "imfit_valid_pixels_mismatch": int(np.sum(ran & (out["nvalid"] != ngood))),
-                "median_chi2nu_galnet_model": float(np.nanmedian(galnet_chi2nu(stamps, out["params"], good))),
-                "chi2nu_definition": "Imfit fit statistic / (good pixels - 7), same sigma map as galnet",
-                "failures": failures[:5],
-                "galnet_speedup": (figures["galaxies_per_second"] / py["galaxies_per_second"]),
-                "galnet_chi2nu_diff_pct": 100 * (figures["median_chi2nu"] / py["median_chi2nu"] - 1),
-                "frac_galnet_chi2_lower": float(np.mean(res.chi2nu < chi2nu)),
-            })
-            rows["PyImfit LM (moments)"] = py
+    if "pyimfit" in runs:
+        out = runs["pyimfit"].result
+        ran = np.all(np.isfinite(out["params"]), axis=1)
+        ngood = good.reshape(n, -1).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chi2nu = np.where(ran, out["stat"] / (ngood - N_FREE), np.nan)
+        py = method_figures(out["params"], stamps.truth, chi2nu, ran, t_moments + med("pyimfit"))
+        py["galaxies_per_second_best"] = n / (t_moments + min(walls["pyimfit"]))
+        failures = sorted({e for e in out["errors"] if e})
+        py.update({
+            "version": getattr(pyimfit, "__version__", "?"),
+            "settings": "solver LM, ftol 1e-8, maxThreads 1 per fit, pixel subsampling on (default), "
+                        "psfNormalization on (default), error image = sigma map (error_type sigma)",
+            "processes": args.threads,
+            "fraction_converged": float(out["converged"].mean()),
+            "median_niter": float(np.median(out["niter"][ran])) if ran.any() else float("nan"),
+            "wall_with_startup_s": out["wall_with_startup"],
+            "imfit_valid_pixels_mismatch": int(np.sum(ran & (out["nvalid"] != ngood))),
+            "median_chi2nu_galnet_model": float(np.nanmedian(galnet_chi2nu(stamps, out["params"], good))),
+            "chi2nu_definition": "Imfit fit statistic / (good pixels - 7), same sigma map as galnet",
+            "failures": failures[:5],
+            "galnet_speedup": (figures["galaxies_per_second"] / py["galaxies_per_second"]),
+            "galnet_speedup_best": (figures["galaxies_per_second_best"] / py["galaxies_per_second_best"]),
+            "galnet_chi2nu_diff_pct": 100 * (figures["median_chi2nu"] / py["median_chi2nu"] - 1),
+            "frac_galnet_chi2_lower": float(np.mean(res.chi2nu < chi2nu)),
+        })
+        rows["PyImfit LM (moments)"] = py
 
     # ---- hybrid: network start + galnet fit
-    if not args.no_hybrid:
-        try:
-            pred, t_net, backend = network_starts(stamps, args.threads)
-        except Exception as exc:  # no model / backend: say so, keep the other figures
-            figures["hybrid"] = f"not run: {type(exc).__name__}: {exc}"
-            print(f"hybrid {figures['hybrid']}")
-        else:
-            hres, hwall, _ = run_galnet(stamps, pred, pool)
-            hok = hres.status >= 0
-            hy = method_figures(hres.params, stamps.truth, hres.chi2nu, hok, t_net + t_mask + hwall)
-            hy.update({
-                "network": f"hsc-r ({backend})",
-                "time_network_s": t_net,
-                "time_fit_s": hwall,
-                "median_niter": float(np.median(hres.niter[hok])) if hok.any() else float("nan"),
-                "speedup_vs_galnet_moments": hy["galaxies_per_second"] / figures["galaxies_per_second"],
-            })
-            if py is not None:
-                hy["speedup_vs_pyimfit_moments"] = hy["galaxies_per_second"] / py["galaxies_per_second"]
-            rows["hybrid (network+fit)"] = hy
-            figures["hybrid"] = hy
+    if hybrid_error is not None:
+        figures["hybrid"] = hybrid_error
+    elif "hybrid" in runs:
+        hres, backend = runs["hybrid"].result
+        hok = hres.status >= 0
+        hy = method_figures(hres.params, stamps.truth, hres.chi2nu, hok, t_mask + med("hybrid"))
+        hy.update({
+            "network": f"hsc-r ({backend})",
+            "galaxies_per_second_best": n / (t_mask + min(walls["hybrid"])),
+            "time_network_s": med("hybrid_network"),
+            "time_fit_s": med("hybrid_fit"),
+            "median_niter": float(np.median(hres.niter[hok])) if hok.any() else float("nan"),
+            "speedup_vs_galnet_moments": hy["galaxies_per_second"] / figures["galaxies_per_second"],
+        })
+        if py is not None:
+            hy["speedup_vs_pyimfit_moments"] = hy["galaxies_per_second"] / py["galaxies_per_second"]
+        rows["hybrid (network+fit)"] = hy
+        figures["hybrid"] = hy
 
     print_table(rows)
     if py is not None:
@@ -600,9 +650,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"times include the neighbour mask ({t_mask / n * 1e3:.2f} ms/galaxy) for all, the moment-based "
           f"start ({(t_moments - t_mask) / n * 1e3:.1f} ms/galaxy) for galnet and PyImfit, the network's "
           "inference for hybrid; model loading, warm-up calls and process start-up excluded")
+    print(f"times: medians of {args.repeats} interleaved repeats (the best repeat in *_best)")
     if pool is not None:
         pool.close()
-    print(json.dumps(figures))
+    figures["timings"] = timing_figures(runs)
+    emit_with_state(figures, state)
     return 0
 
 

@@ -15,6 +15,12 @@ Usage::
     python benchmarks/predict.py                # 16k galaxies
 
 The last printed line is one JSON object with the figures.
+
+Every side (network alone per backend, each end-to-end run, Dask 1 and 2 workers) is timed in this
+process, interleaved, ``--repeats`` times (>= 3); rates are quoted from the median and the best
+repeat. The thread settings and a load check come first (``--require-idle`` refuses a loaded
+machine; else ``"loaded": true`` in the JSON). ``--quick`` (1024 galaxies) leaves Dask out unless
+``--dask`` is given (a cluster start per repeat does not fit in a minute).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import emit, parser
+from _common import parser
+from _timing import add_timing_args, check_machine, emit_with_state, interleaved, rates, timing_figures
 
 
 def _make_inputs(tmp: Path, n: int, seed: int = 0) -> dict:
@@ -83,21 +90,24 @@ def _make_inputs(tmp: Path, n: int, seed: int = 0) -> dict:
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=None, help="galaxies (default 2048 quick, 16384 full)")
+    p.add_argument("--n", type=int, default=None, help="galaxies (default 1024 quick, 16384 full)")
+    p.add_argument("--dask", action="store_true", help="time Dask 1 and 2 workers also with --quick")
+    add_timing_args(p)
     args = p.parse_args()
     warnings.simplefilter("ignore")
     logging.basicConfig(level=logging.WARNING)
     import distributed  # noqa: F401  (configures its loggers on import; quieten them afterwards)
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    n = args.n or (2048 if args.quick else 16384)
+    n = args.n or (1024 if args.quick else 16384)
     threads = args.threads
     torch.set_num_threads(threads)
+    state = check_machine(args, threads=threads)
     from galnet.models import create_model, save_model
     from galnet.predict import predict_catalog
     from galnet.predict.runner import get_predictor
 
-    figures: dict = {"n_galaxies": n, "threads": threads}
+    figures: dict = {"n_galaxies": n, "threads": threads, "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         torch.manual_seed(0)
@@ -106,79 +116,47 @@ def main() -> None:
         data = _make_inputs(tmp, n)
         print(f"inputs: {n} stamps, image {data['image_shape']} ({time.perf_counter() - t0:.1f} s to make)")
         sky = np.full(n, 0.06, np.float32)
-        # ---- network alone
+        m = min(n, 8192)
+        predictors = {}
         for backend in ("torch", "onnx"):
             t0 = time.perf_counter()
-            pred = get_predictor(card, backend, "cpu", threads)
-            load = time.perf_counter() - t0
-            pred.predict(data["cube"][:512], data["psf"], sky[:512])
-            m = min(n, 8192)
-            t0 = time.perf_counter()
-            out = pred.predict(data["cube"][:m], data["psf"], sky[:m], batch_size=512)
-            rate = m / (time.perf_counter() - t0)
-            figures[f"network_{backend}_gal_per_s"] = round(rate)
-            figures[f"model_load_{backend}_s"] = round(load, 2)
-            if backend == "torch":
-                ref = out
-            else:
-                figures["onnx_vs_torch_max_abs_diff"] = float(np.abs(out - ref).max())
-            print(f"network {backend}: {rate:,.0f} gal/s (load {load:.2f} s)")
-        # ---- end to end: FITS cube → catalog
+            predictors[backend] = get_predictor(card, backend, "cpu", threads)
+            figures[f"model_load_{backend}_s"] = round(time.perf_counter() - t0, 2)
         common = {"model": card, "progress": False, "threads": threads, "batch_size": 512, "chunk_size": 4096}
-        for backend in ("torch", "onnx"):
-            t0 = time.perf_counter()
-            predict_catalog(
-                tmp / "cube.fits",
-                tmp / f"cube_{backend}.fits",
-                psf=tmp / "psf.fits",
-                sky_sigma=0.06,
-                backend=backend,
-                **common,
-            )
-            dt = time.perf_counter() - t0
-            figures[f"e2e_cube_{backend}_gal_per_s"] = round(n / dt)
-            print(f"end to end, FITS cube -> catalog, {backend}: {n / dt:,.0f} gal/s ({dt:.1f} s)")
-        t0 = time.perf_counter()
-        predict_catalog(
-            tmp / "cube.fits", tmp / "cube_est.fits", psf=tmp / "psf.fits", backend="onnx", **common
-        )
-        dt = time.perf_counter() - t0
-        figures["e2e_cube_onnx_sky_estimated_gal_per_s"] = round(n / dt)
-        print(f"end to end, FITS cube, sky sigma from the borders, onnx: {n / dt:,.0f} gal/s")
-        # ---- end to end: image + catalog
-        t0 = time.perf_counter()
-        predict_catalog(
-            tmp / "image.fits",
-            tmp / "image_cat.fits",
-            catalog=tmp / "sources.fits",
-            psf=tmp / "psf.fits",
-            backend="onnx",
-            sky_sigma=0.06,
-            **common,
-        )
-        dt = time.perf_counter() - t0
-        figures["e2e_image_catalog_onnx_gal_per_s"] = round(n / dt)
-        print(f"end to end, image + catalog -> catalog, onnx: {n / dt:,.0f} gal/s ({dt:.1f} s)")
-        # ---- Dask 1 vs 2 worker processes
-        for w in (1, 2):
-            t0 = time.perf_counter()
-            predict_catalog(
-                tmp / "cube.fits",
-                tmp / f"dask{w}.fits",
-                psf=tmp / "psf.fits",
-                sky_sigma=0.06,
-                backend="onnx",
-                workers=w,
-                **{**common, "threads": 1, "chunk_size": 2048},
-            )
-            dt = time.perf_counter() - t0
-            figures[f"e2e_dask_{w}_workers_gal_per_s"] = round(n / dt)
-            print(
-                f"Dask, {w} worker process(es) x 1 thread, onnx: {n / dt:,.0f} gal/s "
-                f"({dt:.1f} s, incl. start)"
-            )
-    emit(figures)
+        calls = {"n": 0}
 
+        def e2e(inp, **kw):
+            def run():
+                calls["n"] += 1  # a new output each call: no resume, no overwrite check
+                predict_catalog(tmp / inp, tmp / f"out{calls['n']}.fits", psf=tmp / "psf.fits",
+                                **{**common, **kw})
+            return run
+
+        sides = {
+            "network_torch": lambda: predictors["torch"].predict(data["cube"][:m], data["psf"], sky[:m],
+                                                                 batch_size=512),
+            "network_onnx": lambda: predictors["onnx"].predict(data["cube"][:m], data["psf"], sky[:m],
+                                                               batch_size=512),
+            "e2e_cube_torch": e2e("cube.fits", sky_sigma=0.06, backend="torch"),
+            "e2e_cube_onnx": e2e("cube.fits", sky_sigma=0.06, backend="onnx"),
+            "e2e_cube_onnx_sky_estimated": e2e("cube.fits", backend="onnx"),
+            "e2e_image_catalog_onnx": e2e("image.fits", catalog=tmp / "sources.fits", sky_sigma=0.06,
+                                          backend="onnx"),
+        }
+        if args.dask or not args.quick:
+            for w in (1, 2):
+                sides[f"e2e_dask_{w}_workers"] = e2e("cube.fits", sky_sigma=0.06, backend="onnx", workers=w,
+                                                     threads=1, chunk_size=2048)
+        runs = interleaved(sides, repeats=args.repeats)
+    for name, t in runs.items():
+        figures.update(rates(t, m if name.startswith("network") else n, f"{name}_gal_per_s", digits=0))
+    out_t, out_o = runs["network_torch"].result, runs["network_onnx"].result
+    figures["onnx_vs_torch_max_abs_diff"] = float(np.abs(out_o - out_t).max())
+    figures["timings"] = timing_figures(runs)
+    for name in runs:
+        print(f"{name}: {figures[name + '_gal_per_s']:,.0f} gal/s (median of {args.repeats}; best "
+              f"{figures[name + '_gal_per_s_best']:,.0f})")
+    emit_with_state(figures, state)
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,12 @@
 default HSC r-band prior (n capped at GalSim's 6.2). GalSim draws Sersic ⊗ InterpolatedImage(PSF)
 with method='no_pixel' (the PSF image holds the pixel), at its default accuracy. Also reports
 galnet's worst per-pixel difference from GalSim on the common stamps, relative to each peak.
+
+The three sides (galnet auto DFT size, galnet fixed 96, GalSim) are timed in this process, interleaved,
+``--repeats`` times (>= 3); rates and the ratio are quoted from the median and from the best repeat.
+The thread settings and a load check come first (``--require-idle`` refuses a loaded machine; else
+``"loaded": true`` in the JSON). Use ``--threads 1`` on a shared CPU: torch's multi-threaded path
+collapses when its threads do not get their cores.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from _common import emit, hsc_like_params, parser, timed
+from _common import hsc_like_params, parser
+from _timing import add_timing_args, check_machine, emit_with_state, interleaved, rates, ratio, timing_figures
 from galnet.conventions import to_galsim
 from galnet.render import MoffatPSF, render_sersic, required_fourier_size
 
@@ -33,38 +40,44 @@ def galsim_stamps(params: np.ndarray, psf: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    args = add_timing_args(parser(__doc__.splitlines()[0])).parse_args()
     torch.set_num_threads(args.threads)
+    state = check_machine(args, threads=args.threads)
     count = 500 if args.quick else 2000
-    n_galsim = 40 if args.quick else 2000
+    n_galsim = 20 if args.quick else 500
     params = hsc_like_params(count, seed=1)
     params[:, 4] = np.minimum(params[:, 4], 6.2)  # GalSim's Sersic stops at n = 6.2
     psf = MoffatPSF(fwhm=4.5, beta=3.0).draw(25).numpy()
     p32 = torch.tensor(params, dtype=torch.float32)
     psf32 = torch.tensor(psf, dtype=torch.float32)
-    render_sersic(p32[:8], psf32)  # warm up: builds the Fourier table once
-    t_galnet, ours = timed(render_sersic, p32, psf32, repeat=2)
-    t_fixed, _ = timed(render_sersic, p32, psf32, fourier_size=96, repeat=2)
-    t_galsim, ref = timed(galsim_stamps, params[:n_galsim], psf)
-    ours = ours[:n_galsim].double().numpy()
+    runs = interleaved({
+        "galnet": lambda: render_sersic(p32, psf32),
+        "galnet_fixed96": lambda: render_sersic(p32, psf32, fourier_size=96),
+        "galsim": lambda: galsim_stamps(params[:n_galsim], psf),
+    }, repeats=args.repeats)
+    ours = runs["galnet"].result[:n_galsim].double().numpy()
+    ref = runs["galsim"].result
     err = (np.abs(ours - ref).max(axis=(1, 2)) / ref.max(axis=(1, 2)))
     sizes = required_fourier_size(params, (61, 61), 25)
-    rate_galnet = count / t_galnet
-    rate_galsim = n_galsim / t_galsim
-    print(f"galnet (auto DFT size, float32): {rate_galnet:9.0f} stamps/s")
-    print(f"galnet (DFT size fixed at 96):    {count / t_fixed:9.0f} stamps/s")
-    print(f"GalSim (InterpolatedImage PSF):   {rate_galsim:9.1f} stamps/s")
-    print(f"ratio galnet / GalSim:            {rate_galnet / rate_galsim:9.0f} x")
+    figures = {
+        "benchmark": "render", "stamps": count, "galsim_stamps": n_galsim, "threads": args.threads,
+        "repeats": args.repeats,
+        **rates(runs["galnet"], count, "galnet_stamps_per_s"),
+        **rates(runs["galnet_fixed96"], count, "galnet_fixed96_stamps_per_s"),
+        **rates(runs["galsim"], n_galsim, "galsim_stamps_per_s", digits=2),
+        **ratio(runs["galnet"], runs["galsim"], "ratio", per_a=count, per_b=n_galsim, digits=1),
+        "median_err_of_peak": float(np.median(err)), "worst_err_of_peak": float(err.max()),
+        "timings": timing_figures(runs),
+    }
+    print(f"galnet (auto DFT size, float32): {figures['galnet_stamps_per_s']:9.0f} stamps/s "
+          f"(best {figures['galnet_stamps_per_s_best']:.0f})")
+    print(f"galnet (DFT size fixed at 96):    {figures['galnet_fixed96_stamps_per_s']:9.0f} stamps/s")
+    print(f"GalSim (InterpolatedImage PSF):   {figures['galsim_stamps_per_s']:9.1f} stamps/s")
+    print(f"ratio galnet / GalSim:            {figures['ratio']:9.0f} x (best-of-{args.repeats}: "
+          f"{figures['ratio_best']:.0f} x)")
     print(f"median DFT size {np.median(sizes):.0f}, share needing > 128: {np.mean(sizes > 128):.2f}")
     print(f"galnet vs GalSim, per-pixel |diff| / peak: median {np.median(err):.1e}, worst {err.max():.1e}")
-    emit({
-        "benchmark": "render", "stamps": count, "galsim_stamps": n_galsim, "threads": args.threads,
-        "galnet_stamps_per_s": round(rate_galnet, 1),
-        "galnet_fixed96_stamps_per_s": round(count / t_fixed, 1),
-        "galsim_stamps_per_s": round(rate_galsim, 2), "ratio": round(rate_galnet / rate_galsim, 1),
-        "median_err_of_peak": float(np.median(err)), "worst_err_of_peak": float(err.max()),
-    })
-
+    emit_with_state(figures, state)
 
 if __name__ == "__main__":
     main()

@@ -9,20 +9,26 @@ Usage::
     python benchmarks/simulate.py --threads 1 --write-n 4096 --workers 2 --compression lzf
 
 The last line printed is one JSON object with the figures.
+
+The three sides (``generate_batch``, ``simulate_dataset`` end to end, GalSim) are timed in this process,
+interleaved, ``--repeats`` times (>= 3); rates are quoted from the median and the best repeat. The
+thread settings and a load check come first (``--require-idle`` refuses a loaded machine; else
+``"loaded": true`` in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import tempfile
 import time
 
 import numpy as np
 
+from _timing import add_timing_args, check_machine, emit_with_state, interleaved, ratio, timing_figures
 
-def _galsim_rate(config, batch, n_gal: int) -> dict:
+
+def _galsim_draw(config, batch, n_gal: int) -> int:
     """Draw the first ``n_gal`` stamps of ``batch`` (target + neighbours, same ePSFs) with GalSim."""
     import galsim
 
@@ -30,7 +36,6 @@ def _galsim_rate(config, batch, n_gal: int) -> dict:
 
     size, zp = config.stamp_size, config.zeropoint
     params, nb, owner = batch["params"], batch["_nb_params"], batch["_owner"]
-    t0 = time.perf_counter()
     for i in range(n_gal):
         psf = galsim.InterpolatedImage(galsim.Image(batch["psfs"][i].astype(np.float64), scale=1.0))
         img = galsim.Image(size, size, scale=1.0)
@@ -47,8 +52,7 @@ def _galsim_rate(config, batch, n_gal: int) -> dict:
             conv.drawImage(img, method="no_pixel", add_to_image=True,
                            offset=(g["x"] - img.true_center.x, g["y"] - img.true_center.y))
         img.array[:] += np.random.default_rng(i).normal(0, batch["sky_sigma"][i], (size, size))
-    dt = time.perf_counter() - t0
-    return {"galsim_galaxies_per_s": n_gal / dt, "galsim_n": n_gal}
+    return n_gal
 
 
 def main(argv=None) -> dict:
@@ -68,9 +72,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=1, help="simulate_dataset worker processes (default 1)")
     ap.add_argument("--compression", choices=("gzip", "lzf"), default="gzip",
                     help="simulate_dataset HDF5 compression (default gzip)")
+    add_timing_args(ap)
     args = ap.parse_args(argv)
-    n = args.n or (768 if args.quick else 4096)
-    n_gs = args.galsim_n if args.galsim_n is not None else (20 if args.quick else 50)
+    n = args.n or (512 if args.quick else 4096)
+    n_gs = args.galsim_n if args.galsim_n is not None else (10 if args.quick else 50)
 
     import torch
 
@@ -80,20 +85,23 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    state = check_machine(args, threads=torch.get_num_threads())
     over = {} if args.wrap_tolerance is None else {"wrap_tolerance": args.wrap_tolerance}
     config = load_preset(args.preset, over)
     print(f"preset {config.name}: wrap_tolerance {config.wrap_tolerance}, render {config.render_dtype}, "
           f"torch threads {torch.get_num_threads()}")
 
-    # time spent inside the renderer (targets, then neighbours and stars as scenes), objects rendered
+    # time spent inside the renderer (targets, then neighbours and stars as scenes), objects rendered,
+    # counted while the generate_batch side runs
     real_render = galnet.render.render_scene
-    stats = {"render_s": 0.0, "objects": 0}
+    stats = {"render_s": 0.0, "objects": 0, "on": False}
 
     def timed_render(params, *a, **k):
         t = time.perf_counter()
         out = real_render(params, *a, **k)
-        stats["render_s"] += time.perf_counter() - t
-        stats["objects"] += len(params)
+        if stats["on"]:
+            stats["render_s"] += time.perf_counter() - t
+            stats["objects"] += len(params)
         return out
 
     real_nb = gen._draw_neighbours
@@ -104,60 +112,79 @@ def main(argv=None) -> dict:
         keep["nb"], keep["owner"] = out[0], out[1]
         return out
 
+    n_w = args.write_n or min(n, 256 if args.quick else 1024)
+    tmp = tempfile.TemporaryDirectory()
+    writes = []
+
+    def generate():
+        stats["on"] = True
+        rng = np.random.default_rng(1)
+        done = 0
+        while done < n:
+            done += len(generate_batch(config, min(args.batch, n - done), seed=rng)["images"])
+        stats["on"] = False
+        return done
+
+    def write():  # shards generated and compressed (by the workers), then merged into the splits
+        out = f"{tmp.name}/w{len(writes)}"
+        writes.append(out)
+        simulate_dataset(config, out, n_w, seed=0, shard_size=256, progress=False, workers=args.workers,
+                         compression=args.compression, threads=args.threads)
+
     galnet.render.render_scene = timed_render
     gen._draw_neighbours = keep_nb
     try:
         generate_batch(config, 32, seed=0)  # warm-up (tables, caches)
+        b = generate_batch(config, max(1, n_gs), seed=np.random.default_rng(1))
+        first = {**b, "_nb_params": keep["nb"], "_owner": keep["owner"]}
+        sides = {"generate": generate, "write": write}
+        try:
+            import galsim  # noqa: F401
+
+            if n_gs > 0:
+                sides["galsim"] = lambda: _galsim_draw(config, first, min(n_gs, len(first["images"])))
+        except ImportError:
+            print("GalSim not installed: skipped")
         stats.update(render_s=0.0, objects=0)
-        rng = np.random.default_rng(1)
-        t0 = time.perf_counter()
-        done, first = 0, None
-        while done < n:
-            b = generate_batch(config, min(args.batch, n - done), seed=rng)
-            if first is None:
-                first = {**b, "_nb_params": keep["nb"], "_owner": keep["owner"]}
-            done += len(b["images"])
-        dt = time.perf_counter() - t0
+        runs = interleaved(sides, repeats=args.repeats, warmup=False)
     finally:
         galnet.render.render_scene = real_render
         gen._draw_neighbours = real_nb
-    rate = n / dt
+        tmp.cleanup()
+    total_gen = sum(runs["generate"].seconds)
     res = {
-        "galaxies_per_s": rate,
+        "galaxies_per_s": n / runs["generate"].median,
+        "galaxies_per_s_best": n / runs["generate"].best,
         "n": n,
-        "seconds": dt,
-        "render_fraction": stats["render_s"] / dt,
-        "objects_per_stamp": stats["objects"] / n,
+        "repeats": args.repeats,
+        "render_fraction": stats["render_s"] / total_gen,
+        "objects_per_stamp": stats["objects"] / (n * len(runs["generate"].seconds)),
         "objects_rendered_per_s": stats["objects"] / stats["render_s"],
         "wrap_tolerance": config.wrap_tolerance,
         "torch_threads": torch.get_num_threads(),
+        "write_galaxies_per_s": n_w / runs["write"].median,
+        "write_galaxies_per_s_best": n_w / runs["write"].best,
+        "write_n": n_w, "workers": args.workers, "compression": args.compression,
     }
-    print(f"generate_batch: {rate:.0f} galaxies/s ({n} stamps, {res['objects_per_stamp']:.2f} objects/stamp, "
+    print(f"generate_batch: {res['galaxies_per_s']:.0f} galaxies/s (best {res['galaxies_per_s_best']:.0f}; "
+          f"{n} stamps, {res['objects_per_stamp']:.2f} objects/stamp, "
           f"{100 * res['render_fraction']:.0f}% of the time in render_scene)")
-
-    # end to end: shards generated and compressed (by the workers), then merged into the splits
-    n_w = args.write_n or min(n, 1024)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        simulate_dataset(config, tmp, n_w, seed=0, shard_size=256, progress=False, workers=args.workers,
-                         compression=args.compression, threads=args.threads)
-        res["write_galaxies_per_s"] = n_w / (time.perf_counter() - t0)
-    res.update(write_n=n_w, workers=args.workers, compression=args.compression)
     print(f"simulate_dataset (generate + write + merge HDF5, {args.compression}, {args.workers} worker(s)): "
           f"{res['write_galaxies_per_s']:.0f} galaxies/s ({n_w} stamps)")
-
-    if n_gs > 0:
-        try:
-            res.update(_galsim_rate(config, first, min(n_gs, len(first["images"]))))
-            print(f"GalSim, same stamps (InterpolatedImage ePSF, no_pixel): "
-                  f"{res['galsim_galaxies_per_s']:.1f} galaxies/s ({res['galsim_n']} stamps)")
-        except ImportError:
-            print("GalSim not installed: skipped")
+    if "galsim" in runs:
+        n_g = runs["galsim"].result
+        res.update(galsim_galaxies_per_s=n_g / runs["galsim"].median,
+                   galsim_galaxies_per_s_best=n_g / runs["galsim"].best, galsim_n=n_g,
+                   **ratio(runs["generate"], runs["galsim"], "ratio_vs_galsim", per_a=n, per_b=n_g, digits=1))
+        print(f"GalSim, same stamps (InterpolatedImage ePSF, no_pixel): "
+              f"{res['galsim_galaxies_per_s']:.1f} galaxies/s ({n_g} stamps); "
+              f"ratio {res['ratio_vs_galsim']} x")
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (RSS): {res['peak_rss_mb']:.0f} MB")
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}))
+    res = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
+    res["timings"] = timing_figures(runs)
+    emit_with_state(res, state)
     return res
-
 
 if __name__ == "__main__":
     main()

@@ -55,13 +55,13 @@ def test_render_noise_is_seeded(tmp_path, psf_file):
 def test_render_rejects_bad_rows_and_columns(tmp_path, psf_file, capsys):
     bad = tmp_path / "bad.ecsv"
     _table(n=[1.0, 12.0]).write(bad)
-    assert main(["render", str(bad), "--psf", str(psf_file), "--out", str(tmp_path / "o.fits")]) == 1
+    assert main(["render", str(bad), "--psf", str(psf_file), "--out", str(tmp_path / "o.fits")]) == 2
     assert "row 1: n = 12 outside the valid range" in capsys.readouterr().err
     missing = tmp_path / "missing.ecsv"
     t = _table()
     del t["q"]
     t.write(missing)
-    assert main(["render", str(missing), "--psf", str(psf_file), "--out", str(tmp_path / "o.fits")]) == 1
+    assert main(["render", str(missing), "--psf", str(psf_file), "--out", str(tmp_path / "o.fits")]) == 2
     assert "missing column(s) q" in capsys.readouterr().err
 
 
@@ -70,4 +70,35 @@ def test_render_rejects_even_psf(tmp_path):
     _table().write(table)
     psf = tmp_path / "even.fits"
     fits.writeto(psf, np.ones((24, 24)))
-    assert main(["render", str(table), "--psf", str(psf), "--out", str(tmp_path / "o.fits")]) == 1
+    assert main(["render", str(table), "--psf", str(psf), "--out", str(tmp_path / "o.fits")]) == 2
+
+
+def test_render_stamp_larger_than_64(tmp_path, psf_file):
+    """A compact galaxy on a 101x101 stamp: the renderer's automatic DFT size (64) is smaller than
+    the stamp; the command raises it to the smallest size that holds the stamp (it used to crash)."""
+    table = tmp_path / "p.ecsv"
+    _table(x=[51.0, 50.2], y=[51.0, 52.5], re_pix=[0.5, 5.0]).write(table)
+    out = tmp_path / "big.fits"
+    assert main(["render", str(table), "--psf", str(psf_file), "--out", str(out),
+                 "--shape", "101", "101"]) == 0
+    cube = fits.getdata(out)
+    assert cube.shape == (2, 101, 101)
+    assert cube[0].sum() == pytest.approx(10 ** (0.4 * 7), rel=0.01)
+
+
+def test_render_fourier_sizes_unchanged_where_auto_suffices():
+    """On 61x61 stamps the command's DFT sizes are the renderer's own: images are bit-identical."""
+    import torch
+
+    from galnet.render import render_sersic
+    from galnet.render.command import fourier_sizes_for
+    from galnet.render.model import required_fourier_size
+
+    t = _table()
+    params = np.stack([np.asarray(t[c], dtype=float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
+    sizes = fourier_sizes_for(params, (61, 61), 25)
+    assert np.array_equal(sizes, required_fourier_size(params, (61, 61), 25))
+    psf = MoffatPSF(fwhm=4.0, beta=3.0).draw(25)
+    a = render_sersic(torch.as_tensor(params), psf)
+    b = render_sersic(torch.as_tensor(params), psf, fourier_size=sizes)
+    assert torch.equal(a, b)

@@ -495,3 +495,125 @@ def test_cli_simulate(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["seed"] == 1
     rc = main(["simulate", "--n", "10", "--out", str(tmp_path / "x"), "--preset", "nope"])
     assert rc == 2 and "unknown preset" in capsys.readouterr().err
+
+
+_KILL_PRESET = """
+name = "kill-test"
+stamp_size = 31
+psf_size = 11
+[priors]
+re_arcsec = { kind = "loguniform", low = 0.1, high = 0.5 }
+n = { kind = "loguniform", low = 0.5, high = 2.0 }
+"""
+
+
+def _h5_arrays(path: Path) -> dict:
+    """Every dataset of an HDF5 file as an array, and its ``meta`` attribute."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        out = {k: f[k][...] for k in f}
+        out["meta"] = f.attrs["meta"]
+    return out
+
+
+_ZYGOTE = """
+import json, os, signal, sys, time
+import torch
+torch.set_num_threads(1)
+from galnet.cli import build_parser, main
+from galnet.simulate import generate_batch, load_preset
+build_parser()  # imports every stage
+generate_batch(load_preset(sys.argv[1]), 64, seed=0)  # warm the per-process caches (Fourier tables)
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the galnet run
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os._exit(main(req["argv"]))
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if req["kill_after"] is not None and time.perf_counter() - t0 >= req["kill_after"]:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            break
+        time.sleep(0.0005)
+    print(json.dumps({"killed": os.WIFSIGNALED(status),
+                      "rc": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                      "seconds": time.perf_counter() - t0}), flush=True)
+"""
+
+
+def test_kill9_at_random_points_then_resume(tmp_path):
+    """``kill -9`` a ``galnet simulate`` run at 10 random moments, rerunning the same command after
+    each; a final rerun gives every dataset (and the ``meta``) of train/val/test identical to an
+    uninterrupted run, and leaves no temporary file.
+
+    Each run is a separate process, killed with SIGKILL. To keep the test short and the kill points
+    inside the work, the runs are forked (``galnet.cli.main`` in the child) from a "zygote"
+    subprocess that has imported torch and galnet and warmed their caches: a plain
+    ``python -m galnet.cli`` spends seconds importing torch and building tables, where most kill
+    points would fall. The 10 moments are drawn from a seeded RNG, uniformly over the duration of
+    the uninterrupted run, and sorted; each run is killed after the gap to the next moment, so the
+    kills walk through the whole run (shard writes and merges included). On a machine so loaded that
+    fewer than 3 kills fell after the first shard was written, 10 more are drawn (at most twice).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    preset = tmp_path / "kill.toml"
+    preset.write_text(_KILL_PRESET)
+    script = tmp_path / "zygote.py"
+    script.write_text(_ZYGOTE)
+
+    def argv(out):
+        return ["simulate", "--n", "90", "--shard-size", "3", "--split", "0.6,0.2,0.2", "--seed", "11",
+                "--preset", str(preset), "--out", str(out), "--threads", "1", "--no-progress"]
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    zygote = subprocess.Popen([sys.executable, str(script), str(preset)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert zygote.stdout.readline().strip() == "ready"
+
+        def run(out, kill_after=None) -> dict:
+            zygote.stdin.write(json.dumps({"argv": argv(out), "kill_after": kill_after}) + "\n")
+            zygote.stdin.flush()
+            return json.loads(zygote.stdout.readline())
+
+        ref = run(tmp_path / "ref")
+        assert ref == {**ref, "killed": False, "rc": 0}
+        rng = np.random.default_rng(20261202)
+        states: list[list[str]] = []
+        for _ in range(3):  # 10 kills; 10 more if a loaded machine made them all fall before the first shard
+            moments = np.sort(rng.uniform(0.0, ref["seconds"], 10))
+            for gap in np.diff(np.concatenate([[0.0], moments])):
+                result = run(tmp_path / "run", kill_after=float(gap))
+                if result["killed"]:
+                    states.append(sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file()))
+            if sum(any(n.endswith("-00000.h5") for n in s) for s in states) >= 3:
+                break
+        final = run(tmp_path / "run")
+    finally:
+        zygote.stdin.close()
+        zygote.wait(30)
+        zygote.stdout.close()
+    assert final["rc"] == 0
+    assert len(states) >= 8, f"the kill points should fall inside the runs: {states}"  # not after their end
+    assert sum(any(n.endswith("-00000.h5") for n in s) for s in states) >= 3, states
+    for split in ("train", "val", "test"):
+        a, b = _h5_arrays(tmp_path / "ref" / f"{split}.h5"), _h5_arrays(tmp_path / "run" / f"{split}.h5")
+        assert sorted(a) == sorted(b)
+        for k in a:
+            assert np.array_equal(a[k], b[k]), (split, k)
+    leftovers = sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert leftovers == ["config.json", "test.h5", "train.h5", "val.h5"]

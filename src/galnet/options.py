@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -31,6 +32,7 @@ __all__ = [
     "float_in_range",
     "float_list",
     "check_output_path",
+    "check_field_type",
 ]
 
 
@@ -177,3 +179,57 @@ def check_output_path(path: str | os.PathLike, *, option: str = "--output", dire
     if p.exists() and not directory and not os.access(p, os.W_OK):
         raise ConfigError(f"{option} {str(p)!r} exists and is not writable")
     return p
+
+
+# ---------------------------------------------------------------- config files (simulate, train)
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "None": (type(None),),
+}
+
+
+def check_field_type(value: Any, annotation: str, key: str) -> None:
+    """Check a config-file value against its dataclass field's type annotation.
+
+    Parameters
+    ----------
+    value : object
+        The value read from a TOML / JSON file.
+    annotation : str
+        The field's annotation as text, e.g. ``"float | None"``, ``"list[int]"``,
+        ``"dict[str, float]"``, ``"int | str | None"``; names other than ``float``, ``int``,
+        ``str``, ``bool``, ``None``, ``list`` and ``dict`` accept anything.
+    key : str
+        The dotted key, for the message (e.g. ``"priors.mag.low"``).
+
+    Raises
+    ------
+    ConfigError
+        ``"<key>: expected <annotation>, got <type> <value>"``. A ``bool`` is not a number, and
+        numbers must be finite.
+    """
+    for alt in (a.strip() for a in annotation.split("|")):
+        base = alt.split("[", 1)[0].strip()
+        inner = alt[alt.index("[") + 1 : -1] if "[" in alt and alt.endswith("]") else "Any"
+        if base == "list":
+            ok = isinstance(value, list) and all(_fits(v, inner) for v in value)
+        elif base == "dict":
+            vtype = inner.rsplit(",", 1)[-1].strip()
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and _fits(v, vtype) for k, v in value.items()
+            )
+        else:
+            ok = _fits(value, base)
+        if ok:
+            return
+    raise ConfigError(f"{key}: expected {annotation}, got {type(value).__name__} {value!r}")
+
+
+def _fits(value: Any, name: str) -> bool:
+    kinds = _SCALARS.get(name)
+    if kinds is None:
+        return True
+    if isinstance(value, bool) and name != "bool":
+        return False
+    if not isinstance(value, kinds):
+        return False
+    return not (isinstance(value, float) and not math.isfinite(value))

@@ -213,8 +213,16 @@ def load_card(name_or_path: str | os.PathLike, *, device: str | torch.device = "
         )
     except (KeyError, TypeError) as exc:
         raise ModelCardError(f"{path}: incomplete model card ({exc})") from exc
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:  # safetensors: a pickle or garbage file is refused, never unpickled
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError ...
+        raise ModelCardError(f"{weights}: not a valid safetensors weights file ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]})") from exc
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise ModelCardError(f"{weights}: weights do not fit {card['architecture']} "
+                             f"({' '.join(str(exc).split())[:300]})") from exc
     if missing or unexpected:
         raise ModelCardError(f"{weights}: weights do not fit {card['architecture']}: missing {missing}, "
                              f"unexpected {unexpected}")

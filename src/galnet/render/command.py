@@ -10,31 +10,46 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputDataError
+from ..options import (
+    check_output_path,
+    finite_float,
+    int_in_range,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
 _REQUIRED = ("x", "y", "mag", "re_pix", "n", "q", "pa")
 _ALIASES = {"re": "re_pix"}
+#: Stamp sides accepted by ``--shape``, pixels.
+SHAPE_RANGE = (3, 1024)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("table", type=Path, help="parameter table (FITS/ECSV/CSV/Parquet)")
     parser.add_argument("--psf", type=Path, required=True, help="PSF FITS image (P,P) or cube (N,P,P)")
     parser.add_argument("--out", type=Path, required=True, help="output FITS cube (N, H, W)")
-    parser.add_argument("--shape", type=int, nargs=2, default=(61, 61), metavar=("H", "W"))
-    parser.add_argument("--zeropoint", type=float, default=27.0)
-    parser.add_argument("--exptime", type=float, default=1.0)
-    parser.add_argument("--sky", type=float, default=0.0, help="constant sky level, counts/pixel")
-    parser.add_argument("--noise", type=float, default=0.0, help="Gaussian sky noise sigma, counts")
-    parser.add_argument("--gain", type=float, default=None, help="e-/count, adds source Poisson noise")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed")
-    parser.add_argument("--batch-size", type=int, default=1024)
-
+    parser.add_argument("--shape", type=int_in_range(*SHAPE_RANGE), nargs=2, default=(61, 61),
+                        metavar=("H", "W"), help="stamp shape, pixels (each in [3, 1024]; default 61 61)")
+    parser.add_argument("--zeropoint", type=finite_float, default=27.0, help="mag of 1 count/s")
+    parser.add_argument("--exptime", type=positive_float, default=1.0, help="exposure time, s")
+    parser.add_argument("--sky", type=finite_float, default=0.0, help="constant sky level, counts/pixel")
+    parser.add_argument("--noise", type=nonnegative_float, default=0.0,
+                        help="Gaussian sky noise sigma, counts (>= 0; default 0: none)")
+    parser.add_argument("--gain", type=positive_float, default=None,
+                        help="e-/count (> 0), adds source Poisson noise (default: none)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="noise seed (>= 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=1024, help="rows rendered at once (> 0)")
 
 def read_parameter_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read ids and a (B, 7) parameter array; errors name the file, column or row."""
@@ -61,7 +76,82 @@ def read_parameter_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, params
 
 
+def _read_psf(path: Path) -> np.ndarray:
+    """The PSF image (P, P) or cube (N, P, P) of ``path`` as float64 (any dtype or byte order).
+
+    Raises
+    ------
+    InputDataError
+        Missing, unreadable or data-less FITS file, naming it.
+    """
+    from astropy.io import fits
+
+    if not path.is_file():
+        raise InputDataError(f"{path}: no such PSF file")
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
+            warnings.simplefilter("always")
+            with fits.open(path, memmap=False) as hdul:
+                data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
+                data = None if data is None else np.asarray(data, dtype=np.float64)
+        _raise_if_truncated(caught)
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise InputDataError(f"{path}: cannot read the PSF FITS file ({exc})") from exc
+    if data is None:
+        raise InputDataError(f"{path}: no image data in the PSF FITS file")
+    return data
+
+
+def _raise_if_truncated(caught: list) -> None:
+    """Raise :class:`OSError` if astropy warned that a FITS file is truncated (caught warnings)."""
+    for w in caught:
+        if "truncated" in str(w.message):
+            raise OSError(str(w.message))
+    for w in caught:  # the others as they were
+        warnings.warn(w.message, w.category, stacklevel=3)
+
+
+def _check_ids(ids: np.ndarray, path: Path) -> np.ndarray:
+    """Ids as written to the ``IDS`` HDU: integers, or ASCII strings of at most 64 characters."""
+    ids = np.asarray(ids)
+    if np.issubdtype(ids.dtype, np.integer):
+        return ids.astype(np.int64)
+    text = ids.astype(str)
+    for i, value in enumerate(text):
+        if not value.isascii() or len(value) > 64:
+            raise InputDataError(f"{path}: row {i}: id {value!r} must be ASCII, at most 64 characters (FITS)")
+    return text
+
+
+def fourier_sizes_for(params: np.ndarray, shape: tuple[int, int], psf_size: int) -> np.ndarray:
+    """Per-row DFT sizes for :func:`~galnet.render.render_sersic`: its own choice, but never below the stamp.
+
+    The renderer's automatic choice can be smaller than a stamp larger than 64 pixels (a compact
+    galaxy), which it cannot draw; such rows get the smallest size of
+    :data:`~galnet.render.model.FOURIER_SIZES` that holds the stamp. Rows whose automatic size
+    already holds it keep it, so their images are unchanged.
+
+    Parameters
+    ----------
+    params : ndarray, shape (B, 7)
+    shape : (int, int)
+        Stamp (H, W), pixels.
+    psf_size : int
+        PSF side, pixels.
+
+    Returns
+    -------
+    ndarray of int, shape (B,)
+    """
+    from .model import FOURIER_SIZES, required_fourier_size
+
+    auto = required_fourier_size(params, shape, psf_size)
+    floor = next((s for s in FOURIER_SIZES if s >= max(shape)), FOURIER_SIZES[-1])
+    return np.maximum(auto, floor)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run ``galnet render``; returns the exit status."""
     import torch
     from astropy.io import fits
 
@@ -69,21 +159,31 @@ def run(args: argparse.Namespace) -> int:
     from .model import render_sersic
     from .psf import validate_psf_image
 
+    check_output_path(args.out, option="--out")
     ids, params = read_parameter_table(args.table)
+    if len(params) == 0:
+        raise InputDataError(f"{args.table}: the parameter table has no rows")
     validate_parameters(params, what=str(args.table))
-    if not args.psf.exists():
-        raise InputDataError(f"{args.psf}: no such PSF file")
-    psf = validate_psf_image(fits.getdata(args.psf), name=str(args.psf))
+    ids = _check_ids(ids, args.table)
+    psf = validate_psf_image(_read_psf(args.psf), name=str(args.psf))
     if psf.ndim == 3 and len(psf) != len(params):
         raise InputDataError(f"{args.psf}: PSF cube has {len(psf)} stamps for {len(params)} rows")
+    shape = (int(args.shape[0]), int(args.shape[1]))
+    need = len(params) * shape[0] * shape[1] * 4
+    avail = _physical_memory()
+    if avail and need > 0.5 * avail:
+        raise InputDataError(f"--shape {shape[0]} {shape[1]} x {len(params)} rows needs "
+                             f"{need / 2**30:.1f} GiB for the output cube, more than half of this "
+                             f"machine's {avail / 2**30:.1f} GiB")
+    sizes = fourier_sizes_for(params, shape, psf.shape[-1])
     rng = np.random.default_rng(args.seed)
-    cube = np.empty((len(params), *args.shape), dtype=np.float32)
+    cube = np.empty((len(params), *shape), dtype=np.float32)
     for start in range(0, len(params), args.batch_size):
         sl = slice(start, start + args.batch_size)
         psf_b = psf[sl] if psf.ndim == 3 else psf
-        img = render_sersic(torch.as_tensor(params[sl]), torch.as_tensor(psf_b), shape=args.shape,
+        img = render_sersic(torch.as_tensor(params[sl]), torch.as_tensor(psf_b), shape=shape,
                             zeropoint=args.zeropoint, exptime=args.exptime, sky=args.sky,
-                            validate=False).numpy()
+                            fourier_size=sizes[sl], validate=False).numpy()
         if args.gain:
             img = rng.poisson(np.clip(img, 0, None) * args.gain) / args.gain
         if args.noise > 0:
@@ -98,11 +198,19 @@ def run(args: argparse.Namespace) -> int:
     hdr["NOISESD"] = (args.seed, "noise seed")
     hdr["ORIGIN"] = "galnet render"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    ids = np.asarray(ids)
-    id_col = (fits.Column("id", format="K", array=ids.astype(np.int64))
-              if np.issubdtype(ids.dtype, np.integer)
-              else fits.Column("id", format="64A", array=ids.astype(str)))
+    id_col = (fits.Column("id", format="K", array=ids) if np.issubdtype(ids.dtype, np.integer)
+              else fits.Column("id", format="64A", array=ids))
     ids_hdu = fits.BinTableHDU.from_columns([id_col], name="IDS")
-    fits.HDUList([fits.PrimaryHDU(cube, header=hdr), ids_hdu]).writeto(args.out, overwrite=True)
-    print(f"wrote {len(cube)} stamps {tuple(args.shape)} to {args.out}")
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    fits.HDUList([fits.PrimaryHDU(cube, header=hdr), ids_hdu]).writeto(tmp, overwrite=True)
+    os.replace(tmp, args.out)
+    print(f"wrote {len(cube)} stamps {shape} to {args.out}")
     return 0
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory (0 if unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..options import check_field_type
 
 __all__ = [
     "Prior",
@@ -156,12 +157,19 @@ def _read_table_column(path: str, column: str) -> np.ndarray:
             from astropy.table import Table
 
             col = np.asarray(Table.read(p)[column])
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"prior table {path}: cannot read column {column!r} ({exc})") from exc
-    col = np.asarray(col, dtype=float).ravel()
-    col = col[np.isfinite(col)]
+    except Exception as exc:  # noqa: BLE001 - numpy / astropy raise many types for bad files
+        detail = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"prior table {path}: cannot read column {column!r} ({detail})") from exc
+    try:
+        col = np.asarray(col, dtype=float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"prior table {path}: column {column!r} is not numeric ({exc})") from exc
     if col.size == 0:
-        raise ConfigError(f"prior table {path}: column {column!r} has no finite values")
+        raise ConfigError(f"prior table {path}: column {column!r} is empty")
+    bad = ~np.isfinite(col)
+    if bad.any():
+        raise ConfigError(f"prior table {path}: column {column!r} has {int(bad.sum())} NaN or infinite "
+                          f"value(s), first at row {int(np.flatnonzero(bad)[0])}")
     _TABLE_CACHE[key] = col
     return col
 
@@ -485,6 +493,7 @@ def _build(cls, data: Any, where: str):
         if dataclasses.is_dataclass(sub):
             kwargs[name] = _build(type(sub), value, path)
         else:
+            check_field_type(value, str(fields[name].type), path)
             kwargs[name] = value
     return cls(**kwargs)
 
@@ -530,14 +539,20 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
             )
     if not p.exists():
         raise ConfigError(f"{p}: preset file not found")
+    if not p.is_file():
+        raise ConfigError(f"{p}: preset is not a file")
     try:
         if p.suffix == ".json":
             data = json.loads(p.read_text())
         else:
             with open(p, "rb") as fh:
                 data = tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot parse ({exc})") from exc
+    except (ValueError, OSError) as exc:  # TOML/JSON syntax, not UTF-8 text, unreadable
+        raise ConfigError(f"{p}: cannot parse the preset ({exc})") from exc
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{p}: the preset is empty (or not a table); see galnet/presets/hsc-r.toml")
+    if p.suffix == ".json" and "fingerprint" in data and isinstance(data.get("config"), dict):
+        data = data["config"]  # a dataset's config.json
     if overrides:
         data = _merge(data, overrides)
     try:

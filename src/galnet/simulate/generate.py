@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -224,30 +225,48 @@ def load_psf_library(path: str, size: int, hdu: int | str | None = None) -> np.n
     PSFError
         A PSF is unusable; the message names the file and the index.
     """
-    from astropy.io import fits
-
     p = Path(path)
     if not p.exists():
         raise InputDataError(f"PSF library {path}: file not found")
     try:
-        with fits.open(p, memmap=False) as hdul:
-            hdus = [hdul[hdu]] if hdu is not None else [h for h in hdul if h.data is not None and h.is_image]
-            stamps: list[np.ndarray] = []
-            for h in hdus:
-                data = np.asarray(h.data, dtype=float)
-                if data.ndim == 2:
-                    stamps.append(data)
-                elif data.ndim == 3:
-                    stamps.extend(data)
-                else:
-                    raise PSFError(
-                        f"PSF library {path}: HDU {h.name!r} has {data.ndim} dimensions; need 2 or 3"
-                    )
-    except (OSError, KeyError, IndexError) as exc:
+        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
+            warnings.simplefilter("always")
+            stamps = _read_psf_stamps(p, path, hdu)
+        _raise_if_truncated(caught)
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
+        if isinstance(exc, PSFError):
+            raise
         raise InputDataError(f"PSF library {path}: cannot read ({exc})") from exc
     if not stamps:
         raise InputDataError(f"PSF library {path}: no image data found")
     return np.stack([recenter_psf(s, size, name=f"PSF library {path}[{i}]") for i, s in enumerate(stamps)])
+
+
+def _raise_if_truncated(caught: list) -> None:
+    """Raise :class:`OSError` if astropy warned that a FITS file is truncated (caught warnings)."""
+    for w in caught:
+        if "truncated" in str(w.message):
+            raise OSError(str(w.message))
+    for w in caught:  # the others as they were
+        warnings.warn(w.message, w.category, stacklevel=3)
+
+
+def _read_psf_stamps(p: Path, path: str, hdu: int | str | None) -> list[np.ndarray]:
+    """The 2-D PSF images of a library file (see :func:`load_psf_library`)."""
+    from astropy.io import fits
+
+    stamps: list[np.ndarray] = []
+    with fits.open(p, memmap=False) as hdul:
+        hdus = [hdul[hdu]] if hdu is not None else [h for h in hdul if h.data is not None and h.is_image]
+        for h in hdus:
+            data = np.asarray(h.data, dtype=float)
+            if data.ndim == 2:
+                stamps.append(data)
+            elif data.ndim == 3:
+                stamps.extend(data)
+            else:
+                raise PSFError(f"PSF library {path}: HDU {h.name!r} has {data.ndim} dimensions; need 2 or 3")
+    return stamps
 
 
 def _draw_psfs(config: SimulationConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -296,19 +315,17 @@ def load_background(path: str, stamp_size: int, image_hdu: int | str = 0,
         Missing/unreadable file, not 2-D, smaller than a stamp, all-NaN, or a bad variance plane;
         the message names the file.
     """
-    from astropy.io import fits
     from astropy.stats import sigma_clipped_stats
 
     p = Path(path)
     if not p.exists():
         raise InputDataError(f"background {path}: file not found")
     try:
-        with fits.open(p, memmap=False) as hdul:
-            img = hdul[image_hdu].data
-            var = hdul[variance_hdu].data if variance_hdu is not None else None
-            img = None if img is None else np.asarray(img, dtype=np.float64)
-            var = None if var is None else np.asarray(var, dtype=np.float64)
-    except (OSError, KeyError, IndexError) as exc:
+        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
+            warnings.simplefilter("always")
+            img, var = _read_background(p, image_hdu, variance_hdu)
+        _raise_if_truncated(caught)
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
         raise InputDataError(
             f"background {path}: cannot read HDU {image_hdu!r}/{variance_hdu!r} ({exc})"
         ) from exc
@@ -332,6 +349,18 @@ def load_background(path: str, stamp_size: int, image_hdu: int | str = 0,
     _, median, std = sigma_clipped_stats(img[finite], sigma=3.0, maxiters=10)
     return _Background(str(path), (img - median).astype(np.float32),
                        None if var is None else var.astype(np.float32), float(std))
+
+
+def _read_background(p: Path, image_hdu: int | str, variance_hdu: int | str | None):
+    """Image and variance plane (or None) of a background file, as float64 arrays (or None)."""
+    from astropy.io import fits
+
+    with fits.open(p, memmap=False) as hdul:
+        img = hdul[image_hdu].data
+        var = hdul[variance_hdu].data if variance_hdu is not None else None
+        img = None if img is None else np.asarray(img, dtype=np.float64)
+        var = None if var is None else np.asarray(var, dtype=np.float64)
+    return img, var
 
 
 def _cutout(bg: _Background, rng: np.random.Generator, size: int, max_tries: int):

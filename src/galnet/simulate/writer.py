@@ -10,7 +10,10 @@ Reproducibility: shard ``k`` of split ``s`` is drawn from
 ``np.random.SeedSequence(seed, spawn_key=(s, k))``, so the arrays depend only on
 (config, seed, n, split, shard_size), not on the number of workers nor on interruptions.
 Resuming: rerunning the same command skips every shard (and split file) already written; a
-different config / seed in the same directory is refused.
+different config / seed in the same directory is refused. Every file (``config.json``, each shard,
+each merged split) is written under a temporary name and renamed into place when complete, and a
+shard is reused only if it reads back with this run's fingerprint and size, so a run killed at any
+point (``kill -9`` included) and rerun gives arrays identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -35,11 +38,36 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES = ("train", "val", "test")
 
 
+#: Tolerance on the sum of the split fractions (they are not renormalised).
+SPLIT_TOLERANCE = 1e-6
+
+
 def split_counts(n: int, split) -> list[int]:
-    """Number of stamps per split: rounded cumulative fractions, summing exactly to ``n``."""
-    frac = np.asarray(split, dtype=float)
-    if frac.shape != (3,) or np.any(frac < 0) or not frac.sum() > 0:
-        raise ConfigError(f"split must be three non-negative fractions, got {split}")
+    """Number of stamps per split: rounded cumulative fractions, summing exactly to ``n``.
+
+    Parameters
+    ----------
+    n : int
+        Total number of stamps.
+    split : sequence of 3 float
+        Fractions for train / val / test, each >= 0, summing to 1 within 1e-6.
+
+    Raises
+    ------
+    ConfigError
+        Not three finite fractions >= 0, or a sum other than 1 (``(0.5, 0.6, 0.1)`` is refused,
+        not renormalised).
+    """
+    try:
+        frac = np.asarray(split, dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError(f"split must be three fractions, got {split!r}") from None
+    if frac.shape != (3,) or not np.all(np.isfinite(frac)) or np.any(frac < 0):
+        raise ConfigError(f"split must be three finite fractions >= 0, got {split}")
+    if abs(frac.sum() - 1.0) > SPLIT_TOLERANCE:
+        raise ConfigError(
+            f"split fractions must sum to 1, got {list(map(float, frac))} (sum {frac.sum():.6g})"
+        )
     bounds = np.round(np.cumsum(frac) / frac.sum() * n).astype(int)
     return list(np.diff(np.concatenate([[0], bounds])))
 
@@ -128,9 +156,72 @@ def _merge_shards(out_path: Path, parts: list[Path], meta: dict, compression: st
 
 
 def _init_worker(threads: int) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C reaches the whole process group: the parent reports it (one line) and stops the pool;
+    # a worker finishes its shard (written atomically) instead of printing a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _shard_ok(path: Path, fingerprint: str, count: int) -> bool:
+    """Whether an existing shard is complete: readable, this run's fingerprint, ``count`` stamps."""
+    import h5py
+
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            n = int(f["images"].shape[0])
+    except Exception:  # noqa: BLE001 - unreadable: redo the shard
+        return False
+    return n == count and _meta_of(path).get("fingerprint") == fingerprint
+
+
+def preflight(config: SimulationConfig, n_draws: int = 4096) -> None:
+    """Check, before any shard is drawn, everything a run reads or draws that can fail.
+
+    Reads the table priors, the PSF library and the background images (the same cached loaders
+    the shards use), and draws ``n_draws`` target parameter sets from a throw-away generator to
+    check them against the valid ranges; the run's own random streams are not touched.
+
+    Raises
+    ------
+    ConfigError, InputDataError, PSFError, ParameterRangeError
+        Naming the file, prior or parameter at fault.
+    """
+    import dataclasses
+
+    from ..params import validate_parameters
+    from .config import Prior
+    from .generate import draw_target_parameters, load_background, load_psf_library
+
+    priors = [(f"priors.{f.name}", getattr(config.priors, f.name)) for f in dataclasses.fields(config.priors)]
+    priors += [(f"psf.{k}", getattr(config.psf, k)) for k in ("fwhm_arcsec", "moffat_beta", "ellipticity")]
+    priors += [("neighbours.n", config.neighbours.n), ("neighbours.q", config.neighbours.q)]
+    for _, prior in priors:
+        if isinstance(prior, Prior) and prior.kind == "table":
+            prior.table()
+    if config.psf.library:
+        load_psf_library(str(config.psf.library), config.psf_size, config.psf.library_hdu)
+    bgc = config.background
+    if bgc.files:
+        scale = 1.0 if bgc.zeropoint is None else 10.0 ** (0.4 * (config.zeropoint - bgc.zeropoint))
+        for path in bgc.files:
+            load_background(str(path), config.stamp_size, bgc.image_hdu, bgc.variance_hdu, scale)
+    draws = draw_target_parameters(config, np.random.default_rng(0), n_draws)
+    validate_parameters(draws, what="target parameters drawn from the priors")
 
 
 def simulate_dataset(
@@ -198,21 +289,32 @@ def simulate_dataset(
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
     counts = split_counts(n, split)
+    preflight(config)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: output is a file, not a directory")
     (out / "shards").mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(config, seed, n, split, shard_size)
     run = {"config": config.to_dict(), "seed": seed, "n": n, "split": list(map(float, split)),
            "shard_size": shard_size, "fingerprint": fp, "galnet_version": __version__}
     cfg_path = out / "config.json"
+    old = None
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old.get("fingerprint") != fp:
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{cfg_path}: unreadable ({exc}); remove it, or use a new --out directory"
+            ) from exc
+    if old is not None:
+        if not isinstance(old, dict) or old.get("fingerprint") != fp:
             raise ConfigError(
                 f"{out}: holds a dataset made with another config/seed/n/split/shard_size "
-                f"(fingerprint {old.get('fingerprint')} != {fp}); use a new --out directory"
+                f"(fingerprint {old.get('fingerprint') if isinstance(old, dict) else None} != {fp}); "
+                "use a new --out directory"
             )
     else:
-        cfg_path.write_text(json.dumps(run, indent=2, sort_keys=True))
+        _atomic_write_text(cfg_path, json.dumps(run, indent=2, sort_keys=True))
     base_meta = {
         "preset": config.to_dict(), "seed": seed, "galnet_version": __version__,
         "conventions_version": CONVENTIONS_VERSION, "zeropoint": config.zeropoint,
@@ -231,7 +333,7 @@ def simulate_dataset(
             m = min(shard_size, count - start)
             path = out / "shards" / f"{name}-{k:05d}.h5"
             paths.append(path)
-            if not finished[name] and not path.exists():
+            if not finished[name] and not _shard_ok(path, fp, m):
                 tasks.append((config.to_dict(), seed, si, k, m, id_start + start, str(path), meta,
                               compression))
         shard_lists[name] = (paths, meta)
@@ -255,12 +357,17 @@ def simulate_dataset(
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             per_worker = threads or max(1, torch.get_num_threads() // workers)
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                     initargs=(per_worker,)) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                       initargs=(per_worker,))
+            try:
                 futures = {pool.submit(_shard_task, t): t[4] for t in tasks}
                 for fut in as_completed(futures):
                     fut.result()
                     bar.update(futures[fut])
+            except BaseException:  # an error or Ctrl-C: drop the queued shards, do not wait for them
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
 
     result = {}
     for name in SPLIT_NAMES:
@@ -273,6 +380,8 @@ def simulate_dataset(
             for p in paths:
                 p.unlink(missing_ok=True)
         result[name] = final
+    for tmp in [*out.glob("*.h5.tmp"), *(out / "shards").glob("*.tmp")]:  # left by a killed run
+        tmp.unlink(missing_ok=True)
     if not keep_shards:
         try:
             (out / "shards").rmdir()

@@ -18,6 +18,15 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..options import (
+    check_output_path,
+    float_in_range,
+    int_in_range,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from .config import LOSSES, SCHEDULES, TrainConfig
 
 __all__ = ["add_arguments", "run", "export_run"]
@@ -33,36 +42,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data", help="directory with train.h5 and val.h5 (galnet simulate output)")
     g.add_argument("--on-the-fly", metavar="PRESET",
                    help="draw fresh simulated training samples from this preset")
-    g.add_argument("--steps-per-epoch", type=int, help="steps per epoch with --on-the-fly")
-    g.add_argument("--train-size", type=int, help="use only the first N training stamps")
-    g.add_argument("--val-size", type=int, help="use only the first N validation stamps")
+    g.add_argument("--steps-per-epoch", type=positive_int, help="steps per epoch with --on-the-fly")
+    g.add_argument("--train-size", type=positive_int, help="use only the first N training stamps")
+    g.add_argument("--val-size", type=positive_int, help="use only the first N validation stamps")
     g = parser.add_argument_group("model and optimisation")
     g.add_argument("--config", help="TrainConfig file (.json or .toml); command-line options override it")
     g.add_argument("--model", help="architecture (galnet-psf, galnet-image, galnet-psf-small)")
     g.add_argument("--model-config", help='JSON overrides of the network config, e.g. \'{"hidden": 128}\'')
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="global batch size (split over DDP ranks)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--batch-size", type=int_in_range(2, 1 << 20),
+                   help="global batch size (>= 2, split over DDP ranks)")
+    g.add_argument("--lr", type=positive_float)
+    g.add_argument("--weight-decay", type=nonnegative_float)
     g.add_argument("--loss", choices=LOSSES)
-    g.add_argument("--huber-delta", type=float)
-    g.add_argument("--nll-beta", type=float,
+    g.add_argument("--huber-delta", type=positive_float)
+    g.add_argument("--nll-beta", type=float_in_range(0.0, 1.0),
                    help="beta-NLL weighting of --loss gaussian_nll, in [0, 1] (default 0)")
     g.add_argument("--init", metavar="CARD", help="start from a model card's weights (fine-tuning)")
-    g.add_argument("--init-sigma", type=float, help="initial sigma of a new uncertainty head (default 0.3)")
+    g.add_argument("--init-sigma", type=positive_float,
+                   help="initial sigma of a new uncertainty head (> 0; default 0.3)")
     g.add_argument("--schedule", choices=SCHEDULES)
-    g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--early-stopping-patience", type=int, help="epochs without val improvement (0 = off)")
+    g.add_argument("--warmup-steps", type=nonnegative_int)
+    g.add_argument("--early-stopping-patience", type=nonnegative_int,
+                   help="epochs without val improvement (0 = off)")
     g.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
                    help="no random flips/transposes")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=nonnegative_int)
     g = parser.add_argument_group("run")
     g.add_argument("--out", help="run directory (default runs/galnet)")
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR (or --out) from its last checkpoint")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
-    g.add_argument("--checkpoint-every-steps", type=int, help="also checkpoint every N steps")
+    g.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    g.add_argument("--checkpoint-every-steps", type=nonnegative_int, help="also checkpoint every N steps")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
     sub = parser.add_subparsers(dest="train_action", metavar="ACTION")
     e = sub.add_parser("export", help="write <name>.safetensors + <name>.json from a run",
@@ -86,6 +98,9 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
             over["model_config"] = json.loads(over["model_config"])
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--model-config is not valid JSON: {exc}") from exc
+        if not isinstance(over["model_config"], dict):
+            raise ConfigError(f"--model-config must be a JSON object, e.g. '{{\"hidden\": 128}}', got "
+                              f"{args.model_config!r}")
     data = {**cfg.to_dict(), **over}
     data["command"] = shlex.join(["galnet", *sys.argv[1:]]) if sys.argv and sys.argv[1:] else "galnet train"
     return TrainConfig.from_dict(data)
@@ -104,8 +119,21 @@ def run(args: argparse.Namespace) -> int:
         args.out = resume
         resume = True
     cfg = _config_from_args(args)
+    if not resume:
+        check_output_path(cfg.out, option="--out", directory=True)
+        if not (cfg.data or cfg.on_the_fly):
+            cfg.validate()  # the "give --data or --on-the-fly" error before anything else
+        if cfg.data and not Path(cfg.data).is_dir():
+            raise ConfigError(f"--data {cfg.data!r} is not a directory (it must hold train.h5 and val.h5)")
+    hint = (f"continue from the last checkpoint with: galnet train --resume {cfg.out} (if no checkpoint "
+            "was written yet, rerun the command)")
+    args._interrupt_hint = hint
     summary = train(cfg, resume=bool(resume))
     print(json.dumps(summary))
+    if summary.get("interrupted"):
+        print(f"galnet train: interrupted at step {summary.get('steps')}, checkpoint saved; continue with: "
+              f"galnet train --resume {cfg.out}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -121,30 +149,41 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
     Path of the JSON card.
     """
     import torch
-    from safetensors.torch import load_file
 
     from ..errors import ModelCardError
     from ..models import create_model, save_model
     from ..models.scaling import OutputScalingConfig
-    from .loop import CHECKPOINT, evaluate_model, load_split
+    from .loop import CHECKPOINT, _read_checkpoint_json, evaluate_model, load_split, read_safetensors
     from .metrics import regression_metrics
 
     run_dir = Path(run_dir)
     ck = run_dir / f"{CHECKPOINT}.json"
     if not ck.is_file():
         raise ModelCardError(f"{run_dir}: not a training run (no {ck.name})")
-    state = json.loads(ck.read_text())
-    cfg = TrainConfig.from_dict(state["config"])
-    model = create_model(cfg.model, input_scaling=cfg.input_scaling or None,
-                         output_scaling=OutputScalingConfig(**state["output_scaling"]), **cfg.model_config)
+    check_output_path(Path(to) / f"{name}.json", option="--to")
+    state = _read_checkpoint_json(ck)
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+        oscale = OutputScalingConfig(**state["output_scaling"])
+        model = create_model(cfg.model, input_scaling=cfg.input_scaling or None, output_scaling=oscale,
+                             **cfg.model_config)
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise ModelCardError(f"{ck}: cannot rebuild the model ({exc})") from exc
     if which == "best" and (run_dir / "best.safetensors").is_file():
-        weights = load_file(str(run_dir / "best.safetensors"))
-        best = json.loads((run_dir / "best.json").read_text())
+        weights, _ = read_safetensors(run_dir / "best.safetensors")
+        try:
+            best = json.loads((run_dir / "best.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelCardError(f"{run_dir / 'best.json'}: unreadable ({exc})") from exc
     else:
-        tensors = load_file(str(run_dir / f"{CHECKPOINT}.safetensors"))
+        tensors, _ = read_safetensors(run_dir / f"{CHECKPOINT}.safetensors", what="checkpoint")
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        best = {"epoch": state["epoch"], "val_loss": None}
-    model.load_state_dict(weights)
+        best = {"epoch": state.get("epoch"), "val_loss": None}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ModelCardError(f"{run_dir}: the weights do not fit {cfg.model} "
+                             f"({' '.join(str(exc).split())[:300]})") from exc
     model.eval()
     metrics: dict = {}
     calibration: dict = {}

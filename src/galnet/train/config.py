@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..options import check_field_type
 
-__all__ = ["TrainConfig", "LOSSES", "SCHEDULES"]
+__all__ = ["TrainConfig", "LOSSES", "SCHEDULES", "check_model_config"]
 
 LOSSES = ("huber", "mse", "l1", "gaussian_nll")
 SCHEDULES = ("cosine", "plateau", "none")
@@ -130,7 +131,9 @@ class TrainConfig:
     command: str = ""
 
     def validate(self) -> TrainConfig:
-        """Check values; raises :class:`~galnet.errors.ConfigError`. Returns self."""
+        """Check values; raises :class:`~galnet.errors.ConfigError` naming the key. Returns self."""
+        for f in fields(self):
+            check_field_type(getattr(self, f.name), str(f.type), f.name)
         if self.data is None and self.on_the_fly is None:
             raise ConfigError("give --data (a directory with train.h5 and val.h5) or --on-the-fly PRESET")
         if self.loss not in LOSSES:
@@ -144,8 +147,27 @@ class TrainConfig:
             raise ConfigError("batch_size must be >= 2 (BatchNorm)")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        positive = ("huber_delta", "min_lr_ratio", "plateau_factor")
+        nonnegative = ("weight_decay", "warmup_steps", "plateau_patience", "early_stopping_patience",
+                       "min_delta", "grad_clip", "seed", "checkpoint_every_steps")
+        optional_positive = ("steps_per_epoch", "train_size", "val_size", "threads")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in nonnegative:
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in optional_positive:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.min_lr_ratio <= 1 or not self.plateau_factor < 1:
+            raise ConfigError(f"min_lr_ratio must be in (0, 1] and plateau_factor in (0, 1), got "
+                              f"{self.min_lr_ratio}, {self.plateau_factor}")
         if self.loss_weights is not None and len(self.loss_weights) != 8:
             raise ConfigError(f"loss_weights needs 8 values, got {len(self.loss_weights)}")
+        if self.loss_weights is not None and (min(self.loss_weights) < 0 or not sum(self.loss_weights) > 0):
+            raise ConfigError(f"loss_weights must be >= 0 with a positive sum, got {self.loss_weights}")
+        check_model_config(self.model_config, self.input_scaling)
         if not 0.0 <= self.nll_beta <= 1.0:
             raise ConfigError(f"nll_beta must be in [0, 1], got {self.nll_beta}")
         if not self.init_sigma > 0:
@@ -165,21 +187,86 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(data) - known)
+        """Build from a dict; unknown keys or values of the wrong type raise :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a training config must be a table of keys, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        bad = sorted(set(data) - set(known))
         if bad:
             raise ConfigError(f"unknown training config key(s) {bad}; known: {sorted(known)}")
+        for name, value in data.items():
+            check_field_type(value, str(known[name].type), name)
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
-        """Read a ``.json`` or ``.toml`` file (a ``[train]`` table in TOML is accepted too)."""
+        """Read a ``.json`` or ``.toml`` file (a ``[train]`` table in TOML is accepted too).
+
+        Raises
+        ------
+        ConfigError
+            Missing, unreadable, empty or unparsable file, unknown key or wrong type; the message
+            names the file and the key.
+        """
         path = Path(path)
         try:
             text = path.read_text()
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # also non-UTF-8 bytes (UnicodeDecodeError)
             raise ConfigError(f"{path}: cannot read the training config: {exc}") from exc
         if path.suffix == ".toml" and "train" in data and isinstance(data["train"], dict):
             data = data["train"]
-        return cls.from_dict(data)
+        if not isinstance(data, dict) or not data:
+            raise ConfigError(f"{path}: the training config is empty (or not a table of keys)")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+def check_model_config(model_config: Any, input_scaling: Any = None) -> None:
+    """Check ``--model-config`` / ``model_config`` overrides of :class:`galnet.models.NetworkConfig`.
+
+    Every key must be a field of ``NetworkConfig`` with a value of its type; sizes and widths are
+    positive integers, ``extra_convs`` non-negative, ``dropout`` in [0, 1), ``image_size`` and
+    ``psf_size`` odd. ``input_scaling`` overrides are checked against
+    :class:`galnet.models.InputScalingConfig` the same way.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and the value (e.g. ``model_config.hidden must be a positive integer, got -3``).
+    """
+    from ..models.networks import NetworkConfig
+    from ..models.scaling import InputScalingConfig
+
+    for what, cfg, cls in (("model_config", model_config, NetworkConfig),
+                           ("input_scaling", input_scaling or {}, InputScalingConfig)):
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{what} must be a JSON object of keys, got {cfg!r}")
+        known = {f.name: f for f in fields(cls)}
+        bad = sorted(set(cfg) - set(known))
+        if bad:
+            raise ConfigError(f"{what}: unknown key(s) {bad}; known: {sorted(known)}")
+        for name, value in cfg.items():
+            check_field_type(value, str(known[name].type), f"{what}.{name}")
+    mc = model_config
+    for name in ("hidden", "image_size", "psf_size"):
+        if name in mc and not mc[name] > 0:
+            raise ConfigError(f"model_config.{name} must be a positive integer, got {mc[name]}")
+    for name in ("image_size", "psf_size"):
+        if name in mc and mc[name] % 2 == 0:
+            raise ConfigError(f"model_config.{name} must be odd, got {mc[name]}")
+    for name in ("widths", "psf_widths"):
+        if name in mc and (not mc[name] or min(mc[name]) < 1):
+            raise ConfigError(
+                f"model_config.{name} must be a non-empty list of positive integers, got {mc[name]}"
+            )
+    if "extra_convs" in mc and mc["extra_convs"] and min(mc["extra_convs"]) < 0:
+        raise ConfigError(f"model_config.extra_convs must be integers >= 0, got {mc['extra_convs']}")
+    if "dropout" in mc and not 0 <= mc["dropout"] < 1:
+        raise ConfigError(f"model_config.dropout must be in [0, 1), got {mc['dropout']}")
+    sc = input_scaling or {}
+    for name in ("image_softening", "flux_feature_scale"):
+        if name in sc and not sc[name] > 0:
+            raise ConfigError(f"input_scaling.{name} must be > 0, got {sc[name]}")

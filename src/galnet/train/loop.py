@@ -43,7 +43,7 @@ from ..models.scaling import N_OUTPUTS, OutputScalingConfig
 from .config import TrainConfig
 from .metrics import flatten_metrics, regression_metrics
 
-__all__ = ["Trainer", "train", "load_split", "read_meta", "evaluate_model", "CHECKPOINT"]
+__all__ = ["Trainer", "train", "load_split", "read_meta", "evaluate_model", "read_safetensors", "CHECKPOINT"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,11 @@ def read_meta(path: str | os.PathLike) -> dict:
     """The ``meta`` JSON root attribute of a galnet HDF5 split ({} if absent)."""
     import h5py
 
-    with h5py.File(path, "r") as fh:
-        raw = fh.attrs.get("meta")
+    try:
+        with h5py.File(path, "r") as fh:
+            raw = fh.attrs.get("meta")
+    except OSError as exc:
+        raise InputDataError(f"{path}: not a readable HDF5 dataset ({' '.join(str(exc).split())})") from exc
     if raw is None:
         return {}
     if isinstance(raw, bytes):
@@ -94,16 +97,21 @@ def load_split(path: str | os.PathLike, limit: int | None = None) -> dict[str, t
         from ..data import read_arrays  # the data stage's reader, when present
     except ImportError:
         read_arrays = None
-    if read_arrays is not None:
-        arrs = read_arrays(str(path), start=0, stop=limit, keys=[*_SPLIT_KEYS, "ids"])
-    else:
-        import h5py
+    try:
+        if read_arrays is not None:
+            arrs = read_arrays(str(path), start=0, stop=limit, keys=[*_SPLIT_KEYS, "ids"])
+        else:
+            import h5py
 
-        with h5py.File(path, "r") as fh:
-            missing = [k for k in _SPLIT_KEYS if k not in fh]
-            if missing:
-                raise InputDataError(f"{path}: missing dataset(s) {missing}")
-            arrs = {k: fh[k][:limit] for k in (*_SPLIT_KEYS, "ids") if k in fh}
+            with h5py.File(path, "r") as fh:
+                missing = [k for k in _SPLIT_KEYS if k not in fh]
+                if missing:
+                    raise InputDataError(f"{path}: missing dataset(s) {missing}")
+                arrs = {k: fh[k][:limit] for k in (*_SPLIT_KEYS, "ids") if k in fh}
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # not HDF5, truncated, wrong layout
+        if isinstance(exc, InputDataError):
+            raise
+        raise InputDataError(f"{path}: cannot read the dataset ({' '.join(str(exc).split())})") from exc
     missing = [k for k in _SPLIT_KEYS if k not in arrs]
     if missing:
         raise InputDataError(f"{path}: missing dataset(s) {missing}")
@@ -258,13 +266,29 @@ def _load_init(model: GalNet, state: dict[str, torch.Tensor], cfg: TrainConfig) 
 
 
 def _resolve_device(spec: str, local_rank: int) -> torch.device:
+    """The torch device of ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...).
+
+    Raises
+    ------
+    ConfigError
+        An unknown device string, or CUDA asked for where there is none.
+    """
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    dev = torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ConfigError(f"--device {spec!r} is not a device (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec!r}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
     return dev
 
 
@@ -293,6 +317,55 @@ def evaluate_model(model: GalNet, split: dict[str, torch.Tensor], *, batch_size:
     return (loss_sum / n if cfg is not None else math.nan), torch.cat(preds).numpy()
 
 
+def read_safetensors(
+    path: str | os.PathLike, *, what: str = "weights"
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a safetensors file; never unpickles anything.
+
+    Parameters
+    ----------
+    path : path of a ``.safetensors`` file
+    what : str
+        What the file is, for the message (``"checkpoint"``, ``"weights"``).
+
+    Returns
+    -------
+    tensors : dict name -> Tensor (CPU)
+    metadata : dict of str (the file's ``__metadata__``; empty if none)
+
+    Raises
+    ------
+    ConfigError
+        Missing file, or not a valid safetensors file (a pickle, a truncated or garbage file);
+        the message names the file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file is missing")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError ...
+        raise ConfigError(f"{path}: not a valid safetensors {what} file ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]})") from exc
+    return tensors, metadata
+
+
+def _read_checkpoint_json(path: Path) -> dict:
+    """``checkpoint.json`` of a run as a dict; a garbage or truncated file is a :class:`ConfigError`."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable checkpoint ({exc})") from exc
+    need = ("config", "output_scaling", "param_groups", "token")
+    if not isinstance(data, dict) or any(k not in data for k in need):
+        raise ConfigError(f"{path}: not a galnet training checkpoint (needs keys {', '.join(need)})")
+    return data
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -318,7 +391,10 @@ class Trainer:
             ck = self.out / f"{CHECKPOINT}.json"
             if not ck.is_file():
                 raise ConfigError(f"--resume: no checkpoint in {self.out} (expected {ck})")
-            saved = TrainConfig.from_dict(json.loads(ck.read_text())["config"])
+            try:
+                saved = TrainConfig.from_dict(_read_checkpoint_json(ck)["config"])
+            except ConfigError as exc:
+                raise ConfigError(f"{ck}: {exc}") from exc
             for k in ("device", "threads", "progress"):
                 setattr(saved, k, getattr(config, k))
             saved.out = str(self.out)
@@ -380,21 +456,40 @@ class Trainer:
             "running_loss": 0.0, "running_count": 0, "finished": False, "stopped_early": False,
             "elapsed_s": 0.0,
         }
+        size = int(self.val["image"].shape[-1])
         ck_json = None
         init_state = None
         if self.resume:
-            ck_json = json.loads((self.out / f"{CHECKPOINT}.json").read_text())
-            oscale = OutputScalingConfig(**ck_json["output_scaling"])
+            ck_path = self.out / f"{CHECKPOINT}.json"
+            ck_json = _read_checkpoint_json(ck_path)
+            try:
+                oscale = OutputScalingConfig(**ck_json["output_scaling"])
+            except (KeyError, TypeError) as exc:
+                raise ConfigError(f"{ck_path}: bad output_scaling ({exc}); not a galnet checkpoint?") from exc
         elif cfg.init:
             init_state, oscale = _init_weights(cfg.init)
         else:
-            size = int(self.val["image"].shape[-1])
             oscale = fit_output_scaling(
                 fit_set["params"].double().numpy(), fit_set["sky_sigma"].double().numpy(),
                 stamp_size=size, zeropoint=float(self.meta.get("zeropoint", 27.0)),
             )
         self.model = create_model(cfg.model, input_scaling=cfg.input_scaling or None, output_scaling=oscale,
                                   **cfg.model_config).to(self.device)
+        mcfg, psf_size = self.model.config, int(self.val["psf"].shape[-1])
+        if self.train_data is not None and (
+            tuple(self.train_data["image"].shape[1:]) != tuple(self.val["image"].shape[1:])
+            or tuple(self.train_data["psf"].shape[1:]) != tuple(self.val["psf"].shape[1:])
+        ):
+            raise InputDataError(
+                f"{cfg.data}: train.h5 stamps/PSFs {tuple(self.train_data['image'].shape[1:])}/"
+                f"{tuple(self.train_data['psf'].shape[1:])} differ from val.h5's "
+                f"{tuple(self.val['image'].shape[1:])}/{tuple(self.val['psf'].shape[1:])}"
+            )
+        if (mcfg.image_size, mcfg.psf_size) != (size, psf_size):
+            raise ConfigError(
+                f"the data has {size}x{size} stamps and {psf_size}x{psf_size} PSFs but the model expects "
+                f"{mcfg.image_size} and {mcfg.psf_size}; set model_config image_size / psf_size"
+            )
         if init_state is not None:
             _load_init(self.model, init_state, cfg)
         if cfg.channels_last:
@@ -449,14 +544,17 @@ class Trainer:
         })
 
     def _load_checkpoint(self, ck: dict) -> None:
-        from safetensors import safe_open
-
         path = self.out / f"{CHECKPOINT}.safetensors"
-        with safe_open(str(path), framework="pt") as fh:
-            if fh.metadata().get("token") != ck.get("token"):
-                raise ConfigError(f"{path} and {CHECKPOINT}.json do not belong together (interrupted write?)")
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        tensors, metadata = read_safetensors(path, what="checkpoint")
+        if metadata.get("token") != ck.get("token"):
+            raise ConfigError(f"{path} and {CHECKPOINT}.json do not belong together (interrupted write?)")
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"{path}: the weights do not fit {self.cfg.model}: {detail}") from exc
+        if "rng.torch" not in tensors or "rng.aug" not in tensors:
+            raise ConfigError(f"{path}: not a galnet training checkpoint (no RNG states)")
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
@@ -464,7 +562,10 @@ class Trainer:
                 state.setdefault(int(pid), {})[name] = v.to(self.device) if name != "step" else v
         for pid, d in ck.get("optim_scalars", {}).items():
             state.setdefault(int(pid), {}).update(d)
-        self.opt.load_state_dict({"state": state, "param_groups": ck["param_groups"]})
+        try:
+            self.opt.load_state_dict({"state": state, "param_groups": ck["param_groups"]})
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ConfigError(f"{path}: optimizer state does not fit the model ({exc})") from exc
         torch.set_rng_state(tensors["rng.torch"])
         self.aug_gen.set_state(tensors["rng.aug"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
