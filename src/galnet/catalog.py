@@ -17,7 +17,8 @@ from .errors import InputDataError
 from .flags import describe as describe_flags
 from .params import PARAMETERS
 
-__all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS"]
+__all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS",
+           "check_table_writable", "unique_ids", "duplicate_ids"]
 
 #: File extensions understood by :func:`write_table` / :func:`read_table` → astropy format name.
 TABLE_FORMATS = {
@@ -38,6 +39,108 @@ def _format_for(path: Path) -> str:
     raise InputDataError(
         f"{path}: unknown table format; use one of {', '.join(sorted(TABLE_FORMATS))}"
     )
+
+
+def _non_ascii(values) -> tuple[int, str] | None:
+    """(index, value) of the first non-ASCII string in ``values``, or None."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "USO":
+        return None
+    for i, v in enumerate(arr.ravel()):
+        text = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        if not text.isascii():
+            return i, text
+    return None
+
+
+def check_table_writable(path, ids=None, columns: dict | None = None) -> None:
+    """Check, before any computation, that a catalog with these ids and columns can be written to ``path``.
+
+    FITS tables hold ASCII text only: a non-ASCII column name, id or string value would fail only when
+    the catalog is written, after the whole run. Other formats (ECSV, CSV, Parquet) take UTF-8.
+
+    Parameters
+    ----------
+    path : path
+        The catalog to write (its extension gives the format).
+    ids : array_like, optional
+        The ``id`` column.
+    columns : dict of str → array_like, optional
+        Other columns (carried input-catalog columns).
+
+    Raises
+    ------
+    InputDataError
+        One line naming the column, the row and the value, and suggesting an ECSV or Parquet output.
+    """
+    if _format_for(Path(path)) != "fits":
+        return
+    hint = "FITS tables hold ASCII text only; write .ecsv or .parquet instead"
+    for name, values in {"id": ids, **(columns or {})}.items():
+        if not str(name).isascii():
+            raise InputDataError(f"{path}: column name {name!r} is not ASCII; {hint}")
+        if values is None:
+            continue
+        bad = _non_ascii(values)
+        if bad is not None:
+            raise InputDataError(
+                f"{path}: column {name!r} row {bad[0]} value {bad[1]!r} is not ASCII; {hint}")
+
+
+def duplicate_ids(ids) -> dict[str, list[int]]:
+    """``{id: [rows...]}`` of the ids that occur more than once (compared as text)."""
+    keys = [_id_key(v) for v in np.asarray(ids).ravel()]
+    rows: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        rows.setdefault(k, []).append(i)
+    return {k: v for k, v in rows.items() if len(v) > 1}
+
+
+def _id_key(v) -> str:
+    v = v.decode() if isinstance(v, bytes) else v
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+def unique_ids(ids, *, where: str = "input") -> np.ndarray:
+    """The ids, made unique: the 2nd, 3rd ... occurrence of an id ``7`` become ``"7#2"``, ``"7#3"``.
+
+    When there are duplicates the ids become strings, and a warning names how many and the first ones
+    (a catalog with duplicate ids cannot be matched back to its input unambiguously).
+
+    Parameters
+    ----------
+    ids : array_like (B,)
+    where : str
+        The input, for the warning.
+
+    Returns
+    -------
+    ndarray (B,): ``ids`` unchanged when they are unique.
+    """
+    import logging
+
+    ids = np.asarray(ids)
+    dups = duplicate_ids(ids)
+    if not dups:
+        return ids
+    out = np.array([_id_key(v) for v in ids.ravel()], dtype=object)
+    taken = set(out.tolist())
+    for key, rows in dups.items():
+        for k, r in enumerate(rows[1:], start=2):
+            new, j = f"{key}#{k}", k
+            while new in taken:
+                j += 1
+                new = f"{key}#{j}"
+            taken.add(new)
+            out[r] = new
+    n_rows = sum(len(v) - 1 for v in dups.values())
+    ex = "; ".join(f"{k} at rows {', '.join(map(str, v[:4]))}" for k, v in list(dups.items())[:3])
+    logging.getLogger(__name__).warning(
+        "%s: %d duplicated id(s) (%s); the repeats are renamed <id>#2, <id>#3 ... so that every output row "
+        "has a unique id (%d row(s) renamed)", where, len(dups), ex, n_rows)
+    return out.astype(str)
 
 
 def make_catalog(

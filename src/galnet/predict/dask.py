@@ -28,7 +28,8 @@ def predict_task(source, start: int, stop: int, options, pdir: str, ctx: dict[st
     from .runner import _card_path, _chunk_kwargs, get_predictor, process_chunk, resolve_backend, write_shard
 
     predictor = get_predictor(
-        _card_path(options.model), resolve_backend(options.backend), options.device, options.threads or 1
+        _card_path(options.model), resolve_backend(options.backend), options.device, options.threads or 1,
+        options.allow_unverified_model,
     )
     source.stamp_size, source.psf_size = predictor.image_size, predictor.psf_size
     chunk = source.read_chunk(start, stop)
