@@ -263,4 +263,11 @@ def catalog_params(table) -> np.ndarray:
     missing = [p.column for p in PARAMETERS if p.column not in table.colnames]
     if missing:
         raise InputDataError(f"catalog lacks column(s) {', '.join(missing)}")
-    return np.stack([np.asarray(table[p.column], dtype=float) for p in PARAMETERS], axis=1)
+    cols = []
+    for p in PARAMETERS:
+        try:
+            cols.append(np.asarray(table[p.column], dtype=float))
+        except (TypeError, ValueError):
+            raise InputDataError(f"catalog column {p.column!r} is not numeric "
+                                 f"(e.g. {table[p.column][0]!r})") from None
+    return np.stack(cols, axis=1)

@@ -288,6 +288,13 @@ def _open_fits(inp: Path, args, stack):
     if psf_src.ndim == 3 and psf_src.shape[0] != shape3[0]:
         raise InputDataError(
             f"{args.psf}: PSF cube has {psf_src.shape[0]} PSFs for {shape3[0]} stamps in {inp}")
+    if psf_src.ndim == 2:  # one PSF for every stamp: one that cannot be repaired is a clear error now
+        from ..predict.inputs import prepare_psf
+
+        try:
+            prepare_psf(psf_src.all(), max(psf_src.shape) | 1, name=f"PSF {args.psf}")
+        except PSFError as exc:
+            raise InputDataError(str(exc)) from None
     fingerprint["psf"] = _file_fingerprint(args.psf)
     size = int(np.prod(shape3))
     sig_src = mask_src = None

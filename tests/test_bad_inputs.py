@@ -1,0 +1,305 @@
+"""Adversarial inputs for ``galnet predict``, ``galnet fit`` and ``galnet evaluate`` (issue 16).
+
+Every case asserts one outcome class:
+
+* **error**: exit status 2, the last line of stderr is ``galnet <cmd>: error: ...``, and no traceback;
+* **flagged**: exit status 0, one output row per input row, the bad row carries the expected flag (and NaN
+  values when the flag means "not measured"), and every other row equals the row of a clean run;
+* **works**: exit status 0 and one output row per input row (odd but valid inputs: int or big-endian
+  pixels, non-ASCII ids in an ECSV catalog ...).
+
+The commands run in-process through :func:`galnet.cli.main` (a subprocess costs ~3 s of imports); the inputs
+are tiny (8 stamps of 61 x 61 px) and built once per session. The network is a tiny untrained
+``galnet-psf-small``: the tests check the plumbing, not the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from galnet.catalog import read_table
+from galnet.cli import main
+from galnet.flags import NOT_MEASURED, Flag
+from galnet.render import render_sersic
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+S, P, B = 61, 25, 8
+SKY = 0.05
+#: columns compared between runs (floats to 1e-6 relative: another batch composition may change rounding)
+PARAM_COLS = ("x", "y", "mag", "re_pix", "n", "q", "pa")
+
+
+# ============================================================================ fixtures
+def _gauss_psf(fwhm: float = 3.0, size: int = P, dx: float = 0.0) -> np.ndarray:
+    c = (size - 1) / 2
+    yy, xx = np.mgrid[:size, :size]
+    s = fwhm / 2.3548
+    p = np.exp(-((xx - c - dx) ** 2 + (yy - c) ** 2) / (2 * s * s))
+    return p / p.sum()
+
+
+def _truth(b: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([31 + rng.uniform(-1, 1, b), 31 + rng.uniform(-1, 1, b), rng.uniform(19, 20.5, b),
+                     rng.uniform(2, 4, b), rng.uniform(0.8, 2.5, b), rng.uniform(0.5, 0.9, b),
+                     rng.uniform(-80, 80, b)], axis=1)
+
+
+def write_h5(path: Path, images, psfs, sky, *, ids=None, params=None, meta=None, **extra) -> Path:
+    """A simulate-style split (any dtypes and shapes: the point is to write bad ones too)."""
+    n = len(images)
+    with h5py.File(path, "w") as f:
+        f["images"] = images
+        f["psfs"] = psfs
+        f["sky_sigma"] = sky
+        f["ids"] = np.arange(100, 100 + n) if ids is None else ids
+        f["params"] = np.zeros((n, 7)) if params is None else params
+        f["snr"] = np.full(n, 50.0, np.float32)
+        for k, v in extra.items():
+            f[k] = v
+        f.attrs["meta"] = json.dumps(meta if meta is not None else {"zeropoint": 27.0, "gain": 100.0,
+                                                                    "pixel_scale": 0.168})
+    return path
+
+
+@pytest.fixture(scope="session")
+def clean(tmp_path_factory):
+    """The clean inputs: arrays, an HDF5 split, a FITS cube + PSF, a cutout directory, an image + catalog."""
+    d = tmp_path_factory.mktemp("clean")
+    truth = _truth(B)
+    psf = _gauss_psf()
+    img = render_sersic(torch.as_tensor(truth, dtype=torch.float32), torch.as_tensor(psf, dtype=torch.float32),
+                        shape=(S, S)).numpy()
+    img = (img + np.random.default_rng(1).normal(0, SKY, img.shape)).astype(np.float32)
+    psfs = np.repeat(psf[None], B, 0).astype(np.float32)
+    sky = np.full(B, SKY, np.float32)
+    h5 = write_h5(d / "set.h5", img, psfs, sky, params=truth)
+    fits.PrimaryHDU(img).writeto(d / "cube.fits")
+    fits.PrimaryHDU(psf.astype(np.float32)).writeto(d / "psf.fits")
+    cut = d / "cutouts"
+    cut.mkdir()
+    for i in range(B):
+        hdu = fits.PrimaryHDU(img[i])
+        hdu.header["SKYSIG"] = SKY
+        fits.HDUList([hdu, fits.ImageHDU(psf.astype(np.float32), name="PSF")]).writeto(cut / f"g{i:04d}.fits")
+    # a 200 x 160 image with a WCS and the 8 galaxies pasted at known positions
+    field = np.random.default_rng(2).normal(0, SKY, (160, 200)).astype(np.float32)
+    xs = np.array([40.0, 80, 120, 160, 40, 80, 120, 160])
+    ys = np.array([40.0, 40, 40, 40, 110, 110, 110, 110])
+    for i in range(B):
+        x0, y0 = int(xs[i]) - 31, int(ys[i]) - 31
+        field[y0 : y0 + S, x0 : x0 + S] += img[i]
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [100.0, 80.0]
+    w.wcs.cdelt = [-0.168 / 3600, 0.168 / 3600]
+    hdu = fits.PrimaryHDU(field, header=w.to_header())
+    hdu.header["SKYSIG"] = SKY
+    hdu.writeto(d / "image.fits")
+    ra, dec = w.wcs_pix2world(xs - 1 + 0.5, ys - 1 + 0.5, 0)
+    Table({"id": np.arange(1, B + 1), "x": xs + 0.5, "y": ys + 0.5, "ra": ra, "dec": dec,
+           "mag_in": np.full(B, 20.0)}).write(d / "sources.ecsv")
+    return {"dir": d, "images": img, "psf": psf, "psfs": psfs, "sky": sky, "truth": truth, "h5": h5,
+            "cube": d / "cube.fits", "psf_file": d / "psf.fits", "cutouts": cut, "image": d / "image.fits",
+            "sources": d / "sources.ecsv"}
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Model cards: a good tiny one, one without a checksum, one with NaN weights, garbage and pickle weights."""
+    from galnet.models import create_model, save_model
+    from galnet.models.card import _sha256
+
+    d = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    net = create_model("galnet-psf-small")
+    good = save_model(net, d / "good", "tiny")
+    out = {"good": str(good)}
+    # no sha256 in the card
+    nosha = d / "nosha"
+    shutil.copytree(d / "good", nosha)
+    card = json.loads((nosha / "tiny.json").read_text())
+    del card["weights"]["sha256"]
+    (nosha / "tiny.json").write_text(json.dumps(card))
+    out["nosha"] = str(nosha / "tiny.json")
+    # NaN weights, with a valid checksum: the card loads, the network returns NaN
+    nan_net = create_model("galnet-psf-small")
+    with torch.no_grad():
+        for prm in nan_net.parameters():
+            prm.fill_(float("nan"))
+    out["nan"] = str(save_model(nan_net, d / "nan", "tiny"))
+    # garbage and pickled weights under a card whose checksum matches them (so only loading can fail)
+    for kind in ("garbage", "pickle"):
+        k = d / kind
+        shutil.copytree(d / "good", k)
+        wfile = k / "tiny.safetensors"
+        if kind == "garbage":
+            wfile.write_bytes(os.urandom(2000))
+        else:
+            torch.save(net.state_dict(), wfile)
+        card = json.loads((k / "tiny.json").read_text())
+        card["weights"]["sha256"] = _sha256(wfile)
+        (k / "tiny.json").write_text(json.dumps(card))
+        out[kind] = str(k / "tiny.json")
+    (d / "notjson.json").write_text("{ not json")
+    out["notjson"] = str(d / "notjson.json")
+    return out
+
+
+# ============================================================================ helpers
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``galnet ARGV`` in-process: (exit status, stdout, stderr); argparse errors exit through SystemExit."""
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def assert_error(result, cmd: str, *needles: str) -> str:
+    """Exit 2, the last stderr line is ``galnet CMD: error: ...`` naming ``needles``, no traceback."""
+    rc, _out, err = result
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2, (rc, err)
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].startswith(f"galnet {cmd}: error:"), err
+    for n in needles:
+        assert n.lower() in lines[-1].lower(), (n, lines[-1])
+    return lines[-1]
+
+
+def predict_args(model: str, inp, out, *extra) -> list:
+    return ["predict", inp, "-o", out, "--model", model, "--backend", "torch", "--no-progress",
+            "--chunk-size", "4", "--batch-size", "4", *extra]
+
+
+FIT_OPTS = ("--batch-size", "4", "--max-iter", "8", "--no-mask-neighbours")
+
+
+def fit_args(inp, out, *extra) -> list:
+    return ["fit", inp, "-o", out, *FIT_OPTS, *extra]
+
+
+def assert_rows_match(table, clean_table, skip=(), *, rtol=1e-6):
+    """Same row count and ids; rows not in ``skip`` equal the clean run (parameters and flags)."""
+    assert len(table) == len(clean_table)
+    keep = np.setdiff1d(np.arange(len(table)), np.asarray(skip, dtype=int))
+    assert [str(v) for v in np.asarray(table["id"])[keep]] == [str(v) for v in np.asarray(clean_table["id"])[keep]]
+    np.testing.assert_array_equal(np.asarray(table["flags"])[keep], np.asarray(clean_table["flags"])[keep])
+    for c in PARAM_COLS:
+        np.testing.assert_allclose(np.asarray(table[c], float)[keep], np.asarray(clean_table[c], float)[keep],
+                                   rtol=rtol, atol=1e-6, equal_nan=True, err_msg=c)
+
+
+def assert_not_measured(table, row: int, flag: Flag):
+    f = int(table["flags"][row])
+    assert f & int(flag), (row, [x.name for x in Flag if f & int(x)])
+    assert f & int(NOT_MEASURED)
+    for c in PARAM_COLS:
+        assert np.isnan(float(table[c][row])), (c, table[c][row])
+
+
+@pytest.fixture(scope="session")
+def clean_predict(clean, models, tmp_path_factory):
+    """Catalogs of clean predict runs (HDF5, cube, image + catalog) to compare flagged runs with."""
+    d = tmp_path_factory.mktemp("clean_predict")
+    out = {}
+    for name, argv in {
+        "h5": [clean["h5"]],
+        "cube": [clean["cube"], "--psf", clean["psf_file"], "--sky-sigma", SKY],
+        "image": [clean["image"], "--catalog", clean["sources"], "--psf", clean["psf_file"]],
+        "cutouts": [clean["cutouts"]],
+    }.items():
+        rc = main([str(a) for a in predict_args(models["good"], argv[0], d / f"{name}.fits", *argv[1:])])
+        assert rc == 0
+        out[name] = read_table(d / f"{name}.fits")
+        assert len(out[name]) == B and not (np.asarray(out[name]["flags"]) & int(NOT_MEASURED)).any()
+    return out
+
+
+@pytest.fixture(scope="session")
+def clean_fit(clean, tmp_path_factory):
+    """Catalogs of clean fit runs (HDF5, cube + PSF)."""
+    d = tmp_path_factory.mktemp("clean_fit")
+    out = {}
+    for name, argv in {"h5": [clean["h5"]], "cube": [clean["cube"], "--psf", clean["psf_file"],
+                                                      "--sky-sigma", SKY]}.items():
+        assert main([str(a) for a in fit_args(argv[0], d / f"{name}.ecsv", *argv[1:])]) == 0
+        out[name] = read_table(d / f"{name}.ecsv")
+        assert len(out[name]) == B and (np.asarray(out[name]["status"]) >= 0).all()
+    return out
+
+
+# ============================================================================ bad option values
+PREDICT_BAD_OPTIONS = [
+    ("--batch-size", "0"), ("--batch-size", "-8"), ("--batch-size", "abc"), ("--batch-size", "1.5"),
+    ("--chunk-size", "0"), ("--chunk-size", "-8"), ("--chunk-size", "x"),
+    ("--max-chunks", "0"), ("--max-chunks", "-1"), ("--workers", "0"), ("--workers", "-2"),
+    ("--threads", "0"), ("--threads", "-1"),
+    ("--sky-sigma", "-1"), ("--sky-sigma", "0"), ("--sky-sigma", "nan"), ("--sky-sigma", "inf"),
+    ("--sky-sigma", "abc"), ("--gain", "0"), ("--gain", "-1"), ("--gain", "nan"),
+    ("--pixel-scale", "0"), ("--pixel-scale", "-0.1"), ("--pixel-scale", "nan"),
+    ("--zeropoint", "nan"), ("--zeropoint", "inf"), ("--zeropoint", "abc"),
+    ("--high-chi2", "-1"), ("--high-chi2", "nan"), ("--detect-snr", "-1"), ("--detect-snr", "nan"),
+    ("--xy-origin", "2"), ("--xy-origin", "abc"), ("--backend", "tensorflow"),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), PREDICT_BAD_OPTIONS, ids=lambda v: str(v))
+def test_predict_bad_option_value(option, value, clean, models, tmp_path, capsys):
+    out = tmp_path / "o.fits"
+    res = run(predict_args(models["good"], clean["h5"], out, option, value), capsys)
+    assert_error(res, "predict", option)
+    assert not out.exists() and not (tmp_path / "o.fits.parts").exists()
+
+
+FIT_BAD_OPTIONS = [
+    ("--batch-size", "0"), ("--batch-size", "-1"), ("--workers", "0"), ("--max-iter", "0"),
+    ("--max-iter", "-5"), ("--max-iter", "abc"), ("--limit", "0"), ("--limit", "-3"), ("--max-batches", "0"),
+    ("--sky-sigma", "0"), ("--sky-sigma", "-1"), ("--sky-sigma", "nan"), ("--gain", "0"), ("--gain", "-2"),
+    ("--read-noise", "-1"), ("--read-noise", "nan"), ("--pixel-scale", "0"), ("--zeropoint", "inf"),
+    ("--zeropoint", "nan"), ("--detect-snr", "-1"),
+    ("--n-grid", "1,abc"), ("--n-grid", "1,,4"), ("--n-grid", "nan"), ("--n-grid", "0.01"), ("--n-grid", "50"),
+    ("--start", "bogus"), ("--start", "catalog:/nonexistent/start.fits"), ("--start", "feedme:/nonexistent/x"),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), FIT_BAD_OPTIONS, ids=lambda v: str(v))
+def test_fit_bad_option_value(option, value, clean, tmp_path, capsys):
+    out = tmp_path / "o.fits"
+    res = run(["fit", clean["h5"], "-o", out, option, value], capsys)
+    name = {"--start": "start" if value == "bogus" else "/nonexistent/"}.get(option, option)
+    assert_error(res, "fit", name)
+    assert not out.exists() and not (tmp_path / "o.fits.parts").exists()
+
+
+EVALUATE_BAD_OPTIONS = [
+    (["--limit", "0"], "--limit"), (["--limit", "-1"], "--limit"), (["--limit", "abc"], "--limit"),
+    (["--time", "net=abc"], "--time"), (["--time", "net=-1"], "--time"), (["--time", "noequals"], "--time"),
+    (["--catalog", "noequals"], "--catalog"), ([], "--catalog"),
+]
+
+
+@pytest.mark.parametrize(("extra", "needle"), EVALUATE_BAD_OPTIONS, ids=lambda v: str(v))
+def test_evaluate_bad_option_value(extra, needle, clean, clean_predict, tmp_path, capsys):
+    cat = tmp_path / "net.fits"
+    clean_predict["h5"].write(cat)
+    base = ["evaluate", "--truth", clean["h5"], "--out", tmp_path / "rep", "--no-progress"]
+    if extra and extra[0] != "--catalog":
+        base += ["--catalog", f"net={cat}"]
+    assert_error(run(base + extra, capsys), "evaluate", needle)
