@@ -303,3 +303,115 @@ def test_evaluate_bad_option_value(extra, needle, clean, clean_predict, tmp_path
     if extra and extra[0] != "--catalog":
         base += ["--catalog", f"net={cat}"]
     assert_error(run(base + extra, capsys), "evaluate", needle)
+
+
+# ============================================================================ missing, empty, truncated, garbage files
+def _make_bad_file(kind: str, d: Path, clean) -> Path:
+    if kind == "missing.fits":
+        return d / "missing.fits"
+    if kind == "missing.h5":
+        return d / "missing.h5"
+    if kind == "empty.fits":
+        (d / "empty.fits").write_bytes(b"")
+        return d / "empty.fits"
+    if kind == "empty.h5":
+        (d / "empty.h5").write_bytes(b"")
+        return d / "empty.h5"
+    if kind == "garbage.fits":
+        (d / "garbage.fits").write_bytes(os.urandom(5000))
+        return d / "garbage.fits"
+    if kind == "garbage.h5":
+        (d / "garbage.h5").write_bytes(os.urandom(5000))
+        return d / "garbage.h5"
+    if kind == "truncated.fits":
+        data = Path(clean["cube"]).read_bytes()
+        (d / "truncated.fits").write_bytes(data[: len(data) // 2])
+        return d / "truncated.fits"
+    if kind == "truncated.h5":
+        data = Path(clean["h5"]).read_bytes()
+        (d / "truncated.h5").write_bytes(data[: len(data) // 2])
+        return d / "truncated.h5"
+    if kind == "text.txt":
+        (d / "text.txt").write_text("hello")
+        return d / "text.txt"
+    if kind == "emptydir":
+        (d / "emptydir").mkdir()
+        return d / "emptydir"
+    if kind == "header-only.fits":
+        fits.PrimaryHDU().writeto(d / "header-only.fits")
+        return d / "header-only.fits"
+    if kind == "h5-no-images":
+        with h5py.File(d / "noimg.h5", "w") as f:
+            f["psfs"] = clean["psfs"]
+        return d / "noimg.h5"
+    if kind == "h5-zero-rows":
+        return write_h5(d / "zero.h5", np.zeros((0, S, S), np.float32), np.zeros((0, P, P), np.float32),
+                        np.zeros(0, np.float32))
+    if kind == "h5-bad-meta":
+        p = write_h5(d / "meta.h5", clean["images"], clean["psfs"], clean["sky"])
+        with h5py.File(p, "a") as f:
+            f.attrs["meta"] = "{not json"
+        return p
+    raise AssertionError(kind)
+
+
+BAD_FILES = ["missing.fits", "missing.h5", "empty.fits", "empty.h5", "garbage.fits", "garbage.h5",
+             "truncated.fits", "truncated.h5", "text.txt", "emptydir", "header-only.fits", "h5-no-images",
+             "h5-zero-rows", "h5-bad-meta"]
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_predict_bad_input_file(kind, clean, models, tmp_path, capsys):
+    inp = _make_bad_file(kind, tmp_path, clean)
+    res = run(predict_args(models["good"], inp, tmp_path / "o.fits", "--psf", clean["psf_file"]), capsys)
+    assert_error(res, "predict", inp.name)
+    assert not (tmp_path / "o.fits.parts").exists()
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_fit_bad_input_file(kind, clean, tmp_path, capsys):
+    inp = _make_bad_file(kind, tmp_path, clean)
+    res = run(fit_args(inp, tmp_path / "o.fits", "--psf", clean["psf_file"]), capsys)
+    assert_error(res, "fit", inp.name)
+    assert not (tmp_path / "o.fits.parts").exists()
+
+
+@pytest.mark.parametrize("kind", ["missing.h5", "empty.h5", "garbage.h5", "truncated.h5", "h5-no-images",
+                                  "h5-zero-rows", "h5-bad-meta"])
+def test_evaluate_bad_truth_file(kind, clean, clean_predict, tmp_path, capsys):
+    inp = _make_bad_file(kind, tmp_path, clean)
+    cat = tmp_path / "net.fits"
+    clean_predict["h5"].write(cat)
+    res = run(["evaluate", "--truth", inp, "--catalog", f"net={cat}", "--out", tmp_path / "rep"], capsys)
+    assert_error(res, "evaluate", inp.name)
+
+
+@pytest.mark.parametrize("kind", ["missing.fits", "empty.fits", "garbage.fits", "truncated.fits", "text.txt"])
+def test_evaluate_bad_catalog_file(kind, clean, tmp_path, capsys):
+    cat = _make_bad_file(kind, tmp_path, clean)
+    res = run(["evaluate", "--truth", clean["h5"], "--catalog", f"net={cat}", "--out", tmp_path / "rep"], capsys)
+    assert_error(res, "evaluate", cat.name)
+
+
+@pytest.mark.parametrize("kind", ["missing.fits", "empty.fits", "garbage.fits", "truncated.fits",
+                                  "header-only.fits"])
+def test_predict_bad_psf_file(kind, clean, models, tmp_path, capsys):
+    psf = _make_bad_file(kind, tmp_path, clean)
+    res = run(predict_args(models["good"], clean["cube"], tmp_path / "o.fits", "--psf", psf), capsys)
+    assert_error(res, "predict", psf.name)
+
+
+@pytest.mark.parametrize("kind", ["missing.fits", "empty.fits", "garbage.fits", "truncated.fits",
+                                  "header-only.fits"])
+def test_fit_bad_psf_file(kind, clean, tmp_path, capsys):
+    psf = _make_bad_file(kind, tmp_path, clean)
+    res = run(fit_args(clean["cube"], tmp_path / "o.fits", "--psf", psf), capsys)
+    assert_error(res, "fit", psf.name)
+
+
+@pytest.mark.parametrize("kind", ["missing.fits", "empty.fits", "garbage.fits", "text.txt"])
+def test_predict_bad_catalog_file(kind, clean, models, tmp_path, capsys):
+    cat = _make_bad_file(kind, tmp_path, clean)
+    res = run(predict_args(models["good"], clean["image"], tmp_path / "o.fits", "--catalog", cat,
+                           "--psf", clean["psf_file"]), capsys)
+    assert_error(res, "predict", cat.name)

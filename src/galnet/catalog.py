@@ -18,7 +18,7 @@ from .flags import describe as describe_flags
 from .params import PARAMETERS
 
 __all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS",
-           "check_table_writable", "unique_ids", "duplicate_ids"]
+           "check_table_writable", "unique_ids", "duplicate_ids", "open_fits"]
 
 #: File extensions understood by :func:`write_table` / :func:`read_table` → astropy format name.
 TABLE_FORMATS = {
@@ -39,6 +39,51 @@ def _format_for(path: Path) -> str:
     raise InputDataError(
         f"{path}: unknown table format; use one of {', '.join(sorted(TABLE_FORMATS))}"
     )
+
+
+def open_fits(path, what: str = "FITS", **kwargs):
+    """``astropy.io.fits.open`` that turns every way a file can be unreadable into one clear error.
+
+    A truncated file (astropy only warns, then returns short or zero-filled data), a corrupt or non-FITS
+    file, a broken gzip stream: all raise :class:`~galnet.errors.InputDataError` naming the file and
+    ``what`` it was read as. Use it as ``with open_fits(path, "PSF") as hdul:``.
+
+    Parameters
+    ----------
+    path : path
+    what : str
+        What the file is (``"PSF"``, ``"stamp cube"`` ...), for the message.
+    **kwargs
+        Passed to :func:`astropy.io.fits.open` (``memmap``, ``lazy_load_hdus`` ...).
+    """
+    import warnings
+    import zlib
+
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"{path}: no such {what} file")
+    if path.is_dir():
+        raise InputDataError(f"{path}: is a directory, not a {what} file")
+    kwargs.setdefault("lazy_load_hdus", False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AstropyUserWarning)
+            hdul = fits.open(path, **kwargs)
+    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError, zlib.error) as exc:
+        raise InputDataError(f"{path}: cannot read {what} (corrupt or not FITS: {exc})") from exc
+    trunc = [w for w in caught if "truncated" in str(w.message)]
+    if trunc:
+        hdul.close()
+        raise InputDataError(f"{path}: cannot read {what}: the file is truncated ({trunc[0].message})")
+    for w in caught:  # other astropy warnings: as they would have been shown
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if len(hdul) == 0:
+        hdul.close()
+        raise InputDataError(f"{path}: cannot read {what}: no HDU in the file")
+    return hdul
 
 
 def _non_ascii(values) -> tuple[int, str] | None:
@@ -251,11 +296,25 @@ def read_table(path):
 
             arrow = pq.read_table(path)
             return Table({name: arrow.column(name).to_numpy() for name in arrow.column_names})
+        if fmt == "fits":
+            with open_fits(path, "table") as hdul:
+                hdu = next((h for h in hdul if isinstance(h, (fits_mod().BinTableHDU, fits_mod().TableHDU))),
+                           None)
+                if hdu is None:
+                    raise InputDataError(f"{path}: no table HDU in the file")
+                return Table.read(hdu)
         return Table.read(path, format=fmt)
     except InputDataError:
         raise
     except Exception as exc:  # astropy raises many types for corrupt files
         raise InputDataError(f"{path}: cannot read table: {exc}") from exc
+
+
+def fits_mod():
+    """``astropy.io.fits`` (imported lazily)."""
+    from astropy.io import fits
+
+    return fits
 
 
 def catalog_params(table) -> np.ndarray:

@@ -76,18 +76,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_fits(path, what: str) -> tuple[np.ndarray, dict]:
-    from astropy.io import fits
+    from ..catalog import open_fits
 
     path = Path(path)
-    if not path.exists():
-        raise InputDataError(f"{path}: no such {what} file")
     try:
-        with fits.open(path) as hdul:
+        with open_fits(path, what) as hdul:
             hdu = next((h for h in hdul if h.data is not None), None)
             if hdu is None:
                 raise InputDataError(f"{path}: no image data in any HDU")
             return np.asarray(hdu.data, dtype=float), dict(hdu.header)
-    except OSError as exc:
+    except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, InputDataError):
+            raise
         raise InputDataError(f"{path}: cannot read {what}: {exc}") from exc
 
 
@@ -110,16 +110,14 @@ class _FitsRows:
     (through the memory map for uncompressed files), so a large cube is never loaded whole."""
 
     def __init__(self, path, what: str, stack: contextlib.ExitStack) -> None:
-        from astropy.io import fits
+        from ..catalog import open_fits
 
         self.path = Path(path)
-        if not self.path.exists():
-            raise InputDataError(f"{self.path}: no such {what} file")
         self.what = what
+        hdul = stack.enter_context(open_fits(self.path, what))
         try:
-            hdul = stack.enter_context(fits.open(self.path))
             self.hdu = next((h for h in hdul if h.data is not None), None)
-        except OSError as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise InputDataError(f"{self.path}: cannot read {what}: {exc}") from exc
         if self.hdu is None:
             raise InputDataError(f"{self.path}: no image data in any HDU")

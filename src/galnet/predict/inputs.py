@@ -485,15 +485,9 @@ def _fits_header_meta(header, *, zeropoint=None, gain=None, pixel_scale=None) ->
 
 
 def _open_fits(path: Path, what: str):
-    from astropy.io import fits
+    from ..catalog import open_fits
 
-    if not path.exists():
-        raise InputDataError(f"{path}: no such {what} file")
-    try:
-        hdul = fits.open(path, memmap=not path.name.lower().endswith(".gz"), lazy_load_hdus=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputDataError(f"{path}: cannot read {what} (corrupt or not FITS: {exc})") from exc
-    return hdul
+    return open_fits(path, what, memmap=not path.name.lower().endswith(".gz"))
 
 
 def _image_hdu(hdul, path: Path, hdu=None, ndim: tuple[int, ...] = (2, 3)):
