@@ -415,3 +415,72 @@ def test_predict_bad_catalog_file(kind, clean, models, tmp_path, capsys):
     res = run(predict_args(models["good"], clean["image"], tmp_path / "o.fits", "--catalog", cat,
                            "--psf", clean["psf_file"]), capsys)
     assert_error(res, "predict", cat.name)
+
+
+# ============================================================================ wrong dimensions
+def _make_bad_shape(kind: str, d: Path, clean) -> list:
+    """Arguments (input and options) of an input with wrong dimensions."""
+    img, psfs, sky = clean["images"], clean["psfs"], clean["sky"]
+    if kind == "fits-1d":
+        fits.PrimaryHDU(np.zeros(10, np.float32)).writeto(d / "x.fits")
+        return [d / "x.fits", "--psf", clean["psf_file"]]
+    if kind == "fits-4d":
+        fits.PrimaryHDU(np.zeros((2, 2, S, S), np.float32)).writeto(d / "x.fits")
+        return [d / "x.fits", "--psf", clean["psf_file"]]
+    if kind == "psf-1d":
+        fits.PrimaryHDU(np.ones(25, np.float32)).writeto(d / "p.fits")
+        return [clean["cube"], "--psf", d / "p.fits"]
+    if kind == "psf-cube-count":
+        fits.PrimaryHDU(psfs[:3]).writeto(d / "p.fits")
+        return [clean["cube"], "--psf", d / "p.fits"]
+    if kind == "h5-images-2d":
+        return [write_h5(d / "x.h5", img[0], psfs, sky)]
+    if kind == "h5-psfs-2d":
+        return [write_h5(d / "x.h5", img, psfs[0], sky)]
+    if kind == "h5-lengths":
+        return [write_h5(d / "x.h5", img, psfs[:5], sky)]
+    if kind == "h5-sky-lengths":
+        return [write_h5(d / "x.h5", img, psfs, sky[:3])]
+    if kind == "h5-ids-lengths":
+        return [write_h5(d / "x.h5", img, psfs, sky, ids=np.arange(3))]
+    if kind == "h5-sigma-shape":
+        return [write_h5(d / "x.h5", img, psfs, sky, sigma_maps=np.ones((B, 41, 41), np.float32))]
+    raise AssertionError(kind)
+
+
+SHAPE_CASES = ["fits-1d", "fits-4d", "psf-1d", "psf-cube-count", "h5-images-2d", "h5-psfs-2d", "h5-lengths",
+               "h5-sky-lengths", "h5-ids-lengths", "h5-sigma-shape"]
+
+
+@pytest.mark.parametrize("kind", SHAPE_CASES)
+def test_predict_wrong_dimensions(kind, clean, models, tmp_path, capsys):
+    argv = _make_bad_shape(kind, tmp_path, clean)
+    res = run(predict_args(models["good"], argv[0], tmp_path / "o.fits", *argv[1:]), capsys)
+    assert_error(res, "predict", Path(argv[2] if kind.startswith("psf") else argv[0]).name)
+    assert not (tmp_path / "o.fits.parts").exists()
+
+
+@pytest.mark.parametrize("kind", SHAPE_CASES)
+def test_fit_wrong_dimensions(kind, clean, tmp_path, capsys):
+    argv = _make_bad_shape(kind, tmp_path, clean)
+    res = run(fit_args(argv[0], tmp_path / "o.fits", *argv[1:]), capsys)
+    assert_error(res, "fit", Path(argv[2] if kind.startswith("psf") else argv[0]).name)
+    assert not (tmp_path / "o.fits.parts").exists()
+
+
+@pytest.mark.parametrize("kind", ["h5-lengths", "h5-sky-lengths", "h5-ids-lengths", "h5-images-2d"])
+def test_evaluate_truth_wrong_dimensions(kind, clean, clean_predict, tmp_path, capsys):
+    argv = _make_bad_shape(kind, tmp_path, clean)
+    cat = tmp_path / "net.fits"
+    clean_predict["h5"].write(cat)
+    res = run(["evaluate", "--truth", argv[0], "--catalog", f"net={cat}", "--out", tmp_path / "rep"], capsys)
+    assert_error(res, "evaluate", "x.h5")
+
+
+@pytest.mark.parametrize("kind", ["fit-sigma", "fit-mask"])
+def test_fit_sigma_or_mask_wrong_shape(kind, clean, tmp_path, capsys):
+    fits.PrimaryHDU(np.ones((B, 41, 41), np.float32)).writeto(tmp_path / "m.fits")
+    opt = "--sigma" if kind == "fit-sigma" else "--mask"
+    res = run(fit_args(clean["cube"], tmp_path / "o.fits", "--psf", clean["psf_file"], opt, tmp_path / "m.fits"),
+              capsys)
+    assert_error(res, "fit", "m.fits")
