@@ -202,16 +202,22 @@ def assert_rows_match(table, clean_table, skip=(), *, rtol=1e-6):
     assert [str(v) for v in np.asarray(table["id"])[keep]] == [str(v) for v in np.asarray(clean_table["id"])[keep]]
     np.testing.assert_array_equal(np.asarray(table["flags"])[keep], np.asarray(clean_table["flags"])[keep])
     for c in PARAM_COLS:
-        np.testing.assert_allclose(np.asarray(table[c], float)[keep], np.asarray(clean_table[c], float)[keep],
+        a = np.ma.filled(np.ma.asarray(table[c], dtype=float), np.nan)
+        b = np.ma.filled(np.ma.asarray(clean_table[c], dtype=float), np.nan)
+        np.testing.assert_allclose(a[keep], b[keep],
                                    rtol=rtol, atol=1e-6, equal_nan=True, err_msg=c)
+
+
+def values(table, row: int) -> np.ndarray:
+    """The 7 parameters of a row as floats (masked → NaN)."""
+    return np.array([float(np.ma.filled(np.ma.asarray(table[c], dtype=float), np.nan)[row]) for c in PARAM_COLS])
 
 
 def assert_not_measured(table, row: int, flag: Flag):
     f = int(table["flags"][row])
     assert f & int(flag), (row, [x.name for x in Flag if f & int(x)])
     assert f & int(NOT_MEASURED)
-    for c in PARAM_COLS:
-        assert np.isnan(float(table[c][row])), (c, table[c][row])
+    assert np.isnan(values(table, row)).all(), values(table, row)
 
 
 @pytest.fixture(scope="session")
@@ -484,3 +490,85 @@ def test_fit_sigma_or_mask_wrong_shape(kind, clean, tmp_path, capsys):
     res = run(fit_args(clean["cube"], tmp_path / "o.fits", "--psf", clean["psf_file"], opt, tmp_path / "m.fits"),
               capsys)
     assert_error(res, "fit", "m.fits")
+
+
+# ============================================================================ bad pixels (flagged rows)
+BAD_ROW = 2
+
+
+def _bad_pixels(kind: str, img: np.ndarray) -> np.ndarray:
+    img = img.copy()
+    if kind == "nan-row":
+        img[BAD_ROW] = np.nan
+    elif kind == "inf-row":
+        img[BAD_ROW] = np.inf
+    elif kind == "nan-pixels":
+        img[BAD_ROW, 5:8, 5:9] = np.nan
+    elif kind == "inf-pixels":
+        img[BAD_ROW, 50:52, 10:12] = -np.inf
+    elif kind == "huge":
+        img[BAD_ROW] = 1e30
+    elif kind == "zeros":
+        img[BAD_ROW] = 0.0
+    elif kind == "noise":
+        img[BAD_ROW] = np.random.default_rng(7).normal(0, SKY, (S, S))
+    elif kind == "negative":
+        img[BAD_ROW] = -img[BAD_ROW]
+    else:
+        raise AssertionError(kind)
+    return img
+
+
+#: kind → flag of the bad row, and whether the row is measured (finite values)
+PIXEL_CASES = {
+    "nan-row": (Flag.BAD_INPUT, False), "inf-row": (Flag.BAD_INPUT, False),
+    "nan-pixels": (Flag.NAN_PIXELS, True), "inf-pixels": (Flag.NAN_PIXELS, True),
+    "huge": (Flag.FAILED, False), "zeros": (Flag.NO_SOURCE, False), "noise": (Flag.NO_SOURCE, False),
+    "negative": (Flag.NO_SOURCE, False),
+}
+
+
+@pytest.mark.parametrize("kind", list(PIXEL_CASES))
+def test_predict_bad_pixels_flag_the_row(kind, clean, models, clean_predict, tmp_path, capsys):
+    flag, measured = PIXEL_CASES[kind]
+    h5 = write_h5(tmp_path / "x.h5", _bad_pixels(kind, clean["images"]), clean["psfs"], clean["sky"],
+                  params=clean["truth"])
+    rc, out, err = run(predict_args(models["good"], h5, tmp_path / "o.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    assert_rows_match(t, clean_predict["h5"], skip=[BAD_ROW])
+    if measured:
+        assert int(t["flags"][BAD_ROW]) & int(flag)
+        assert np.isfinite(values(t, BAD_ROW)).all()
+        assert f"{B} measured" in out
+    else:
+        assert_not_measured(t, BAD_ROW, flag)
+        assert f"{B - 1} measured" in out and f"1 {flag.name}" in out
+
+
+FIT_PIXEL_CASES = {
+    "nan-row": Flag.FEW_GOOD_PIXELS, "inf-row": Flag.FEW_GOOD_PIXELS, "nan-pixels": Flag.NAN_PIXELS,
+    "inf-pixels": Flag.NAN_PIXELS, "zeros": Flag.NO_SOURCE, "noise": Flag.NO_SOURCE, "negative": Flag.NO_SOURCE,
+    "huge": None,
+}
+
+
+@pytest.mark.parametrize("kind", list(FIT_PIXEL_CASES))
+def test_fit_bad_pixels_flag_the_row(kind, clean, clean_fit, tmp_path, capsys):
+    flag = FIT_PIXEL_CASES[kind]
+    h5 = write_h5(tmp_path / "x.h5", _bad_pixels(kind, clean["images"]), clean["psfs"], clean["sky"],
+                  params=clean["truth"])
+    rc, out, err = run(fit_args(h5, tmp_path / "o.ecsv"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.ecsv")
+    assert_rows_match(t, clean_fit["h5"], skip=[BAD_ROW])
+    f = int(t["flags"][BAD_ROW])
+    if kind in ("nan-pixels", "inf-pixels"):
+        assert f & int(flag) and int(t["status"][BAD_ROW]) >= 0
+    elif kind == "huge":  # fitted (the fit is scale-free) or flagged, never a silent NaN row
+        finite = np.isfinite(values(t, BAD_ROW)).all()
+        assert finite == (int(t["status"][BAD_ROW]) >= 0)
+        assert finite or f & int(NOT_MEASURED)
+    else:
+        assert f & int(flag) and int(t["status"][BAD_ROW]) == -1
+        assert np.isnan(values(t, BAD_ROW)).all()

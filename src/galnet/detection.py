@@ -89,11 +89,12 @@ def detection_snr(images, sigma, *, mask=None, radius: float | None = None) -> n
     """
     from scipy import ndimage
 
-    img = np.asarray(images, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, then ignored below
+        img = np.asarray(images, dtype=np.float32)
+        sig = np.asarray(sigma, dtype=np.float32)
     if img.ndim == 2:
         img = img[None]
     b, h, w = img.shape
-    sig = np.asarray(sigma, dtype=np.float32)
     if sig.ndim <= 1:
         sig = np.broadcast_to(np.broadcast_to(sig, (b,))[:, None, None], img.shape)
     good = np.isfinite(img) & np.isfinite(sig) & (sig > 0)
