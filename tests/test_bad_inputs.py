@@ -572,3 +572,139 @@ def test_fit_bad_pixels_flag_the_row(kind, clean, clean_fit, tmp_path, capsys):
     else:
         assert f & int(flag) and int(t["status"][BAD_ROW]) == -1
         assert np.isnan(values(t, BAD_ROW)).all()
+
+
+# ============================================================================ odd dtypes (work)
+DTYPE_CASES = ["h5-int16", "h5-int32", "h5-big-endian", "h5-float64", "fits-int16", "fits-bscale", "fits-float64"]
+
+
+def _dtype_input(kind: str, d: Path, clean) -> list:
+    img, psfs, sky = clean["images"], clean["psfs"], clean["sky"]
+    if kind == "h5-int16":
+        return [write_h5(d / "x.h5", np.round(img * 1000).astype(np.int16), psfs, sky * 1000)]
+    if kind == "h5-int32":
+        return [write_h5(d / "x.h5", np.round(img * 1000).astype(np.int32), psfs, sky * 1000)]
+    if kind == "h5-big-endian":
+        return [write_h5(d / "x.h5", img.astype(">f4"), psfs.astype(">f4"), sky.astype(">f4"))]
+    if kind == "h5-float64":
+        return [write_h5(d / "x.h5", img.astype(np.float64), psfs.astype(np.float64), sky.astype(np.float64))]
+    if kind == "fits-int16":
+        fits.PrimaryHDU(np.round(img * 1000).astype(np.int16)).writeto(d / "x.fits")
+        return [d / "x.fits", "--psf", clean["psf_file"], "--sky-sigma", SKY * 1000]
+    if kind == "fits-bscale":
+        hdu = fits.PrimaryHDU(img.astype(np.float32))
+        hdu.scale("int16", bscale=1e-3, bzero=0.0)
+        hdu.writeto(d / "x.fits")
+        return [d / "x.fits", "--psf", clean["psf_file"], "--sky-sigma", SKY]
+    if kind == "fits-float64":
+        fits.PrimaryHDU(img.astype(np.float64)).writeto(d / "x.fits")
+        return [d / "x.fits", "--psf", clean["psf_file"], "--sky-sigma", SKY]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", DTYPE_CASES)
+def test_predict_odd_dtypes_work(kind, clean, models, clean_predict, tmp_path, capsys):
+    argv = _dtype_input(kind, tmp_path, clean)
+    rc, _out, err = run(predict_args(models["good"], argv[0], tmp_path / "o.fits", *argv[1:]), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    assert len(t) == B and not (np.asarray(t["flags"]) & int(NOT_MEASURED)).any()
+    if kind in ("h5-big-endian", "h5-float64"):  # the same numbers: the same catalog
+        assert_rows_match(t, clean_predict["h5"])
+
+
+@pytest.mark.parametrize("kind", ["h5-int16", "h5-big-endian", "fits-int16"])
+def test_fit_odd_dtypes_work(kind, clean, clean_fit, tmp_path, capsys):
+    argv = _dtype_input(kind, tmp_path, clean)
+    rc, _out, err = run(fit_args(argv[0], tmp_path / "o.ecsv", *argv[1:]), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.ecsv")
+    assert len(t) == B and (np.asarray(t["status"]) >= 0).all()
+    if kind == "h5-big-endian":
+        assert_rows_match(t, clean_fit["h5"])
+
+
+# ============================================================================ bad PSFs
+def _psf_variant(kind: str, psf: np.ndarray) -> np.ndarray:
+    if kind == "even":
+        return _gauss_psf(size=24)
+    if kind == "off-centre":
+        return _gauss_psf(dx=1.5)
+    if kind == "unnormalised":
+        return psf * 3.0
+    if kind == "nan":
+        p = psf.copy()
+        p[3, 3] = np.nan
+        return p
+    if kind == "negative":
+        return psf - 0.5 * psf.max()
+    if kind == "zero-sum":
+        return np.zeros_like(psf)
+    if kind == "non-square":
+        return _gauss_psf(size=25)[:, 2:-2]
+    raise AssertionError(kind)
+
+
+#: PSF problem → outcome for a PSF shared by every row (predict and fit alike)
+SHARED_PSF = {"even": Flag.PSF_FIXED, "off-centre": Flag.PSF_FIXED, "unnormalised": Flag.PSF_FIXED,
+              "non-square": Flag.PSF_FIXED, "nan": "error", "negative": "error", "zero-sum": "error"}
+
+
+@pytest.mark.parametrize("kind", list(SHARED_PSF))
+def test_predict_shared_bad_psf(kind, clean, models, tmp_path, capsys):
+    fits.PrimaryHDU(_psf_variant(kind, clean["psf"])).writeto(tmp_path / "p.fits")
+    res = run(predict_args(models["good"], clean["cube"], tmp_path / "o.fits", "--psf", tmp_path / "p.fits",
+                           "--sky-sigma", SKY), capsys)
+    if SHARED_PSF[kind] == "error":
+        assert_error(res, "predict", "p.fits")
+        return
+    assert res[0] == 0, res[2]
+    t = read_table(tmp_path / "o.fits")
+    assert len(t) == B and (np.asarray(t["flags"]) & int(Flag.PSF_FIXED)).all()
+    assert np.isfinite(np.asarray(t["mag"], float)).all()
+
+
+@pytest.mark.parametrize("kind", list(SHARED_PSF))
+def test_fit_shared_bad_psf(kind, clean, tmp_path, capsys):
+    """fit repairs what predict repairs (PSF_FIXED) and refuses what predict refuses."""
+    fits.PrimaryHDU(_psf_variant(kind, clean["psf"])).writeto(tmp_path / "p.fits")
+    res = run(fit_args(clean["cube"], tmp_path / "o.ecsv", "--psf", tmp_path / "p.fits", "--sky-sigma", SKY),
+              capsys)
+    if SHARED_PSF[kind] == "error":
+        assert_error(res, "fit", "p.fits")
+        return
+    assert res[0] == 0, res[2]
+    t = read_table(tmp_path / "o.ecsv")
+    assert len(t) == B and (np.asarray(t["flags"]) & int(Flag.PSF_FIXED)).all()
+    assert (np.asarray(t["status"]) >= 0).all()
+
+
+ROW_PSF = {"off-centre": Flag.PSF_FIXED, "unnormalised": Flag.PSF_FIXED, "nan": Flag.BAD_INPUT,
+           "negative": Flag.BAD_INPUT, "zero-sum": Flag.BAD_INPUT}
+
+
+@pytest.mark.parametrize("kind", list(ROW_PSF))
+def test_predict_one_bad_psf_row(kind, clean, models, clean_predict, tmp_path, capsys):
+    psfs = clean["psfs"].copy()
+    psfs[BAD_ROW] = _psf_variant(kind, clean["psf"])
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], psfs, clean["sky"])
+    rc, _out, err = run(predict_args(models["good"], h5, tmp_path / "o.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    assert_rows_match(t, clean_predict["h5"], skip=[BAD_ROW])
+    assert int(t["flags"][BAD_ROW]) & int(ROW_PSF[kind])
+    if ROW_PSF[kind] == Flag.BAD_INPUT:
+        assert_not_measured(t, BAD_ROW, Flag.BAD_INPUT)
+
+
+@pytest.mark.parametrize("kind", list(ROW_PSF))
+def test_fit_one_bad_psf_row(kind, clean, clean_fit, tmp_path, capsys):
+    psfs = clean["psfs"].copy()
+    psfs[BAD_ROW] = _psf_variant(kind, clean["psf"])
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], psfs, clean["sky"])
+    rc, _out, err = run(fit_args(h5, tmp_path / "o.ecsv"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.ecsv")
+    assert_rows_match(t, clean_fit["h5"], skip=[BAD_ROW])
+    assert int(t["flags"][BAD_ROW]) & int(ROW_PSF[kind])
+    assert (int(t["status"][BAD_ROW]) < 0) == (ROW_PSF[kind] == Flag.BAD_INPUT)

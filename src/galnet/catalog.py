@@ -83,6 +83,10 @@ def open_fits(path, what: str = "FITS", **kwargs):
     if len(hdul) == 0:
         hdul.close()
         raise InputDataError(f"{path}: cannot read {what}: no HDU in the file")
+    if kwargs.get("memmap") and any(h.is_image and any(k in h.header for k in ("BZERO", "BSCALE", "BLANK"))
+                                    for h in hdul):
+        hdul.close()  # scaled integers (e.g. uint16 with BZERO) cannot be memory-mapped as floats
+        return open_fits(path, what, **{**kwargs, "memmap": False})
     return hdul
 
 

@@ -1280,14 +1280,19 @@ class ImageCatalogSource(InputSource):
 
     def _cut(self, xs: np.ndarray, ys: np.ndarray):
         """cut_stamps on the image: memory-mapped per chunk (uncompressed), or decompressed once (.gz)."""
-        from astropy.io import fits
+        from ..catalog import open_fits
 
-        if self.image_path.name.lower().endswith(".gz"):
+        scaled = getattr(self, "_scaled", None)
+        if scaled is None:
+            with open_fits(self.image_path, "image", memmap=False, lazy_load_hdus=True) as hdul:
+                h = hdul[self._hdu_index].header
+                self._scaled = scaled = any(k in h for k in ("BZERO", "BSCALE", "BLANK"))
+        if self.image_path.name.lower().endswith(".gz") or scaled:  # read (decompress / scale) once
             if getattr(self, "_h_data", None) is None:
-                with fits.open(self.image_path) as hdul:
-                    self._h_data = np.array(hdul[self._hdu_index].data)
+                with open_fits(self.image_path, "image", memmap=False) as hdul:
+                    self._h_data = np.array(hdul[self._hdu_index].data, dtype=np.float32)
             return cut_stamps(self._h_data, xs, ys, self.stamp_size)
-        with fits.open(self.image_path, memmap=True) as hdul:
+        with open_fits(self.image_path, "image", memmap=True) as hdul:
             out = cut_stamps(hdul[self._hdu_index].data, xs, ys, self.stamp_size)
             del hdul[self._hdu_index].data  # release the memory map before closing
         return out
