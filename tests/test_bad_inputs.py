@@ -708,3 +708,109 @@ def test_fit_one_bad_psf_row(kind, clean, clean_fit, tmp_path, capsys):
     assert_rows_match(t, clean_fit["h5"], skip=[BAD_ROW])
     assert int(t["flags"][BAD_ROW]) & int(ROW_PSF[kind])
     assert (int(t["status"][BAD_ROW]) < 0) == (ROW_PSF[kind] == Flag.BAD_INPUT)
+
+
+# ============================================================================ bad sigma and masks
+SKY_CASES = {"sky-zero": 0.0, "sky-negative": -1.0, "sky-nan": np.nan, "sky-inf": np.inf}
+
+
+@pytest.mark.parametrize("kind", list(SKY_CASES))
+def test_predict_bad_sky_sigma_row(kind, clean, models, clean_predict, tmp_path, capsys):
+    sky = clean["sky"].copy()
+    sky[BAD_ROW] = SKY_CASES[kind]
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], clean["psfs"], sky)
+    rc, _out, err = run(predict_args(models["good"], h5, tmp_path / "o.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    assert_rows_match(t, clean_predict["h5"], skip=[BAD_ROW])
+    assert int(t["flags"][BAD_ROW]) & int(Flag.BAD_SIGMA)  # measured with the border estimate, flagged
+    assert np.isfinite(values(t, BAD_ROW)).all()
+
+
+@pytest.mark.parametrize("kind", list(SKY_CASES))
+def test_fit_bad_sky_sigma_row(kind, clean, clean_fit, tmp_path, capsys):
+    sky = clean["sky"].copy()
+    sky[BAD_ROW] = SKY_CASES[kind]
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], clean["psfs"], sky)
+    rc, _out, err = run(fit_args(h5, tmp_path / "o.ecsv"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.ecsv")
+    assert_rows_match(t, clean_fit["h5"], skip=[BAD_ROW])
+    assert int(t["flags"][BAD_ROW]) & int(Flag.BAD_SIGMA) and int(t["status"][BAD_ROW]) >= 0
+
+
+SIGMA_MAP_CASES = ["zeros", "negative", "nan"]
+
+
+def _sigma_maps(kind: str) -> np.ndarray:
+    sig = np.full((B, S, S), SKY, np.float32)
+    sig[BAD_ROW, 10:14, 40:44] = {"zeros": 0.0, "negative": -1.0, "nan": np.nan}[kind]
+    return sig
+
+
+@pytest.mark.parametrize("kind", SIGMA_MAP_CASES)
+def test_predict_bad_sigma_map_pixels(kind, clean, models, tmp_path, capsys):
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], clean["psfs"], clean["sky"], sigma_maps=_sigma_maps(kind))
+    rc, _out, err = run(predict_args(models["good"], h5, tmp_path / "o.fits", "--chi2"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    flags = np.asarray(t["flags"])
+    assert len(t) == B and flags[BAD_ROW] & int(Flag.BAD_SIGMA)
+    assert not (np.delete(flags, BAD_ROW) & int(Flag.BAD_SIGMA)).any()
+    assert np.isfinite(np.asarray(t["chi2nu"], float)).all()  # bad pixels masked, never divided by
+
+
+@pytest.mark.parametrize("kind", SIGMA_MAP_CASES)
+def test_fit_bad_sigma_map_pixels(kind, clean, tmp_path, capsys):
+    fits.PrimaryHDU(_sigma_maps(kind)).writeto(tmp_path / "s.fits")
+    rc, _out, err = run(fit_args(clean["cube"], tmp_path / "o.ecsv", "--psf", clean["psf_file"], "--sigma",
+                                 tmp_path / "s.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.ecsv")
+    flags = np.asarray(t["flags"])
+    assert len(t) == B and flags[BAD_ROW] & int(Flag.BAD_SIGMA) and not (np.delete(flags, BAD_ROW) & 256).any()
+    assert np.isfinite(np.asarray(t["chi2nu"], float)).all()
+
+
+def test_fit_mask_of_a_whole_stamp(clean, clean_fit, tmp_path, capsys):
+    mask = np.zeros((B, S, S), np.int16)
+    mask[BAD_ROW] = 1
+    fits.PrimaryHDU(mask).writeto(tmp_path / "m.fits")
+    rc, _out, err = run(fit_args(clean["cube"], tmp_path / "o.ecsv", "--psf", clean["psf_file"], "--sky-sigma",
+                                 SKY, "--mask", tmp_path / "m.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.ecsv")
+    assert_rows_match(t, clean_fit["cube"], skip=[BAD_ROW])
+    assert int(t["flags"][BAD_ROW]) & int(Flag.FEW_GOOD_PIXELS) and int(t["status"][BAD_ROW]) == -1
+
+
+@pytest.mark.parametrize("kind", ["skysig-negative", "sigma-hdu-wrong-shape"])
+def test_predict_cutout_bad_sigma(kind, clean, models, clean_predict, tmp_path, capsys):
+    d = tmp_path / "cut"
+    shutil.copytree(clean["cutouts"], d)
+    f = d / f"g{BAD_ROW:04d}.fits"
+    with fits.open(f) as h:
+        hdus = [hd.copy() for hd in h]
+    if kind == "skysig-negative":
+        hdus[0].header["SKYSIG"] = -1.0
+    else:
+        hdus.append(fits.ImageHDU(np.ones((10, 10), np.float32), name="SIGMA"))
+    fits.HDUList(hdus).writeto(f, overwrite=True)
+    rc, _out, err = run(predict_args(models["good"], d, tmp_path / "o.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    assert_rows_match(t, clean_predict["cutouts"], skip=[BAD_ROW])
+    if kind == "skysig-negative":
+        assert int(t["flags"][BAD_ROW]) & int(Flag.BAD_SIGMA)
+    else:
+        assert_not_measured(t, BAD_ROW, Flag.BAD_INPUT)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_predict_api_sky_sigma_refused(value, clean, models, tmp_path):
+    from galnet.errors import ConfigError
+    from galnet.predict import predict_catalog
+
+    with pytest.raises(ConfigError, match="sky sigma"):
+        predict_catalog(clean["cube"], tmp_path / "o.fits", psf=clean["psf_file"], sky_sigma=float(value),
+                        model=models["good"], backend="torch", progress=False)
