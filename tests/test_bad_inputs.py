@@ -110,8 +110,8 @@ def clean(tmp_path_factory):
     hdu = fits.PrimaryHDU(field, header=w.to_header())
     hdu.header["SKYSIG"] = SKY
     hdu.writeto(d / "image.fits")
-    ra, dec = w.wcs_pix2world(xs - 1 + 0.5, ys - 1 + 0.5, 0)
-    Table({"id": np.arange(1, B + 1), "x": xs + 0.5, "y": ys + 0.5, "ra": ra, "dec": dec,
+    ra, dec = w.wcs_pix2world(xs - 1 + 0.3, ys - 1 + 0.3, 0)
+    Table({"id": np.arange(1, B + 1), "x": xs + 0.3, "y": ys + 0.3, "ra": ra, "dec": dec,
            "mag_in": np.full(B, 20.0)}).write(d / "sources.ecsv")
     return {"dir": d, "images": img, "psf": psf, "psfs": psfs, "sky": sky, "truth": truth, "h5": h5,
             "cube": d / "cube.fits", "psf_file": d / "psf.fits", "cutouts": cut, "image": d / "image.fits",
@@ -814,3 +814,175 @@ def test_predict_api_sky_sigma_refused(value, clean, models, tmp_path):
     with pytest.raises(ConfigError, match="sky sigma"):
         predict_catalog(clean["cube"], tmp_path / "o.fits", psf=clean["psf_file"], sky_sigma=float(value),
                         model=models["good"], backend="torch", progress=False)
+
+
+# ============================================================================ bad source catalogs (image + catalog)
+def _catalog_variant(kind: str, src: Path, d: Path) -> tuple[Path, str | None]:
+    """(catalog path, expected outcome: 'error', or the index of the flagged row as str, or 'works')."""
+    t = Table.read(src)
+    out = d / "cat.ecsv"
+    if kind == "dec-91":
+        t["dec"][BAD_ROW] = 91.0
+        res = "row"
+    elif kind == "ra-nan":
+        t["ra"][BAD_ROW] = np.nan
+        res = "row"
+    elif kind == "ra-text-one-row":
+        t["ra"] = t["ra"].astype(str)
+        t["ra"][BAD_ROW] = "abc"
+        res = "row"
+    elif kind == "ra-all-text":
+        t["ra"] = np.array(["10:00:00"] * len(t))
+        res = "error"
+    elif kind == "header-only":
+        t = t[:0]
+        res = "error"
+    elif kind == "outside-image":
+        t["ra"][BAD_ROW] = t["ra"][BAD_ROW] + 1.0
+        res = "row"
+    elif kind == "no-position-columns":
+        t = Table({"id": t["id"], "mag_in": t["mag_in"]})
+        res = "error"
+    elif kind == "duplicate-ids":
+        t["id"][BAD_ROW] = t["id"][0]
+        res = "dup"
+    else:
+        raise AssertionError(kind)
+    t.write(out, overwrite=True)
+    return out, res
+
+
+CATALOG_CASES = ["dec-91", "ra-nan", "ra-text-one-row", "ra-all-text", "header-only", "outside-image",
+                 "no-position-columns", "duplicate-ids"]
+
+
+@pytest.mark.parametrize("kind", CATALOG_CASES)
+def test_predict_bad_source_catalog(kind, clean, models, clean_predict, tmp_path, capsys):
+    cat, expect = _catalog_variant(kind, clean["sources"], tmp_path)
+    extra = ["--catalog", cat, "--psf", clean["psf_file"]]
+    if kind != "no-position-columns":
+        extra += ["--ra-col", "ra", "--dec-col", "dec"]
+    res = run(predict_args(models["good"], clean["image"], tmp_path / "o.fits", *extra), capsys)
+    if expect == "error":
+        assert_error(res, "predict", "cat.ecsv")
+        assert not (tmp_path / "o.fits.parts").exists()
+        return
+    assert res[0] == 0, res[2]
+    t = read_table(tmp_path / "o.fits")
+    ref = clean_predict["image"]
+    if expect == "row":
+        assert_not_measured(t, BAD_ROW, Flag.BAD_INPUT)
+    else:  # duplicate ids: made unique, the repeat renamed
+        assert len(set(map(str, t["id"]))) == B and str(t["id"][BAD_ROW]) == f"{t['id'][0]}#2"
+    assert len(t) == B
+    keep = [i for i in range(B) if i != BAD_ROW]
+    for c in ("mag", "re_pix", "n"):  # positions from RA/Dec: the same stamps as the x/y-free clean run
+        np.testing.assert_allclose(np.asarray(t[c], float)[keep], np.asarray(ref[c], float)[keep], rtol=1e-5)
+
+
+@pytest.mark.parametrize("what", ["column-name", "id-value"])
+@pytest.mark.parametrize("ext", [".fits", ".ecsv"])
+def test_predict_non_ascii_catalog(what, ext, clean, models, tmp_path, capsys):
+    t = Table.read(clean["sources"])
+    if what == "column-name":
+        t.rename_column("mag_in", "magnitude_ü")
+    else:
+        t["id"] = [f"gal{i}" if i != 3 else "galaxié" for i in range(B)]
+    t.write(tmp_path / "cat.ecsv")
+    out = tmp_path / f"o{ext}"
+    res = run(predict_args(models["good"], clean["image"], out, "--catalog", tmp_path / "cat.ecsv", "--psf",
+                           clean["psf_file"]), capsys)
+    if ext == ".fits":  # refused before any computation: no shards left behind
+        assert_error(res, "predict", "ASCII")
+        assert not out.exists() and not (tmp_path / f"o{ext}.parts").exists()
+    else:
+        assert res[0] == 0, res[2]
+        assert len(read_table(out)) == B
+
+
+@pytest.mark.parametrize("kind", ["x-col-missing", "psf-column-missing", "radec-without-wcs"])
+def test_predict_catalog_option_errors(kind, clean, models, tmp_path, capsys):
+    extra = ["--catalog", clean["sources"], "--psf", clean["psf_file"]]
+    image = clean["image"]
+    if kind == "x-col-missing":
+        extra += ["--x-col", "X_NOPE", "--y-col", "y"]
+    elif kind == "psf-column-missing":
+        extra = ["--catalog", clean["sources"], "--psf-column", "NOPE"]
+    else:
+        with fits.open(clean["image"]) as h:
+            fits.PrimaryHDU(h[0].data).writeto(tmp_path / "nowcs.fits")
+        image = tmp_path / "nowcs.fits"
+        extra += ["--ra-col", "ra", "--dec-col", "dec"]
+    res = run(predict_args(models["good"], image, tmp_path / "o.fits", *extra), capsys)
+    assert_error(res, "predict", {"x-col-missing": "X_NOPE", "psf-column-missing": "NOPE",
+                                  "radec-without-wcs": "WCS"}[kind])
+
+
+def test_predict_psf_column_file_missing_flags_row(clean, models, clean_predict, tmp_path, capsys):
+    t = Table.read(clean["sources"])
+    t["psf"] = [str(clean["psf_file"])] * B
+    t["psf"][BAD_ROW] = "missing_psf.fits"
+    t.write(tmp_path / "cat.ecsv")
+    rc, _out, err = run(predict_args(models["good"], clean["image"], tmp_path / "o.ecsv", "--catalog",
+                                     tmp_path / "cat.ecsv", "--psf-column", "psf"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.ecsv")
+    assert len(t) == B
+    assert_not_measured(t, BAD_ROW, Flag.BAD_INPUT)
+
+
+# ============================================================================ duplicate ids
+def test_predict_duplicate_h5_ids_made_unique(clean, models, clean_predict, tmp_path, capsys, caplog):
+    ids = np.arange(100, 100 + B)
+    ids[5] = ids[0]
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], clean["psfs"], clean["sky"], ids=ids)
+    with caplog.at_level(logging.WARNING):
+        rc, _out, err = run(predict_args(models["good"], h5, tmp_path / "o.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    assert [str(v) for v in t["id"]] == [str(v) for v in ids[:5]] + ["100#2"] + [str(v) for v in ids[6:]]
+    assert "duplicated id" in caplog.text
+
+
+def test_fit_duplicate_h5_ids_made_unique(clean, tmp_path, capsys, caplog):
+    ids = np.arange(100, 100 + B)
+    ids[5] = ids[0]
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], clean["psfs"], clean["sky"], ids=ids)
+    with caplog.at_level(logging.WARNING):
+        rc, _out, err = run(fit_args(h5, tmp_path / "o.ecsv", "--limit", "6"), capsys)
+    assert rc == 0, err
+    assert list(map(str, read_table(tmp_path / "o.ecsv")["id"])) == ["100", "101", "102", "103", "104", "100#2"]
+    assert "duplicated id" in caplog.text
+
+
+def test_predict_cutouts_same_stem(clean, models, tmp_path, capsys, caplog):
+    """g0007.fits and g0007.fits.gz: two rows with distinct ids (their file names), and a warning."""
+    d = tmp_path / "cut"
+    shutil.copytree(clean["cutouts"], d)
+    with fits.open(d / "g0007.fits") as h:
+        h.writeto(d / "g0007.fits.gz")
+    with caplog.at_level(logging.WARNING):
+        rc, _out, err = run(predict_args(models["good"], d, tmp_path / "o.fits"), capsys)
+    assert rc == 0, err
+    ids = [str(v) for v in read_table(tmp_path / "o.fits")["id"]]
+    assert len(ids) == B + 1 and len(set(ids)) == B + 1 and {"g0007.fits", "g0007.fits.gz"} <= set(ids)
+    assert "share an id" in caplog.text
+
+
+def test_evaluate_refuses_duplicate_catalog_ids(clean, clean_predict, tmp_path, capsys):
+    t = clean_predict["h5"].copy()
+    t["id"][7] = t["id"][0]
+    t.write(tmp_path / "dup.fits")
+    res = run(["evaluate", "--truth", clean["h5"], "--catalog", f"net={tmp_path / 'dup.fits'}", "--out",
+               tmp_path / "rep"], capsys)
+    assert_error(res, "evaluate", "dup.fits", "duplicate")
+
+
+def test_evaluate_refuses_duplicate_truth_ids(clean, clean_predict, tmp_path, capsys):
+    ids = np.arange(100, 100 + B)
+    ids[7] = ids[0]
+    h5 = write_h5(tmp_path / "x.h5", clean["images"], clean["psfs"], clean["sky"], ids=ids, params=clean["truth"])
+    clean_predict["h5"].write(tmp_path / "net.fits")
+    res = run(["evaluate", "--truth", h5, "--catalog", f"net={tmp_path / 'net.fits'}", "--out", tmp_path / "r"],
+              capsys)
+    assert_error(res, "evaluate", "x.h5", "duplicate")

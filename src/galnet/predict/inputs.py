@@ -1278,6 +1278,9 @@ class ImageCatalogSource(InputSource):
     def carried_columns(self) -> dict[str, np.ndarray]:
         return self.columns
 
+    def describe(self) -> str:
+        return f"catalog {self.catalog_path or 'table'} (image {self.image_path})"
+
     def _cut(self, xs: np.ndarray, ys: np.ndarray):
         """cut_stamps on the image: memory-mapped per chunk (uncompressed), or decompressed once (.gz)."""
         from ..catalog import open_fits
