@@ -986,3 +986,229 @@ def test_evaluate_refuses_duplicate_truth_ids(clean, clean_predict, tmp_path, ca
     res = run(["evaluate", "--truth", h5, "--catalog", f"net={tmp_path / 'net.fits'}", "--out", tmp_path / "r"],
               capsys)
     assert_error(res, "evaluate", "x.h5", "duplicate")
+
+
+# ============================================================================ bad output paths
+def _bad_output(kind: str, d: Path) -> Path:
+    if kind == "under-a-file":
+        (d / "afile").write_text("x")
+        return d / "afile" / "o.fits"
+    if kind == "is-a-directory":
+        (d / "adir.fits").mkdir()
+        return d / "adir.fits"
+    if kind == "unknown-extension":
+        return d / "o.txt"
+    if kind == "parts-is-a-file":
+        (d / "o.fits.parts").write_text("x")
+        return d / "o.fits"
+    raise AssertionError(kind)
+
+
+OUTPUT_CASES = ["under-a-file", "is-a-directory", "unknown-extension", "parts-is-a-file"]
+
+
+@pytest.mark.parametrize("kind", OUTPUT_CASES)
+def test_predict_bad_output_path(kind, clean, models, tmp_path, capsys):
+    out = _bad_output(kind, tmp_path)
+    assert_error(run(predict_args(models["good"], clean["h5"], out), capsys), "predict", out.name)
+
+
+@pytest.mark.parametrize("kind", OUTPUT_CASES)
+def test_fit_bad_output_path(kind, clean, tmp_path, capsys):
+    out = _bad_output(kind, tmp_path)
+    assert_error(run(fit_args(clean["h5"], out), capsys), "fit", out.name)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+@pytest.mark.parametrize("cmd", ["predict", "fit"])
+def test_unwritable_output_directory(cmd, clean, models, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        argv = (predict_args(models["good"], clean["h5"], ro / "o.fits") if cmd == "predict"
+                else fit_args(clean["h5"], ro / "o.fits"))
+        assert_error(run(argv, capsys), cmd, "not writable")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_predict_quicklook_under_a_file(clean, models, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    res = run(predict_args(models["good"], clean["h5"], tmp_path / "o.fits", "--quicklook",
+                           tmp_path / "afile" / "q.png"), capsys)
+    assert_error(res, "predict", "--quicklook")
+    assert not (tmp_path / "o.fits.parts").exists()
+
+
+def test_evaluate_out_is_a_file(clean, clean_predict, tmp_path, capsys):
+    (tmp_path / "rep").write_text("x")
+    clean_predict["h5"].write(tmp_path / "net.fits")
+    res = run(["evaluate", "--truth", clean["h5"], "--catalog", f"net={tmp_path / 'net.fits'}", "--out",
+               tmp_path / "rep"], capsys)
+    assert_error(res, "evaluate", "--out")
+
+
+# ============================================================================ model cards
+@pytest.mark.parametrize(("kind", "needle"), [("nosha", "sha256"), ("garbage", "tiny.json"),
+                                              ("pickle", "tiny.json"), ("notjson", "notjson.json"),
+                                              ("missing", "no_such_model")])
+def test_predict_bad_model_card(kind, needle, clean, models, tmp_path, capsys):
+    model = models.get(kind, "no_such_model")
+    res = run(predict_args(model, clean["h5"], tmp_path / "o.fits"), capsys)
+    assert_error(res, "predict", needle)
+    assert not (tmp_path / "o.fits.parts").exists()
+
+
+def test_predict_unverified_model_with_opt_in(clean, models, clean_predict, tmp_path, capsys):
+    rc, _out, err = run(predict_args(models["nosha"], clean["h5"], tmp_path / "o.fits",
+                                     "--allow-unverified-model"), capsys)
+    assert rc == 0, err
+    assert_rows_match(read_table(tmp_path / "o.fits"), clean_predict["h5"])
+
+
+def test_predict_nan_weights_are_failed_not_measured(clean, models, tmp_path, capsys):
+    rc, out, err = run(predict_args(models["nan"], clean["h5"], tmp_path / "o.fits"), capsys)
+    assert rc == 0, err
+    t = read_table(tmp_path / "o.fits")
+    assert len(t) == B
+    for i in range(B):
+        assert_not_measured(t, i, Flag.FAILED)
+    assert "0 measured" in out and f"{B} FAILED" in out
+    assert not (np.asarray(t["flags"]) & int(Flag.OUT_OF_PRIOR)).any()
+
+
+# ============================================================================ resumes with other options
+def _predict_resume_base(clean, models) -> list:
+    return ["--catalog", clean["sources"], "--psf", clean["psf_file"], "--x-col", "x", "--y-col", "y",
+            "--sky-sigma", SKY, "--zeropoint", "27", "--gain", "100", "--pixel-scale", "0.168", "--chi2"]
+
+
+@pytest.fixture(scope="session")
+def predict_partial(clean, models, tmp_path_factory):
+    """An image + catalog predict run stopped after its first chunk (its shards and manifest kept)."""
+    d = tmp_path_factory.mktemp("predict_partial")
+    argv = predict_args(models["good"], clean["image"], d / "o.fits", *_predict_resume_base(clean, models))
+    assert main([str(a) for a in argv + ["--max-chunks", "1"]]) == 0
+    assert (d / "o.fits.parts" / "manifest.json").is_file() and not (d / "o.fits").exists()
+    fits.PrimaryHDU(_gauss_psf(fwhm=3.5).astype(np.float32)).writeto(d / "psf2.fits")
+    return d, argv
+
+
+def _replace(argv: list, option: str, value) -> list:
+    argv = list(argv)
+    if option in argv:
+        i = argv.index(option)
+        if value is None:
+            del argv[i : i + 2]
+        else:
+            argv[i + 1] = value
+    elif value is not None:
+        argv += [option, value]
+    return argv
+
+
+#: (option, new value or None to drop it, manifest entry named in the refusal)
+PREDICT_RESUME_CHANGES = [
+    ("--zeropoint", "30", "zeropoint"), ("--zeropoint", None, "zeropoint"), ("--sky-sigma", "0.06", "sky_sigma"),
+    ("--gain", "50", "gain"), ("--pixel-scale", "0.2", "pixel_scale"),
+    ("--xy-origin", "0", "xy_origin"), ("--x-col", None, "positions"), ("--id-col", "mag_in", "id_column"),
+    ("--psf", "PSF2", "psf"), ("--chi2", "DROP", "chi2"), ("--high-chi2", "2", "high_chi2"),
+    ("--detect-snr", "5", "detect_snr"), ("--batch-size", "2", "batch_size"), ("--chunk-size", "3", "chunk_size"),
+    ("--model", "NOSHA", "model"), ("--save-models", "FLAG", "save_models"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "entry"), PREDICT_RESUME_CHANGES, ids=lambda v: str(v))
+def test_predict_resume_refuses_other_options(option, value, entry, predict_partial, models, tmp_path, capsys):
+    src, argv = predict_partial
+    d = tmp_path
+    shutil.copytree(src / "o.fits.parts", d / "o.fits.parts")
+    argv = _replace(argv, "-o", d / "o.fits")
+    shutil.copy(src / "psf2.fits", d / "psf2.fits")
+    if option == "--x-col":  # positions from RA/Dec instead of x/y
+        new = _replace(_replace(argv, "--x-col", None), "--y-col", None) + ["--ra-col", "ra", "--dec-col", "dec"]
+    elif value == "DROP":
+        new = [a for a in argv if a != option]
+    elif value == "FLAG":
+        new = argv + [option]
+    elif value == "PSF2":
+        new = _replace(argv, option, d / "psf2.fits")
+    elif value == "NOSHA":
+        new = _replace(argv, option, models["nosha"]) + ["--allow-unverified-model"]
+    else:
+        new = _replace(argv, option, value)
+    msg = assert_error(run(new + ["--resume"], capsys), "predict", "cannot resume", entry, "was", "now")
+    assert str(d / "o.fits.parts") in msg
+    assert (d / "o.fits.parts" / "part-000000000000.npz").is_file()  # a refused resume keeps the shards
+
+
+def test_predict_resume_refuses_a_changed_catalog(clean, models, tmp_path, capsys):
+    shutil.copy(clean["sources"], tmp_path / "cat.ecsv")
+    argv = predict_args(models["good"], clean["image"], tmp_path / "o.fits", "--catalog", tmp_path / "cat.ecsv",
+                        "--psf", clean["psf_file"])
+    assert run(argv + ["--max-chunks", "1"], capsys)[0] == 0
+    t = Table.read(tmp_path / "cat.ecsv")
+    t["x"][5] += 3
+    t.write(tmp_path / "cat.ecsv", overwrite=True)
+    os.utime(tmp_path / "cat.ecsv", (1, 1))
+    assert_error(run(argv + ["--resume"], capsys), "predict", "cannot resume", "input.catalog")
+
+
+def test_predict_resume_with_the_same_options_matches_a_clean_run(clean, models, clean_predict, tmp_path, capsys):
+    argv = predict_args(models["good"], clean["h5"], tmp_path / "o.fits")
+    assert run(argv + ["--max-chunks", "1"], capsys)[0] == 0
+    assert run(argv + ["--resume"], capsys)[0] == 0
+    t = read_table(tmp_path / "o.fits")
+    for c in t.colnames:
+        np.testing.assert_array_equal(np.asarray(t[c]), np.asarray(clean_predict["h5"][c]), err_msg=c)
+
+
+@pytest.fixture(scope="session")
+def fit_partial(clean, tmp_path_factory):
+    d = tmp_path_factory.mktemp("fit_partial")
+    argv = fit_args(clean["h5"], d / "o.ecsv", "--zeropoint", "27")
+    assert main([str(a) for a in argv + ["--max-batches", "1"]]) == 0
+    assert (d / "o.ecsv.parts" / "manifest.json").is_file() and not (d / "o.ecsv").exists()
+    Table({"id": np.arange(100, 100 + B), "x": np.full(B, 31.0), "y": np.full(B, 31.0), "mag": np.full(B, 20.0),
+           "re_pix": np.full(B, 3.0), "n": np.full(B, 1.0), "q": np.full(B, 0.8),
+           "pa": np.zeros(B)}).write(d / "start.ecsv")
+    return d, argv
+
+
+FIT_RESUME_CHANGES = [
+    ("--zeropoint", "30", "zeropoint"), ("--pixel-scale", "0.2", "pixel_scale"), ("--max-iter", "9", "max_iter"),
+    ("--fit-sky", "FLAG", "fit_sky"), ("--n-grid", "1,4", "n_grid"), ("--start", "START", "start"),
+    ("--gain", "50", "gain"), ("--read-noise", "3", "read_noise"), ("--sky-sigma", "0.1", "sky_sigma"),
+    ("--detect-snr", "5", "detect_snr"), ("--limit", "6", "n_rows"), ("--batch-size", "2", "batch_size"),
+    ("--no-mask-neighbours", "DROP", "mask_neighbours"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "entry"), FIT_RESUME_CHANGES, ids=lambda v: str(v))
+def test_fit_resume_refuses_other_options(option, value, entry, fit_partial, tmp_path, capsys):
+    src, argv = fit_partial
+    d = tmp_path
+    shutil.copytree(src / "o.ecsv.parts", d / "o.ecsv.parts")
+    shutil.copy(src / "start.ecsv", d / "start.ecsv")
+    argv = _replace(argv, "-o", d / "o.ecsv")
+    if value == "DROP":
+        new = [a for a in argv if a != option]
+    elif value == "FLAG":
+        new = argv + [option]
+    elif value == "START":
+        new = argv + [option, f"catalog:{d / 'start.ecsv'}"]
+    else:
+        new = _replace(argv, option, value)
+    msg = assert_error(run(new + ["--resume"], capsys), "fit", "cannot resume", entry, "was", "now")
+    assert str(d / "o.ecsv.parts") in msg
+    assert (d / "o.ecsv.parts" / "part-000000000000.npz").is_file()
+
+
+def test_fit_resume_with_the_same_options_matches_a_clean_run(clean, clean_fit, tmp_path, capsys):
+    argv = fit_args(clean["h5"], tmp_path / "o.ecsv")
+    assert run(argv + ["--max-batches", "1"], capsys)[0] == 0
+    assert run(argv + ["--resume"], capsys)[0] == 0
+    t = read_table(tmp_path / "o.ecsv")
+    for c in t.colnames:
+        np.testing.assert_array_equal(np.asarray(t[c]), np.asarray(clean_fit["h5"][c]), err_msg=c)
