@@ -1212,3 +1212,100 @@ def test_fit_resume_with_the_same_options_matches_a_clean_run(clean, clean_fit, 
     t = read_table(tmp_path / "o.ecsv")
     for c in t.colnames:
         np.testing.assert_array_equal(np.asarray(t[c]), np.asarray(clean_fit["h5"][c]), err_msg=c)
+
+
+# ============================================================================ fit start catalogs
+def _start_table(clean, ids=None) -> Table:
+    truth = clean["truth"]
+    return Table({"id": np.arange(100, 100 + B) if ids is None else ids, "x": truth[:, 0], "y": truth[:, 1],
+                  "mag": truth[:, 2], "re_pix": truth[:, 3], "n": truth[:, 4], "q": truth[:, 5],
+                  "pa": truth[:, 6]})
+
+
+def test_fit_start_catalog_without_a_stamps_id(clean, tmp_path, capsys, caplog):
+    t = _start_table(clean)
+    t.remove_row(BAD_ROW)
+    t.write(tmp_path / "start.ecsv")
+    with caplog.at_level(logging.WARNING):
+        rc, _out, err = run(fit_args(clean["h5"], tmp_path / "o.ecsv", "--start",
+                                     f"catalog:{tmp_path / 'start.ecsv'}"), capsys)
+    assert rc == 0, err
+    out = read_table(tmp_path / "o.ecsv")
+    assert len(out) == B and int(out["flags"][BAD_ROW]) & int(Flag.BAD_INPUT)
+    assert int(out["status"][BAD_ROW]) == -1 and np.isnan(values(out, BAD_ROW)).all()
+    assert (np.delete(np.asarray(out["status"]), BAD_ROW) >= 0).all()
+    assert f"no row with id {100 + BAD_ROW} in start catalog" in caplog.text
+    assert "1 stamp(s) had no row in the start catalog" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["duplicate-ids", "no-id-column", "missing-columns"])
+def test_fit_bad_start_catalog(kind, clean, tmp_path, capsys):
+    t = _start_table(clean)
+    if kind == "duplicate-ids":
+        t["id"][3] = t["id"][0]
+    elif kind == "no-id-column":
+        t.remove_column("id")
+    else:
+        t.remove_column("re_pix")
+    t.write(tmp_path / "start.ecsv")
+    res = run(fit_args(clean["h5"], tmp_path / "o.ecsv", "--start", f"catalog:{tmp_path / 'start.ecsv'}"), capsys)
+    assert_error(res, "fit", {"duplicate-ids": "duplicated", "no-id-column": "'id'", "missing-columns": "re_pix"}[kind])
+
+
+def test_fit_start_catalog_nan_row_is_flagged(clean, tmp_path, capsys):
+    t = _start_table(clean)
+    t["mag"][BAD_ROW] = np.nan
+    t.write(tmp_path / "start.ecsv")
+    rc, _out, err = run(fit_args(clean["h5"], tmp_path / "o.ecsv", "--start",
+                                 f"catalog:{tmp_path / 'start.ecsv'}"), capsys)
+    assert rc == 0, err
+    out = read_table(tmp_path / "o.ecsv")
+    assert int(out["flags"][BAD_ROW]) & int(Flag.BAD_INPUT) and int(out["status"][BAD_ROW]) == -1
+    assert (np.delete(np.asarray(out["status"]), BAD_ROW) >= 0).all()
+
+
+# ============================================================================ evaluate: impossible catalog values
+@pytest.mark.parametrize(("column", "value"), [("re_pix", -1.0), ("q", 1.5), ("n", 0.0)])
+def test_evaluate_impossible_values_are_not_measured(column, value, clean, clean_predict, tmp_path, capsys,
+                                                     caplog):
+    """re < 0, q > 1, n = 0 in a catalog: a warning, the row counts as not measured, the report is written."""
+    t = clean_predict["h5"].copy()
+    t[column][BAD_ROW] = value
+    t.write(tmp_path / "net.fits")
+    with caplog.at_level(logging.WARNING):
+        rc, _out, err = run(["evaluate", "--truth", clean["h5"], "--catalog", f"net={tmp_path / 'net.fits'}",
+                             "--out", tmp_path / "rep", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "impossible parameters" in caplog.text and (tmp_path / "rep" / "report.html").is_file()
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["n_common"] == B - 1
+
+
+@pytest.mark.parametrize(("column", "value"), [("re_pix", 0.0), ("q", 0.0), ("n", -2.0), ("mag", np.inf),
+                                               ("q", np.nan)])
+def test_evaluate_load_catalog_drops_impossible_rows(column, value, clean, clean_predict, tmp_path):
+    from galnet.evaluate.command import load_catalog
+
+    t = clean_predict["h5"].copy()
+    t[column][BAD_ROW] = value
+    t.write(tmp_path / "net.fits")
+    m = load_catalog("net", tmp_path / "net.fits", np.arange(100, 100 + B))
+    assert np.isnan(m.params[BAD_ROW]).all() and np.isfinite(np.delete(m.params, BAD_ROW, axis=0)).all()
+
+
+def test_evaluate_catalog_with_no_matching_ids(clean, clean_predict, tmp_path, capsys):
+    t = clean_predict["h5"].copy()
+    t["id"] = np.arange(5000, 5000 + B)
+    t.write(tmp_path / "net.fits")
+    res = run(["evaluate", "--truth", clean["h5"], "--catalog", f"net={tmp_path / 'net.fits'}", "--out",
+               tmp_path / "rep"], capsys)
+    assert_error(res, "evaluate", "net.fits", "no catalog id matches")
+
+
+def test_evaluate_catalog_non_numeric_column(clean, clean_predict, tmp_path, capsys):
+    t = clean_predict["h5"].copy()
+    t["n"] = t["n"].astype(str)
+    t["n"][0] = "abc"
+    t.write(tmp_path / "net.ecsv")
+    res = run(["evaluate", "--truth", clean["h5"], "--catalog", f"net={tmp_path / 'net.ecsv'}", "--out",
+               tmp_path / "rep"], capsys)
+    assert_error(res, "evaluate", "net.ecsv", "'n'")
