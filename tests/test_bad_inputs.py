@@ -1779,10 +1779,12 @@ def _kill_points_then_resume(argv: list, out: Path, n_shards: int, rng: np.rando
 
     pdir = out.with_name(out.name + ".parts")
     log_ = []
+    # the 10 kill points: once this many shards exist (sorted: each restart gets further), plus a delay
+    targets = np.sort(rng.integers(0, max(1, n_shards - 1), 10))
     for k in range(10):
         proc = _run_forked(argv + (["--resume"] if k else []))
-        after = int(rng.integers(0, max(1, n_shards)))  # kill once this many shards exist ...
-        delay = float(rng.uniform(0.0, 0.05))  # ... plus a random delay (often mid-shard)
+        after = int(targets[k])
+        delay = float(rng.uniform(0.0, 0.05))  # often mid-shard
         t0 = time.monotonic()
         while proc.is_alive() and time.monotonic() - t0 < 60:
             if len(list(pdir.glob("part-*.npz"))) >= after:
