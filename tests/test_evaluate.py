@@ -222,10 +222,10 @@ def test_evaluate_command(tiny_set, preset, tmp_path):
     assert net["n"] == 12 and net["time_per_galaxy_s"] == pytest.approx(0.002)
     assert net["metrics"]["re"]["bias"] == pytest.approx(0.05)
     assert data["methods"]["part"]["n"] == 6 and data["methods"]["part"]["time_per_galaxy_s"] == 0.5
-    # errors are galnet errors with a message (exit status 1 through the CLI)
-    assert main(["evaluate", "--truth", str(tmp_path / "t.h5"), "--out", str(tmp_path / "r2")]) == 1
+    # errors are galnet errors with a message (exit status 2 through the CLI, as argparse's)
+    assert main(["evaluate", "--truth", str(tmp_path / "t.h5"), "--out", str(tmp_path / "r2")]) == 2
     assert main(["evaluate", "--truth", str(tmp_path / "t.h5"), "--catalog", "net", "--out",
-                 str(tmp_path / "r2")]) == 1
+                 str(tmp_path / "r2")]) == 2
     # GALFIT image blocks named <prefix>_<id>.fits become the method "galfit"
     from galnet.fit.galfit_io import write_imgblock
 

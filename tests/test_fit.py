@@ -409,10 +409,10 @@ def test_cli_resume_refuses_other_options(tmp_path, psf, capsys):
     manifest = json.loads((pdir / "manifest.json").read_text())
     assert manifest["tool"] == "galnet fit" and manifest["n_rows"] == 5 and manifest["max_iter"] == 40
 
-    assert main(["fit", str(path), "-o", str(out), "--batch-size", "2", "--max-iter", "20", "--resume"]) == 1
+    assert main(["fit", str(path), "-o", str(out), "--batch-size", "2", "--max-iter", "20", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "max_iter" in err
-    assert main([*common, "--fit-sky", "--resume"]) == 1
+    assert main([*common, "--fit-sky", "--resume"]) == 2
     assert "fit_sky" in capsys.readouterr().err
     assert (pdir / "part-000000000000.npz").is_file()  # a refused resume leaves the shards alone
 

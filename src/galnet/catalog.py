@@ -17,7 +17,8 @@ from .errors import InputDataError
 from .flags import describe as describe_flags
 from .params import PARAMETERS
 
-__all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS"]
+__all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS",
+           "check_table_writable", "unique_ids", "duplicate_ids", "open_fits"]
 
 #: File extensions understood by :func:`write_table` / :func:`read_table` → astropy format name.
 TABLE_FORMATS = {
@@ -38,6 +39,157 @@ def _format_for(path: Path) -> str:
     raise InputDataError(
         f"{path}: unknown table format; use one of {', '.join(sorted(TABLE_FORMATS))}"
     )
+
+
+def open_fits(path, what: str = "FITS", **kwargs):
+    """``astropy.io.fits.open`` that turns every way a file can be unreadable into one clear error.
+
+    A truncated file (astropy only warns, then returns short or zero-filled data), a corrupt or non-FITS
+    file, a broken gzip stream: all raise :class:`~galnet.errors.InputDataError` naming the file and
+    ``what`` it was read as. Use it as ``with open_fits(path, "PSF") as hdul:``.
+
+    Parameters
+    ----------
+    path : path
+    what : str
+        What the file is (``"PSF"``, ``"stamp cube"`` ...), for the message.
+    **kwargs
+        Passed to :func:`astropy.io.fits.open` (``memmap``, ``lazy_load_hdus`` ...).
+    """
+    import warnings
+    import zlib
+
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"{path}: no such {what} file")
+    if path.is_dir():
+        raise InputDataError(f"{path}: is a directory, not a {what} file")
+    kwargs.setdefault("lazy_load_hdus", False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AstropyUserWarning)
+            hdul = fits.open(path, **kwargs)
+    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError, zlib.error) as exc:
+        raise InputDataError(f"{path}: cannot read {what} (corrupt or not FITS: {exc})") from exc
+    trunc = [w for w in caught if "truncated" in str(w.message)]
+    if trunc:
+        hdul.close()
+        raise InputDataError(f"{path}: cannot read {what}: the file is truncated ({trunc[0].message})")
+    for w in caught:  # other astropy warnings: as they would have been shown
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if len(hdul) == 0:
+        hdul.close()
+        raise InputDataError(f"{path}: cannot read {what}: no HDU in the file")
+    if kwargs.get("memmap") and any(h.is_image and any(k in h.header for k in ("BZERO", "BSCALE", "BLANK"))
+                                    for h in hdul):
+        hdul.close()  # scaled integers (e.g. uint16 with BZERO) cannot be memory-mapped as floats
+        return open_fits(path, what, **{**kwargs, "memmap": False})
+    return hdul
+
+
+def _non_ascii(values) -> tuple[int, str] | None:
+    """(index, value) of the first non-ASCII string in ``values``, or None."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "USO":
+        return None
+    for i, v in enumerate(arr.ravel()):
+        text = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        if not text.isascii():
+            return i, text
+    return None
+
+
+def check_table_writable(path, ids=None, columns: dict | None = None) -> None:
+    """Check, before any computation, that a catalog with these ids and columns can be written to ``path``.
+
+    FITS tables hold ASCII text only: a non-ASCII column name, id or string value would fail only when
+    the catalog is written, after the whole run. Other formats (ECSV, CSV, Parquet) take UTF-8.
+
+    Parameters
+    ----------
+    path : path
+        The catalog to write (its extension gives the format).
+    ids : array_like, optional
+        The ``id`` column.
+    columns : dict of str → array_like, optional
+        Other columns (carried input-catalog columns).
+
+    Raises
+    ------
+    InputDataError
+        One line naming the column, the row and the value, and suggesting an ECSV or Parquet output.
+    """
+    if _format_for(Path(path)) != "fits":
+        return
+    hint = "FITS tables hold ASCII text only; write .ecsv or .parquet instead"
+    for name, values in {"id": ids, **(columns or {})}.items():
+        if not str(name).isascii():
+            raise InputDataError(f"{path}: column name {name!r} is not ASCII; {hint}")
+        if values is None:
+            continue
+        bad = _non_ascii(values)
+        if bad is not None:
+            raise InputDataError(
+                f"{path}: column {name!r} row {bad[0]} value {bad[1]!r} is not ASCII; {hint}")
+
+
+def duplicate_ids(ids) -> dict[str, list[int]]:
+    """``{id: [rows...]}`` of the ids that occur more than once (compared as text)."""
+    keys = [_id_key(v) for v in np.asarray(ids).ravel()]
+    rows: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        rows.setdefault(k, []).append(i)
+    return {k: v for k, v in rows.items() if len(v) > 1}
+
+
+def _id_key(v) -> str:
+    v = v.decode() if isinstance(v, bytes) else v
+    if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+        v = int(v)
+    return str(v).strip()
+
+
+def unique_ids(ids, *, where: str = "input") -> np.ndarray:
+    """The ids, made unique: the 2nd, 3rd ... occurrence of an id ``7`` become ``"7#2"``, ``"7#3"``.
+
+    When there are duplicates the ids become strings, and a warning names how many and the first ones
+    (a catalog with duplicate ids cannot be matched back to its input unambiguously).
+
+    Parameters
+    ----------
+    ids : array_like (B,)
+    where : str
+        The input, for the warning.
+
+    Returns
+    -------
+    ndarray (B,): ``ids`` unchanged when they are unique.
+    """
+    import logging
+
+    ids = np.asarray(ids)
+    dups = duplicate_ids(ids)
+    if not dups:
+        return ids
+    out = np.array([_id_key(v) for v in ids.ravel()], dtype=object)
+    taken = set(out.tolist())
+    for key, rows in dups.items():
+        for k, r in enumerate(rows[1:], start=2):
+            new, j = f"{key}#{k}", k
+            while new in taken:
+                j += 1
+                new = f"{key}#{j}"
+            taken.add(new)
+            out[r] = new
+    n_rows = sum(len(v) - 1 for v in dups.values())
+    ex = "; ".join(f"{k} at rows {', '.join(map(str, v[:4]))}" for k, v in list(dups.items())[:3])
+    logging.getLogger(__name__).warning(
+        "%s: %d duplicated id(s) (%s); the repeats are renamed <id>#2, <id>#3 ... so that every output row "
+        "has a unique id (%d row(s) renamed)", where, len(dups), ex, n_rows)
+    return out.astype(str)
 
 
 def make_catalog(
@@ -148,6 +300,13 @@ def read_table(path):
 
             arrow = pq.read_table(path)
             return Table({name: arrow.column(name).to_numpy() for name in arrow.column_names})
+        if fmt == "fits":
+            with open_fits(path, "table") as hdul:
+                hdu = next((h for h in hdul if isinstance(h, (fits_mod().BinTableHDU, fits_mod().TableHDU))),
+                           None)
+                if hdu is None:
+                    raise InputDataError(f"{path}: no table HDU in the file")
+                return Table.read(hdu)
         return Table.read(path, format=fmt)
     except InputDataError:
         raise
@@ -155,9 +314,23 @@ def read_table(path):
         raise InputDataError(f"{path}: cannot read table: {exc}") from exc
 
 
+def fits_mod():
+    """``astropy.io.fits`` (imported lazily)."""
+    from astropy.io import fits
+
+    return fits
+
+
 def catalog_params(table) -> np.ndarray:
     """The (B, 7) parameter array of a galnet catalog (``re_pix`` column as ``re``)."""
     missing = [p.column for p in PARAMETERS if p.column not in table.colnames]
     if missing:
         raise InputDataError(f"catalog lacks column(s) {', '.join(missing)}")
-    return np.stack([np.asarray(table[p.column], dtype=float) for p in PARAMETERS], axis=1)
+    cols = []
+    for p in PARAMETERS:
+        try:
+            cols.append(np.asarray(table[p.column], dtype=float))
+        except (TypeError, ValueError):
+            raise InputDataError(f"catalog column {p.column!r} is not numeric "
+                                 f"(e.g. {table[p.column][0]!r})") from None
+    return np.stack(cols, axis=1)

@@ -30,6 +30,8 @@ class Flag(enum.IntFlag):
     HIGH_CHI2 = 1 << 11
     OFF_STAMP = 1 << 12
     NEIGHBOURS_MASKED = 1 << 13
+    NO_SOURCE = 1 << 14
+    FAILED = 1 << 15
 
 
 #: What each flag means (also written into catalog metadata).
@@ -42,14 +44,22 @@ _DESCRIPTIONS = {
     "NOT_CONVERGED": "The least-squares fit did not converge within its iteration limit.",
     "AT_BOUND": "A fitted parameter ended at one of its bounds.",
     "FEW_GOOD_PIXELS": "Too few unmasked pixels to measure the galaxy.",
-    "BAD_SIGMA": "The sigma map had zero, negative or non-finite values (those pixels were masked).",
+    "BAD_SIGMA": "The sigma map had zero, negative or non-finite values (those pixels were masked), or the "
+                 "sky sigma given for the row was zero, negative or NaN (replaced by the stamp-border "
+                 "estimate).",
     "BAD_INPUT": "The row could not be processed at all (unreadable file, no data): values are NaN.",
     "NON_SERSIC": "Residuals show the galaxy is not described by a single Sérsic profile.",
     "HIGH_CHI2": "Reduced chi-square of the model against the stamp is high (> 1.5 by default).",
     "OFF_STAMP": "The fitted or predicted centre is off the stamp or far from the input position.",
     "NEIGHBOURS_MASKED": "Information: other sources detected on the stamp were masked before the fit "
                          "(galnet.fit.masking; count in the n_masked column).",
+    "NO_SOURCE": "No detectable source near the stamp centre (blank stamp: matched-filter S/N below the "
+                 "detection threshold, galnet.detection): values are NaN.",
+    "FAILED": "The measurement failed (non-finite network output or fit result): values are NaN.",
 }
+
+#: Flags of rows that were not measured at all (their values are NaN): not counted as measured.
+NOT_MEASURED = Flag.BAD_INPUT | Flag.NO_SOURCE | Flag.FAILED
 
 
 def decode(value: int) -> list[str]:
@@ -67,4 +77,9 @@ def any_set(values, flag: Flag) -> np.ndarray:
     return (np.asarray(values, dtype=np.int64) & int(flag)) != 0
 
 
-__all__.append("any_set")
+def measured(values) -> np.ndarray:
+    """Boolean mask of rows that were measured: none of :data:`NOT_MEASURED` set."""
+    return (np.asarray(values, dtype=np.int64) & int(NOT_MEASURED)) == 0
+
+
+__all__ += ["any_set", "measured", "NOT_MEASURED"]

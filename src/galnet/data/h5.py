@@ -48,6 +48,7 @@ __all__ = [
     "write_split",
     "read_arrays",
     "read_meta",
+    "check_split_shapes",
     "StampDataset",
 ]
 
@@ -132,7 +133,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     import h5py
 
     with _open(path, h5py) as f:
-        return json.loads(f.attrs.get("meta", "{}"))
+        raw = f.attrs.get("meta", "{}")
+    try:
+        meta = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    except (TypeError, ValueError) as exc:
+        raise InputDataError(f"{path}: the 'meta' attribute is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise InputDataError(f"{path}: the 'meta' attribute is not a JSON object")
+    return meta
 
 
 def _open(path, h5py, **kwargs):
@@ -143,6 +151,61 @@ def _open(path, h5py, **kwargs):
         return h5py.File(p, "r", **kwargs)
     except OSError as exc:
         raise InputDataError(f"{p}: not a readable HDF5 file ({exc})") from exc
+
+
+def check_split_shapes(path: str | Path, *, required: tuple[str, ...] = ("images", "psfs", "sky_sigma")
+                       ) -> dict[str, tuple[int, ...]]:
+    """Check the datasets of a split file before reading it: present, same number of rows, sane shapes.
+
+    Parameters
+    ----------
+    path : path of the ``.h5`` file
+    required : tuple of str
+        Datasets that must be present.
+
+    Returns
+    -------
+    dict ``name → shape`` of the schema datasets present (:data:`REQUIRED_KEYS`, :data:`OPTIONAL_KEYS`,
+    ``masks``).
+
+    Raises
+    ------
+    InputDataError
+        One line naming the file and the dataset: missing, another number of rows than ``images``,
+        ``images`` not (N, H, W), ``psfs`` not (N, P, P), ``sky_sigma``/``ids`` not (N,), ``sigma_maps`` or
+        ``masks`` not the shape of ``images``.
+    """
+    import h5py
+
+    with _open(path, h5py) as f:
+        missing = [k for k in required if k not in f]
+        if missing:
+            raise InputDataError(f"{path}: missing dataset(s) {', '.join(missing)}")
+        names = [k for k in (*REQUIRED_KEYS, *OPTIONAL_KEYS, "masks") if k in f]
+        shapes = {}
+        for k in names:
+            if not isinstance(f[k], h5py.Dataset):
+                raise InputDataError(f"{path}: {k!r} is not a dataset")
+            shapes[k] = tuple(int(v) for v in f[k].shape)
+    if "images" not in shapes:
+        return shapes
+    img = shapes["images"]
+    if len(img) != 3:
+        raise InputDataError(f"{path}: images must be (N, H, W), got {img}")
+    n = img[0]
+    for k, shp in shapes.items():
+        if len(shp) == 0 or shp[0] != n:
+            raise InputDataError(f"{path}: dataset {k!r} has {shp[0] if shp else 0} rows, images has {n}")
+    expect = {"psfs": 3, "sky_sigma": 1, "ids": 1, "snr": 1, "params": 2}
+    for k, nd in expect.items():
+        if k in shapes and len(shapes[k]) != nd:
+            raise InputDataError(f"{path}: dataset {k!r} must have {nd} dimension(s), got shape {shapes[k]}")
+    if "psfs" in shapes and shapes["psfs"][1] != shapes["psfs"][2]:
+        raise InputDataError(f"{path}: psfs must be square (N, P, P), got {shapes['psfs']}")
+    for k in ("sigma_maps", "masks"):
+        if k in shapes and shapes[k] != img:
+            raise InputDataError(f"{path}: dataset {k!r} has shape {shapes[k]}, images has {img}")
+    return shapes
 
 
 def read_arrays(path: str | Path, start: int = 0, stop: int | None = None,

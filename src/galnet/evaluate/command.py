@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError
+from ..options import check_output_path, positive_int
 
 __all__ = ["add_arguments", "run", "load_truth", "load_catalog", "load_galfit_headers", "TIME_KEYWORD"]
 
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "method 'galfit'")
     parser.add_argument("--time", action="append", default=[], metavar="NAME=SECONDS",
                         help="wall time per galaxy of a method (overrides the catalog's TPERGAL)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N truth stamps")
+    parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N truth stamps")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--title", default="galnet evaluation", help="report title")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -57,16 +58,28 @@ def load_truth(path, *, limit: int | None = None):
     limit : int, optional
         First ``limit`` rows only.
     """
+    from ..catalog import duplicate_ids
     from ..conventions import DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE
     from ..data import read_arrays, read_meta
+    from ..data.h5 import check_split_shapes
     from .report import TruthSet
 
     meta = read_meta(path)
-    arrays = read_arrays(path, 0, limit)
-    for key in ("images", "psfs", "sky_sigma", "params"):
-        if key not in arrays:
-            raise InputDataError(f"{path}: not a truth dataset (no {key!r})")
+    shapes = check_split_shapes(path, required=("images", "psfs", "sky_sigma", "params"))
+    if len(shapes["params"]) != 2 or shapes["params"][1] != 7:
+        raise InputDataError(f"{path}: params must have shape (N, 7), got {shapes['params']}")
+    if shapes["images"][0] == 0:
+        raise InputDataError(f"{path}: the truth dataset has no rows")
+    arrays = read_arrays(path, 0, limit, keys=[k for k in shapes if k != "masks"])
+    if "ids" in arrays:
+        dups = duplicate_ids(arrays["ids"])
+        if dups:
+            k, rows = next(iter(dups.items()))
+            raise InputDataError(f"{path}: {len(dups)} duplicated truth id(s), e.g. id {k} at rows "
+                                 f"{', '.join(map(str, rows[:4]))}; catalogs cannot be matched unambiguously")
     gain = meta.get("gain")
+    if gain is not None and not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
+        raise InputDataError(f"{path}: meta gain {gain!r} is not a positive number")
     if gain is None and "sigma_maps" not in arrays:
         log.warning("%s: no gain in meta: the σ map is the sky noise only", path)
     return TruthSet.from_arrays(arrays, zeropoint=float(meta.get("zeropoint", DEFAULT_ZEROPOINT)),
@@ -74,10 +87,19 @@ def load_truth(path, *, limit: int | None = None):
 
 
 def _key(v) -> str:
-    v = v.decode() if isinstance(v, bytes) else v
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        v = int(v)
-    return str(v).strip()
+    from ..catalog import _id_key
+
+    return _id_key(v)
+
+
+def _invalid_rows(params: np.ndarray) -> np.ndarray:
+    """Rows whose parameters cannot be a measurement: re <= 0, n <= 0, q <= 0 or q > 1, or non-finite
+    mag/re/n/q where the row is not all-NaN (all-NaN rows are "not measured" already)."""
+    finite_any = np.isfinite(params).any(axis=1)
+    with np.errstate(invalid="ignore"):
+        bad = (params[:, 3] <= 0) | (params[:, 4] <= 0) | (params[:, 5] <= 0) | (params[:, 5] > 1)
+    bad |= finite_any & ~np.isfinite(params[:, 2:6]).all(axis=1)
+    return bad
 
 
 def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
@@ -94,16 +116,37 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
     time_per_galaxy : float, optional
         Seconds; default: the ``TPERGAL`` header keyword, if any.
     """
-    from ..catalog import catalog_params, read_table
+    from ..catalog import catalog_params, duplicate_ids, read_table
     from .report import MethodResult
 
     table = read_table(path)
-    params = catalog_params(table)
+    try:
+        params = catalog_params(table)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, InputDataError):
+            raise InputDataError(f"{path}: {exc}") from None
+        raise InputDataError(f"{path}: parameter columns are not numeric ({exc})") from None
+    bad = _invalid_rows(params)
+    if bad.any():
+        ex = np.flatnonzero(bad)[:3]
+        if "id" in table.colnames:
+            ex = np.asarray(table["id"])[ex]
+        log.warning("%s: %d row(s) with impossible parameters (re_pix <= 0, n <= 0, q outside (0, 1] or "
+                    "NaN; e.g. id %s) are treated as not measured", path, int(bad.sum()),
+                    ", ".join(map(str, ex)))
+        params = params.copy()
+        params[bad] = np.nan
     flags = np.asarray(table["flags"], dtype=np.int64) if "flags" in table.colnames else np.zeros(len(table),
                                                                                                    dtype=np.int64)
     b = len(ids)
     out_p, out_f = np.full((b, 7), np.nan), np.zeros(b, dtype=np.int64)
     if "id" in table.colnames:
+        dups = duplicate_ids(table["id"])
+        if dups:
+            k, rows = next(iter(dups.items()))
+            raise InputDataError(f"{path}: {len(dups)} duplicated id(s), e.g. id {k} at rows "
+                                 f"{', '.join(map(str, rows[:4]))}; a catalog with duplicate ids cannot be "
+                                 "matched to the truth unambiguously")
         lookup = {_key(v): i for i, v in enumerate(np.asarray(table["id"]))}
         idx = np.array([lookup.get(_key(v), -1) for v in ids])
         hit = idx >= 0
@@ -183,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``galnet evaluate``."""
     from .report import evaluate_methods, format_summary, write_report
 
+    check_output_path(args.out, option="--out", directory=True)
     times = {}
     for k, v in _pairs(args.time, "--time"):
         try:

@@ -15,11 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import nonnegative_int
+from ..options import (
+    check_output_path,
+    finite_float,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "run", "plot_quicklook"]
+__all__ = ["add_arguments", "run", "plot_quicklook", "summary_counts"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--psf", help="PSF FITS: one image, or a cube with one PSF per row")
     g.add_argument("--psf-column", help="catalog column with a PSF FITS file per source")
     g.add_argument(
-        "--sky-sigma", type=float, help="sky noise, counts/px (default: input, else robust estimate)"
+        "--sky-sigma", type=positive_float, help="sky noise, counts/px (default: input, else robust estimate)"
     )
     g.add_argument("--ra-col", help="catalog RA column (degrees; needs a WCS)")
     g.add_argument("--dec-col", help="catalog Dec column (degrees)")
@@ -55,12 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--image-hdu", help="HDU of the image / cube (number or name)")
     g.add_argument(
         "--zeropoint",
-        type=float,
+        type=finite_float,
         help="input zero point, mag for 1 count (default: header/meta, else the model's)",
     )
-    g.add_argument("--gain", type=float, help="e-/count for the chi2 sigma (default: header/meta)")
+    g.add_argument("--gain", type=positive_float, help="e-/count for the chi2 sigma (default: header/meta)")
     g.add_argument(
-        "--pixel-scale", type=float, help="arcsec/px for re_arcsec (default: meta/WCS, else 0.168)"
+        "--pixel-scale", type=positive_float, help="arcsec/px for re_arcsec (default: meta/WCS, else 0.168)"
     )
     r = parser.add_argument_group("run")
     r.add_argument(
@@ -70,9 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="network runtime (auto: ONNX Runtime if installed)",
     )
     r.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    r.add_argument("--threads", type=int, help="network threads (default: torch's)")
-    r.add_argument("--batch-size", type=int, default=512)
-    r.add_argument("--chunk-size", type=int, default=4096, help="rows per shard / Dask task")
+    r.add_argument("--threads", type=positive_int, help="network threads (default: torch's)")
+    r.add_argument("--batch-size", type=positive_int, default=512)
+    r.add_argument("--chunk-size", type=positive_int, default=4096, help="rows per shard / Dask task")
     r.add_argument(
         "--refine",
         type=nonnegative_int,
@@ -97,18 +104,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --refine: mask other sources on the stamp first (default: yes)",
     )
     r.add_argument("--chi2", action="store_true", help="add chi2nu of the predicted model (renders it)")
-    r.add_argument("--high-chi2", type=float, default=1.5, help="chi2nu above which HIGH_CHI2 is set")
+    r.add_argument("--high-chi2", type=nonnegative_float, default=1.5,
+                   help="chi2nu above which HIGH_CHI2 is set")
+    r.add_argument("--detect-snr", type=nonnegative_float, default=3.0,
+                   help="rows whose detection S/N near the stamp centre is below this get NO_SOURCE and NaN "
+                   "values (galnet.detection; default 3; 0: no test)")
+    r.add_argument("--allow-unverified-model", action="store_true",
+                   help="accept a model card without a weights sha256 checksum")
     r.add_argument(
         "--save-models",
         action="store_true",
         help="write model and residual cubes to <output stem>.models.fits (implies --chi2)",
     )
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>.parts/")
-    r.add_argument("--max-chunks", type=int, help="stop after this many new chunks (continue with --resume)")
+    r.add_argument("--max-chunks", type=positive_int,
+                   help="stop after this many new chunks (continue with --resume)")
     r.add_argument(
         "--keep-parts", action="store_true", help="keep <output>.parts/ after the catalog is written"
     )
-    r.add_argument("--workers", type=int, help="local Dask cluster of N processes (1 thread each)")
+    r.add_argument("--workers", type=positive_int, help="local Dask cluster of N processes (1 thread each)")
     r.add_argument("--dask", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://scheduler:8786")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument(
@@ -126,7 +140,16 @@ def _hdu(value):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..manifest import parts_dir
     from .runner import PredictOptions, predict_catalog
+
+    check_output_path(args.output, option="--output")
+    if args.quicklook:
+        check_output_path(args.quicklook, option="--quicklook")
+    args._interrupt_hint = (
+        f"finished shards are kept in {parts_dir(args.output)}/; "
+        "rerun the same command with --resume to continue"
+    )
 
     src_kw = {
         k: v
@@ -164,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         keep_parts=args.keep_parts,
         refiner=getattr(args, "refiner", None),
         symmetries=args.symmetries,
+        detect_snr=args.detect_snr,
+        allow_unverified_model=args.allow_unverified_model,
     )
     table = predict_catalog(
         args.input,
@@ -181,20 +206,25 @@ def run(args: argparse.Namespace) -> int:
     if table is None:
         print(f"galnet predict: stopped after {args.max_chunks} chunk(s); continue with --resume")
         return 0
-    from ..flags import Flag
-
-    flags = np.asarray(table["flags"])
-    n_bad = int(((flags & int(Flag.BAD_INPUT)) != 0).sum())
-    print(
-        f"galnet predict: {len(table)} rows ({len(table) - n_bad} measured, {n_bad} BAD_INPUT) "
-        f"-> {args.output}"
-    )
+    print(f"galnet predict: {summary_counts(table['flags'])} -> {args.output}")
     if args.quicklook:
         plot_quicklook(
             table, args.quicklook, image=args.input if args.catalog else None, image_hdu=_hdu(args.image_hdu)
         )
         print(f"galnet predict: quick-look plot -> {args.quicklook}")
     return 0
+
+
+def summary_counts(flags) -> str:
+    """``"N rows (M measured, a BAD_INPUT, b NO_SOURCE, c FAILED)"``: rows with any of
+    :data:`galnet.flags.NOT_MEASURED` are not counted as measured."""
+    from ..flags import Flag, any_set, measured
+
+    flags = np.asarray(flags, dtype=np.int64)
+    parts = [f"{int(measured(flags).sum())} measured"]
+    for f in (Flag.BAD_INPUT, Flag.NO_SOURCE, Flag.FAILED):
+        parts.append(f"{int(any_set(flags, f).sum())} {f.name}")
+    return f"{len(flags)} rows ({', '.join(parts)})"
 
 
 def plot_quicklook(table, path, *, image=None, image_hdu=None, max_ellipses: int = 500) -> Path:
@@ -224,9 +254,9 @@ def plot_quicklook(table, path, *, image=None, image_hdu=None, max_ellipses: int
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse
 
-    from ..flags import Flag
+    from ..flags import measured
 
-    ok = (np.asarray(table["flags"]) & int(Flag.BAD_INPUT)) == 0
+    ok = measured(table["flags"])
     fig = plt.figure(figsize=(11, 5.2) if image is not None else (9, 3), layout="constrained")
     if image is not None:
         from astropy.io import fits

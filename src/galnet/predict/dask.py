@@ -29,7 +29,7 @@ def predict_task(source, start: int, stop: int, options, pdir: str, ctx: dict[st
 
     predictor = get_predictor(
         _card_path(options.model), resolve_backend(options.backend), options.device, options.threads or 1,
-        options.symmetries,
+        options.allow_unverified_model, options.symmetries,
     )
     source.stamp_size, source.psf_size = predictor.image_size, predictor.psf_size
     chunk = source.read_chunk(start, stop)

@@ -351,8 +351,14 @@ def _finish(
     columns: dict | None = None,
     stamp_size: int = STAMP_SIZE,
     psf_size: int = PSF_SIZE,
+    sky_given: np.ndarray | bool = False,
 ) -> Chunk:
-    """Shared last step of every reader: sizes, NaN masks, sky σ, PSF checks, flags."""
+    """Shared last step of every reader: sizes, NaN masks, sky σ, PSF checks, flags.
+
+    ``sky_given`` (bool or (B,) bool) says for which rows ``sky`` came from the input (dataset, header,
+    option): such a value that is not finite and > 0 is replaced by the stamp-border estimate and the row
+    flagged ``BAD_SIGMA`` (a NaN in ``sky`` where nothing was given just means "estimate it").
+    """
     b = len(images)
     flags = np.zeros(b, np.int64) if flags is None else flags.astype(np.int64)
     bad = np.zeros(b, bool) if bad is None else bad.copy()
@@ -406,6 +412,14 @@ def _finish(
     # ---- sky sigma
     sky = np.broadcast_to(np.asarray(np.nan if sky is None else sky, dtype=np.float64), (b,)).copy()
     need = ~(np.isfinite(sky) & (sky > 0))
+    invalid = need & np.broadcast_to(np.asarray(sky_given, dtype=bool), (b,)) & ~bad
+    if invalid.any():
+        flags[invalid] |= int(Flag.BAD_SIGMA)
+        for i in np.flatnonzero(invalid)[:5]:
+            log.warning("%s: sky sigma %r is not a positive number; the stamp-border estimate is used "
+                        "(flag BAD_SIGMA)", names[i], float(sky[i]))
+        if invalid.sum() > 5:
+            log.warning("... %d rows with an invalid sky sigma in total", int(invalid.sum()))
     if need.any():
         est = border_sigma(np.where(mask, np.nan, images) if mask is not None else images)
         sky[need] = est[need]
@@ -471,15 +485,9 @@ def _fits_header_meta(header, *, zeropoint=None, gain=None, pixel_scale=None) ->
 
 
 def _open_fits(path: Path, what: str):
-    from astropy.io import fits
+    from ..catalog import open_fits
 
-    if not path.exists():
-        raise InputDataError(f"{path}: no such {what} file")
-    try:
-        hdul = fits.open(path, memmap=not path.name.lower().endswith(".gz"), lazy_load_hdus=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputDataError(f"{path}: cannot read {what} (corrupt or not FITS: {exc})") from exc
-    return hdul
+    return open_fits(path, what, memmap=not path.name.lower().endswith(".gz"))
 
 
 def _image_hdu(hdul, path: Path, hdu=None, ndim: tuple[int, ...] = (2, 3)):
@@ -552,6 +560,31 @@ class InputSource:
         """What identifies this input (paths, sizes, modification times): resuming checks it."""
         return {"kind": self.kind, "n_rows": self.n_rows}
 
+    def settings(self) -> dict[str, Any]:
+        """Every reading option that changes a result (zero point, gain, pixel scale, sky σ, PSF, columns
+        ...), as recorded in the resume manifest (:mod:`galnet.manifest`)."""
+        return {
+            "zeropoint": self.meta.get("zeropoint"),
+            "gain": self.meta.get("gain"),
+            "pixel_scale": self.meta.get("pixel_scale"),
+        }
+
+    def describe(self) -> str:
+        """The input's path (or kind), for messages."""
+        for attr in ("path", "directory", "image_path"):
+            if getattr(self, attr, None) is not None:
+                return str(getattr(self, attr))
+        return self.kind
+
+    def id_sample(self) -> np.ndarray | None:
+        """The ids of every row when known before reading (checked before computing), else None."""
+        ids = getattr(self, "ids", None)
+        return None if ids is None else np.asarray(ids)
+
+    def carried_columns(self) -> dict[str, np.ndarray]:
+        """Input columns carried to the catalog (image + catalog inputs)."""
+        return {}
+
     def pixel_to_world(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """RA, Dec (degrees) of output-frame 1-based pixel positions, or None without a WCS."""
         return None
@@ -561,8 +594,43 @@ class InputSource:
 
 
 def _file_id(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
+    from ..manifest import file_id
+
+    return file_id(path)
+
+
+def _check_sky_option(sky_sigma, where: str):
+    """A scalar sky σ option must be a finite number > 0 (per-row arrays are checked row by row)."""
+    from ..errors import ConfigError
+
+    if sky_sigma is None or np.ndim(sky_sigma) > 0:
+        return sky_sigma
+    try:
+        v = float(sky_sigma)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: sky sigma must be a positive number, got {sky_sigma!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise ConfigError(f"{where}: sky sigma must be a positive number (counts/px), got {sky_sigma!r}")
+    return v
+
+
+def _psf_setting(psf_path, psf_array) -> Any:
+    from ..manifest import array_digest
+
+    if psf_path is not None:
+        return _file_id(Path(psf_path))
+    return None if psf_array is None else {"array_sha256": array_digest(psf_array)}
+
+
+def _sky_setting(sky) -> Any:
+    from ..manifest import array_digest
+
+    if sky is None:
+        return None
+    a = np.asarray(sky, dtype=float)
+    if a.ndim == 0 or (a.size and np.all(a == a.ravel()[0])):
+        return float(a.ravel()[0]) if a.size else None
+    return {"array_sha256": array_digest(a)}
 
 
 class HDF5Source(InputSource):
@@ -581,20 +649,24 @@ class HDF5Source(InputSource):
 
     def __init__(self, path, *, zeropoint=None, gain=None, pixel_scale=None) -> None:
         super().__init__()
-        import h5py
-
-        from ..data import read_meta
+        from ..data import read_arrays, read_meta
 
         self.path = Path(path)
         meta = read_meta(self.path)
-        with h5py.File(self.path, "r") as f:
-            missing = [k for k in ("images", "psfs", "sky_sigma") if k not in f]
-            if missing:
-                raise InputDataError(f"{self.path}: missing dataset(s) {', '.join(missing)}")
-            self.n_rows = int(f["images"].shape[0])
-            if f["images"].ndim != 3:
-                raise InputDataError(f"{self.path}: images must be (N, H, W), got {f['images'].shape}")
-            self.keys = [k for k in ("images", "psfs", "sky_sigma", "ids", "sigma_maps") if k in f]
+        from ..data.h5 import check_split_shapes
+
+        shapes = check_split_shapes(self.path, required=("images", "psfs", "sky_sigma"))
+        self.n_rows = shapes["images"][0]
+        self.keys = [k for k in ("images", "psfs", "sky_sigma", "ids", "sigma_maps") if k in shapes]
+        if "ids" in shapes:
+            from ..catalog import unique_ids
+
+            ids = read_arrays(self.path, keys=["ids"])["ids"]
+            if ids.dtype.kind in "SO":
+                ids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ids])
+            self.ids = unique_ids(ids, where=str(self.path))
+        else:
+            self.ids = np.arange(self.n_rows)
         self.meta = {
             "zeropoint": zeropoint if zeropoint is not None else meta.get("zeropoint"),
             "gain": gain if gain is not None else meta.get("gain"),
@@ -607,14 +679,11 @@ class HDF5Source(InputSource):
     def read_chunk(self, start: int, stop: int) -> Chunk:
         from ..data import read_arrays
 
-        arr = read_arrays(self.path, start, stop, keys=self.keys)
-        ids = arr.get("ids", np.arange(start, stop))
-        if ids.dtype.kind in "SO":
-            ids = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in ids])
+        arr = read_arrays(self.path, start, stop, keys=[k for k in self.keys if k != "ids"])
         names = [f"{self.path.name} row {i}" for i in range(start, stop)]
         return _finish(
             start,
-            ids,
+            self.ids[start:stop],
             arr["images"],
             arr["psfs"],
             arr["sky_sigma"],
@@ -622,6 +691,7 @@ class HDF5Source(InputSource):
             sigma_maps=arr.get("sigma_maps"),
             stamp_size=self.stamp_size,
             psf_size=self.psf_size,
+            sky_given=True,
         )
 
 
@@ -658,7 +728,9 @@ class FitsCubeSource(InputSource):
             if hdu is None:
                 self._hdu_index = [i for i, x in enumerate(hdul) if x is h][0]
         self.n_rows = 1 if len(self.shape) == 2 else self.shape[0]
+        self.ids = np.arange(self.n_rows)
         self.meta = _fits_header_meta(header, zeropoint=zeropoint, gain=gain, pixel_scale=pixel_scale)
+        sky_sigma = _check_sky_option(sky_sigma, "sky_sigma")
         if sky_sigma is None and isinstance(header.get("SKYSIG"), (int, float)):
             sky_sigma = float(header["SKYSIG"])
         self.sky_sigma = (
@@ -700,10 +772,11 @@ class FitsCubeSource(InputSource):
                 )
 
     def fingerprint(self) -> dict[str, Any]:
-        fp = {**super().fingerprint(), **_file_id(self.path), "sky_sigma_given": self.sky_sigma is not None}
-        if self.psf_path is not None:
-            fp["psf"] = _file_id(self.psf_path)
-        return fp
+        return {**super().fingerprint(), **_file_id(self.path)}
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "sky_sigma": _sky_setting(self.sky_sigma), "image_hdu": self.hdu,
+                "psf": _psf_setting(self.psf_path, None if self.psf_path is not None else self.psf)}
 
     def _section(self, path: Path, hdu, start: int, stop: int) -> np.ndarray:
         with _open_fits(path, "FITS") as hdul:
@@ -731,6 +804,7 @@ class FitsCubeSource(InputSource):
                 names=names,
                 stamp_size=self.stamp_size,
                 psf_size=self.psf_size,
+                sky_given=sky is not None,
             )
         if self.psf.ndim == 3:
             return _finish(
@@ -742,6 +816,7 @@ class FitsCubeSource(InputSource):
                 names=names,
                 stamp_size=self.stamp_size,
                 psf_size=self.psf_size,
+                sky_given=sky is not None,
             )
         fixed = np.full(stop - start, self.psf_fixed)
         return _finish(
@@ -754,6 +829,7 @@ class FitsCubeSource(InputSource):
             psf_fixed=fixed,
             stamp_size=self.stamp_size,
             psf_size=self.psf_size,
+            sky_given=sky is not None,
         )
 
 
@@ -799,9 +875,23 @@ class CutoutDirSource(InputSource):
         if not self.files:
             raise InputDataError(f"{self.directory}: no FITS cutouts (*.fits) in the directory")
         self.n_rows = len(self.files)
-        self.sky_sigma = sky_sigma
+        # ids: the file stems; two files with one stem (g0007.fits, g0007.fits.gz) keep their full names
+        stems = [_stem(f) for f in self.files]
+        count: dict[str, int] = {}
+        for st in stems:
+            count[st] = count.get(st, 0) + 1
+        dup = [f for f, st in zip(self.files, stems) if count[st] > 1]
+        if dup:
+            log.warning("%s: %d cutouts share an id with another file (%s); they use their full file names "
+                        "as ids", self.directory, len(dup), ", ".join(dup[:4]))
+        from ..catalog import unique_ids
+
+        self.ids = unique_ids(np.array([f if count[st] > 1 else st for f, st in zip(self.files, stems)]),
+                              where=str(self.directory))
+        self.sky_sigma = _check_sky_option(sky_sigma, "sky_sigma")
         self.psf = None
         self.psf_fixed = False
+        self.psf_path = Path(psf) if isinstance(psf, (str, os.PathLike)) else None
         if psf is not None:
             arr = read_psf_file(psf) if isinstance(psf, (str, os.PathLike)) else np.asarray(psf, float)
             self.psf, self.psf_fixed = prepare_psf(arr, self.psf_size, name=f"PSF {psf}")
@@ -814,11 +904,20 @@ class CutoutDirSource(InputSource):
         self.meta = _fits_header_meta(header, zeropoint=zeropoint, gain=gain, pixel_scale=pixel_scale)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
-            **super().fingerprint(),
-            "dir": str(self.directory.resolve()),
-            "files": self.files[:3] + self.files[-3:],
-        }
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in self.files + sorted(self.side):
+            try:
+                st = (self.directory / name).stat()
+                h.update(f"{name}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+            except OSError:
+                h.update(f"{name}\0missing\n".encode())
+        return {**super().fingerprint(), "dir": str(self.directory.resolve()), "files_sha256": h.hexdigest()}
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "sky_sigma": _sky_setting(self.sky_sigma),
+                "psf": _psf_setting(self.psf_path, None if self.psf_path is not None else self.psf)}
 
     def _read_one(self, name: str) -> tuple[np.ndarray, np.ndarray | None, float | None, np.ndarray | None]:
         path = self.directory / name
@@ -857,6 +956,7 @@ class CutoutDirSource(InputSource):
         psfs = np.zeros((b, self.psf_size, self.psf_size), np.float32)
         psfs[:, self.psf_size // 2, self.psf_size // 2] = 1.0
         sky = np.full(b, np.nan if self.sky_sigma is None else float(self.sky_sigma))
+        sky_given = np.full(b, self.sky_sigma is not None)
         sig = np.full((b, s, s), np.nan, np.float32)
         has_sigma = False
         flags = np.zeros(b, np.int64)
@@ -893,6 +993,7 @@ class CutoutDirSource(InputSource):
                 images[k] = img
                 if sk is not None:
                     sky[k] = sk
+                    sky_given[k] = True
                 if sigma is not None:
                     sig[k] = sigma
                     has_sigma = True
@@ -905,7 +1006,7 @@ class CutoutDirSource(InputSource):
                 images[k] = 0.0
         chunk = _finish(
             start,
-            np.array([_stem(f) for f in self.files[start:stop]]),
+            self.ids[start:stop],
             images,
             psfs,
             sky,
@@ -916,6 +1017,7 @@ class CutoutDirSource(InputSource):
             offset=offset,
             stamp_size=s,
             psf_size=self.psf_size,
+            sky_given=sky_given,
         )
         if has_sigma:
             missing = ~np.isfinite(sig).any(axis=(1, 2))
@@ -1006,6 +1108,8 @@ class ImageCatalogSource(InputSource):
 
         self.image_path = Path(image)
         self.image_hdu = image_hdu
+        sky_sigma = _check_sky_option(sky_sigma, "sky_sigma")
+        self.sky_from_header = False
         with _open_fits(self.image_path, "image") as hdul:
             h = _image_hdu(hdul, self.image_path, image_hdu, (2,))
             self._hdu_index = [i for i, x in enumerate(hdul) if x is h][0]
@@ -1013,6 +1117,10 @@ class ImageCatalogSource(InputSource):
             self.image_shape = tuple(h.data.shape)
             if sky_sigma is None and isinstance(header.get("SKYSIG"), (int, float)):
                 sky_sigma = float(header["SKYSIG"])
+                self.sky_from_header = True
+                if not (np.isfinite(sky_sigma) and sky_sigma > 0):
+                    log.warning("%s: header SKYSIG = %r is not a positive number; every row is flagged "
+                                "BAD_SIGMA and uses its stamp-border estimate", self.image_path, sky_sigma)
             if sky_sigma is None:
                 data = h.data
                 step = max(1, int(np.sqrt(data.size / 1e6)))
@@ -1049,8 +1157,8 @@ class ImageCatalogSource(InputSource):
         n = len(table)
         self.n_rows = n
         if use_xy and xc and yc:
-            x = np.asarray(_filled(table[xc]), dtype=float) + (1 - xy_origin)
-            y = np.asarray(_filled(table[yc]), dtype=float) + (1 - xy_origin)
+            x = _numeric(table[xc], xc, where) + (1 - xy_origin)
+            y = _numeric(table[yc], yc, where) + (1 - xy_origin)
             self.position_from = f"{xc},{yc}"
         elif rac and decc:
             if self.wcs is None:
@@ -1060,8 +1168,13 @@ class ImageCatalogSource(InputSource):
                 )
             from astropy.coordinates import SkyCoord
 
-            ra = np.asarray(_filled(table[rac]), dtype=float)
-            dec = np.asarray(_filled(table[decc]), dtype=float)
+            ra = _numeric(table[rac], rac, where)
+            dec = _numeric(table[decc], decc, where)
+            bad_dec = np.isfinite(dec) & (np.abs(dec) > 90)
+            for i in np.flatnonzero(bad_dec)[:20]:
+                log.error("catalog %s row %d: Dec = %g is outside [-90, 90] degrees; row flagged BAD_INPUT",
+                          where, i, dec[i])
+            dec = np.where(bad_dec, np.nan, dec)
             ok = np.isfinite(ra) & np.isfinite(dec)
             x = np.full(n, np.nan)
             y = np.full(n, np.nan)
@@ -1095,7 +1208,13 @@ class ImageCatalogSource(InputSource):
         if self.outside.sum() > 20:
             log.error("... %d rows outside the image in total", int(self.outside.sum()))
         idc = _pick(cols, id_col, _ID_NAMES, "id", where)
-        self.ids = np.asarray(_filled(table[idc])) if idc else np.arange(n)
+        from ..catalog import unique_ids
+
+        self.ids = unique_ids(np.asarray(_filled(table[idc])) if idc else np.arange(n),
+                              where=f"catalog {where}")
+        self.id_column = idc
+        self.xy_origin = int(xy_origin)
+        self.psf_column = psf_column
         # carried columns (1-D only); clashes with galnet columns are prefixed "input_"
         from ..params import catalog_columns
 
@@ -1139,21 +1258,44 @@ class ImageCatalogSource(InputSource):
         self.psf_path = None if psf is None or not isinstance(psf, (str, os.PathLike)) else Path(psf)
 
     def fingerprint(self) -> dict[str, Any]:
-        fp = {**super().fingerprint(), "image": _file_id(self.image_path), "positions": self.position_from}
+        from ..manifest import array_digest
+
+        fp = {**super().fingerprint(), "image": _file_id(self.image_path)}
         if self.catalog_path is not None:
             fp["catalog"] = _file_id(self.catalog_path)
+        else:
+            fp["catalog"] = {"positions_sha256": array_digest(np.stack([self.x_in, self.y_in]))}
         return fp
+
+    def settings(self) -> dict[str, Any]:
+        psf = _psf_setting(self.psf_path, None if self.psf_path is not None else
+                           (self.psf_cube if self.psf_cube is not None else self.psf))
+        return {**super().settings(), "positions": self.position_from, "xy_origin": self.xy_origin,
+                "id_column": self.id_column, "image_hdu": self.image_hdu,
+                "sky_sigma": _sky_setting(self.sky_sigma),
+                "psf": psf, "psf_column": self.psf_column}
+
+    def carried_columns(self) -> dict[str, np.ndarray]:
+        return self.columns
+
+    def describe(self) -> str:
+        return f"catalog {self.catalog_path or 'table'} (image {self.image_path})"
 
     def _cut(self, xs: np.ndarray, ys: np.ndarray):
         """cut_stamps on the image: memory-mapped per chunk (uncompressed), or decompressed once (.gz)."""
-        from astropy.io import fits
+        from ..catalog import open_fits
 
-        if self.image_path.name.lower().endswith(".gz"):
+        scaled = getattr(self, "_scaled", None)
+        if scaled is None:
+            with open_fits(self.image_path, "image", memmap=False, lazy_load_hdus=True) as hdul:
+                h = hdul[self._hdu_index].header
+                self._scaled = scaled = any(k in h for k in ("BZERO", "BSCALE", "BLANK"))
+        if self.image_path.name.lower().endswith(".gz") or scaled:  # read (decompress / scale) once
             if getattr(self, "_h_data", None) is None:
-                with fits.open(self.image_path) as hdul:
-                    self._h_data = np.array(hdul[self._hdu_index].data)
+                with open_fits(self.image_path, "image", memmap=False) as hdul:
+                    self._h_data = np.array(hdul[self._hdu_index].data, dtype=np.float32)
             return cut_stamps(self._h_data, xs, ys, self.stamp_size)
-        with fits.open(self.image_path, memmap=True) as hdul:
+        with open_fits(self.image_path, "image", memmap=True) as hdul:
             out = cut_stamps(hdul[self._hdu_index].data, xs, ys, self.stamp_size)
             del hdul[self._hdu_index].data  # release the memory map before closing
         return out
@@ -1202,6 +1344,7 @@ class ImageCatalogSource(InputSource):
             columns=cols,
             stamp_size=s,
             psf_size=self.psf_size,
+            sky_given=self.sky_sigma is not None,
         )
         return chunk
 
@@ -1233,6 +1376,34 @@ def _read_catalog(path: Path, read_table):
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for corrupt files
             raise InputDataError(f"catalog {path}: cannot read Parquet table: {exc}") from exc
     return read_table(path)
+
+
+def _numeric(col, name: str, where) -> np.ndarray:
+    """A catalog column as float64; values that are not numbers become NaN (their rows are flagged).
+
+    Raises
+    ------
+    InputDataError
+        No value of the column is a number (e.g. sexagesimal RA): the message names the column.
+    """
+    arr = _filled(col)
+    try:
+        return np.asarray(arr, dtype=float)
+    except (TypeError, ValueError):
+        pass
+    out = np.full(len(arr), np.nan)
+    bad = []
+    for i, v in enumerate(arr):
+        try:
+            out[i] = float(v.decode() if isinstance(v, bytes) else v)
+        except (TypeError, ValueError):
+            bad.append(i)
+    if len(bad) == len(arr) and len(arr):
+        raise InputDataError(f"catalog {where}: column {name!r} is not numeric (e.g. {arr[0]!r}); "
+                             "positions must be numbers (degrees for RA/Dec, pixels for x/y)")
+    for i in bad[:20]:
+        log.error("catalog %s row %d: %s = %r is not a number; row flagged BAD_INPUT", where, i, name, arr[i])
+    return out
 
 
 def _filled(col) -> np.ndarray:
@@ -1269,6 +1440,7 @@ def open_source(
     p = Path(input_path)
     if not p.exists():
         raise InputDataError(f"{p}: no such input file or directory")
+    sky_sigma = _check_sky_option(sky_sigma, "--sky-sigma")
     common = {k: kwargs.pop(k) for k in ("zeropoint", "gain", "pixel_scale") if k in kwargs}
     if p.is_dir():
         src: InputSource = CutoutDirSource(p, psf=psf, sky_sigma=sky_sigma, **common)

@@ -32,8 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GalnetError, InputDataError
+from ..errors import ConfigError, GalnetError, InputDataError, ModelCardError
 from ..flags import Flag
+from ..manifest import (
+    MANIFEST_VERSION,
+    ResumeError,
+    chunk_bounds,
+    done_chunks,
+    load_shards,
+    parts_dir,
+    prepare_parts,
+    shard_path,
+    write_shard,
+)
 from .inputs import Chunk, InputSource, open_source
 
 log = logging.getLogger(__name__)
@@ -53,12 +64,12 @@ __all__ = [
     "chunk_bounds",
     "write_shard",
     "load_shards",
+    "model_identity",
+    "validate_options",
 ]
 
-MANIFEST_VERSION = 1
 
-
-class PredictError(GalnetError, RuntimeError):
+class PredictError(ResumeError):
     """A prediction run cannot continue or its shards are inconsistent (lost or duplicated rows)."""
 
 
@@ -103,6 +114,12 @@ class PredictOptions:
     symmetries : {1, 4, 8}
         Test-time symmetry averaging of the network (:class:`galnet.models.Predictor`): that many network
         passes per galaxy.
+    detect_snr : float
+        Rows whose matched-filter detection S/N near the stamp centre is below this get ``NO_SOURCE`` and NaN
+        values (:mod:`galnet.detection`; default 3; 0 disables the test).
+    allow_unverified_model : bool
+        Accept a model card without a ``weights.sha256`` checksum (refused by default: its weights cannot be
+        verified).
     """
 
     model: str = "hsc-r"
@@ -117,6 +134,8 @@ class PredictOptions:
     save_models: bool = False
     progress: bool = True
     keep_parts: bool = False
+    detect_snr: float = 3.0
+    allow_unverified_model: bool = False
     refiner: Any = None
     symmetries: int = 1
 
@@ -124,6 +143,29 @@ class PredictOptions:
     def refine(self) -> int:
         """Number of refinement steps (0: the network alone)."""
         return int(getattr(self.refiner, "k", 0)) if self.refiner is not None else 0
+
+
+def validate_options(options: PredictOptions) -> None:
+    """Check the numeric options of a run before any work (the CLI checks them at parse time too).
+
+    Raises
+    ------
+    ConfigError
+        Naming the option and the value.
+    """
+    import math
+
+    for name in ("batch_size", "chunk_size", "prefetch"):
+        v = getattr(options, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    th = options.threads
+    if th is not None and (isinstance(th, bool) or not isinstance(th, (int, np.integer)) or th < 1):
+        raise ConfigError(f"threads must be a positive integer, got {options.threads!r}")
+    for name in ("high_chi2", "detect_snr"):
+        v = getattr(options, name)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
 
 
 # ============================================================================== model helpers
@@ -142,15 +184,49 @@ def resolve_backend(backend: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def get_predictor(card_path: str, backend: str, device: str = "cpu", threads: int | None = None,
-                  symmetries: int = 1):
-    """A :class:`galnet.models.Predictor`, loaded once per process (cached: Dask workers reuse it)."""
+                  allow_unverified: bool = False, symmetries: int = 1):
+    """A :class:`galnet.models.Predictor`, loaded once per process (cached: Dask workers reuse it).
+
+    Parameters
+    ----------
+    card_path : str
+        JSON model card.
+    backend, device, threads
+        See :class:`PredictOptions`.
+    allow_unverified : bool
+        Accept a card without a ``weights.sha256`` checksum.
+    symmetries : {1, 4, 8}
+        Test-time symmetry averaging (:class:`galnet.models.Predictor`).
+
+    Raises
+    ------
+    ModelCardError
+        The card has no checksum (and ``allow_unverified`` is False), or the card or its weights cannot be
+        loaded (corrupt, not safetensors, a pickle ...): the message names the file.
+    """
     import torch
 
     from ..models import Predictor, load_card
 
+    try:
+        card_text = json.loads(Path(card_path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelCardError(f"{card_path}: cannot read the model card: {exc}") from exc
+    weights = card_text.get("weights") if isinstance(card_text, dict) else None
+    if not (isinstance(weights, dict) and weights.get("sha256")) and not allow_unverified:
+        raise ModelCardError(
+            f"{card_path}: the model card has no weights sha256 checksum, so its weights cannot be verified; "
+            "pass --allow-unverified-model (allow_unverified_model=True) to use it anyway"
+        )
     if threads:
         torch.set_num_threads(int(threads))
-    model, card = load_card(card_path, device=device)
+    try:
+        model, card = load_card(card_path, device=device)
+    except GalnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors / torch raise many types for bad weights
+        raise ModelCardError(
+            f"{card_path}: cannot load the model weights ({type(exc).__name__}: {exc})") from exc
     return Predictor(model, card, device=device, backend=resolve_backend(backend), num_threads=threads,
                      symmetries=symmetries)
 
@@ -327,7 +403,8 @@ def _refine(chunk: Chunk, refiner, params: np.ndarray, errors: np.ndarray, flags
         chi2nu[idx] = res.chi2nu
         niter[idx] = res.niter
         n_masked[idx] = nm
-        fit_flags = res.flags & ~int(Flag.BAD_INPUT)
+        # the network's answer stands where the refinement failed: not BAD_INPUT / FAILED / NO_SOURCE
+        fit_flags = res.flags & ~int(Flag.BAD_INPUT | Flag.FAILED | Flag.NO_SOURCE)
         flags[idx] |= fit_flags
         flags[idx[~good]] |= int(Flag.NOT_CONVERGED)
         for i in np.flatnonzero(~good):
@@ -350,6 +427,7 @@ def process_chunk(
     high_chi2: float = 1.5,
     save_models: bool = False,
     source: InputSource | None = None,
+    detect_snr: float = 3.0,
     refiner=None,
 ) -> dict[str, Any]:
     """Measure one chunk.
@@ -368,6 +446,8 @@ def process_chunk(
         Converts positions to RA/Dec when it has a WCS.
     refiner : callable, optional
         :attr:`PredictOptions.refiner`.
+    detect_snr : float
+        ``NO_SOURCE`` threshold of :func:`galnet.detection.no_source` (0: no test).
 
     Returns
     -------
@@ -380,12 +460,33 @@ def process_chunk(
     errors = np.full((b, 7), np.nan)
     flags = chunk.flags.copy()
     ok = ~chunk.bad
+    if detect_snr > 0 and ok.any():  # blank stamps: NO_SOURCE, not measured
+        from ..detection import no_source
+
+        idx = np.flatnonzero(ok)
+        sig = chunk.sigma_maps[idx] if chunk.sigma_maps is not None else chunk.sky_sigma[idx]
+        blank, snr = no_source(chunk.images[idx], sig, mask=None if chunk.mask is None else chunk.mask[idx],
+                               threshold=detect_snr)
+        for i in idx[blank][:5]:
+            log.warning("row %d (id %s): no detectable source (detection S/N %.2f < %g); flagged NO_SOURCE",
+                        chunk.start + i, chunk.ids[i], snr[np.searchsorted(idx, i)], detect_snr)
+        flags[idx[blank]] |= int(Flag.NO_SOURCE)
+        ok[idx[blank]] = False
     if ok.any():
         idx = np.flatnonzero(ok)
         psfs = chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[idx]
-        params[idx], errors[idx] = predictor.predict_with_errors(
-            chunk.images[idx], psfs, chunk.sky_sigma[idx], batch_size=batch_size
-        )
+        with np.errstate(all="ignore"):
+            params[idx], errors[idx] = predictor.predict_with_errors(
+                chunk.images[idx], psfs, chunk.sky_sigma[idx], batch_size=batch_size
+            )
+        failed = idx[~np.isfinite(params[idx]).all(axis=1)]
+        for i in failed[:5]:
+            log.warning("row %d (id %s): the network returned non-finite values; flagged FAILED",
+                        chunk.start + i, chunk.ids[i])
+        params[failed] = np.nan
+        errors[failed] = np.nan
+        flags[failed] |= int(Flag.FAILED)
+        ok[failed] = False
     if prior is not None:
         flags[ok & _out_of_prior(np.nan_to_num(params, nan=0.0), prior)] |= int(Flag.OUT_OF_PRIOR)
     out: dict[str, Any] = {"rows": np.arange(chunk.start, chunk.stop, dtype=np.int64), "ids": chunk.ids}
@@ -420,131 +521,45 @@ def process_chunk(
 
 
 # ============================================================================== shards
-def parts_dir(output: str | os.PathLike) -> Path:
-    """``<output>.parts``: where the shards of a run go."""
-    output = Path(output)
-    return output.with_name(output.name + ".parts")
+# the shard files and the manifest are galnet.manifest's (shared with galnet fit)
 
 
-def chunk_bounds(n_rows: int, chunk_size: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` covering ``range(n_rows)`` in chunks."""
-    return [(s, min(n_rows, s + chunk_size)) for s in range(0, n_rows, max(1, chunk_size))]
-
-
-def _shard_path(pdir: Path, start: int, what: str = "part") -> Path:
-    return pdir / f"{what}-{start:012d}.npz"
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
-
-
-def write_shard(pdir: Path, result: dict[str, Any]) -> None:
-    """Write one chunk's results (models first, so that a catalog shard implies its models shard)."""
-    start = int(result["rows"][0])
-    if "model" in result:
-        _atomic_savez(
-            _shard_path(pdir, start, "models"),
-            {"rows": result["rows"], "model": result["model"], "resid": result["resid"]},
-        )
-    arrays = {}
-    for k, v in result.items():
-        if k in ("model", "resid"):
-            continue
-        v = np.asarray(v)
-        if v.dtype.kind == "O":
-            v = v.astype(str)
-        arrays[k] = v
-    _atomic_savez(_shard_path(pdir, start), arrays)
-
-
-def _done_chunks(pdir: Path, bounds: list[tuple[int, int]], save_models: bool) -> set[int]:
-    done = set()
-    for start, stop in bounds:
-        p = _shard_path(pdir, start)
-        if not p.is_file() or (save_models and not _shard_path(pdir, start, "models").is_file()):
-            continue
-        try:
-            with np.load(p) as z:
-                rows = z["rows"]
-            if len(rows) == stop - start and rows[0] == start and rows[-1] == stop - 1:
-                done.add(start)
-            else:
-                log.warning(
-                    "%s: holds rows %d..%d, expected %d..%d; recomputed",
-                    p,
-                    rows[0],
-                    rows[-1],
-                    start,
-                    stop - 1,
-                )
-        except Exception as exc:  # noqa: BLE001 - any unreadable shard is recomputed
-            log.warning("%s: unreadable shard (%s); recomputed", p, exc)
-    return done
-
-
-def load_shards(pdir: Path, bounds: list[tuple[int, int]], n_rows: int) -> list[dict[str, np.ndarray]]:
-    """The arrays of every shard, in row order, after checking that they hold rows ``0..n_rows-1`` once each.
-
-    Raises
-    ------
-    PredictError
-        A shard is missing, or rows are lost or duplicated.
-    """
-    parts = []
-    for start, _stop in bounds:
-        p = _shard_path(pdir, start)
-        if not p.is_file():
-            raise PredictError(f"{p}: shard missing when assembling the catalog")
-        with np.load(p) as z:
-            parts.append({k: z[k] for k in z.files})
-    rows = np.concatenate([p["rows"] for p in parts]) if parts else np.zeros(0, np.int64)
-    if len(rows) != n_rows or not np.array_equal(rows, np.arange(n_rows)):
-        counts = np.bincount(rows, minlength=n_rows) if len(rows) else np.zeros(n_rows, int)
-        raise PredictError(
-            f"{pdir}: shards hold {len(rows)} rows for {n_rows} inputs "
-            f"({int((counts == 0).sum())} missing, {int((counts > 1).sum())} duplicated)"
-        )
-    return parts
-
-
-def _manifest(source: InputSource, options: PredictOptions, card: dict, output: Path) -> dict[str, Any]:
+def _manifest(source: InputSource, options: PredictOptions, card: dict, card_path: str,
+              output: Path) -> dict[str, Any]:
+    """Every input identity and option that changes a result (see :mod:`galnet.manifest`)."""
     return {
         "manifest_version": MANIFEST_VERSION,
+        "tool": "galnet predict",
         "input": source.fingerprint(),
         "n_rows": source.n_rows,
+        **source.settings(),
         "chunk_size": options.chunk_size,
-        "model": {"name": card.get("name"), "sha256": (card.get("weights") or {}).get("sha256")},
+        "batch_size": options.batch_size,
+        "model": model_identity(card, card_path),
         "backend": resolve_backend(options.backend),
+        "device": str(options.device),
         "chi2": bool(options.chi2 or options.save_models),
-        "save_models": options.save_models,
+        "high_chi2": float(options.high_chi2),
+        "save_models": bool(options.save_models),
+        "detect_snr": float(options.detect_snr),
         "refine": options.refine,
         "symmetries": options.symmetries,
         "output": output.name,
     }
 
 
-def _prepare_parts(pdir: Path, manifest: dict, resume: bool) -> None:
-    mpath = pdir / "manifest.json"
-    if resume and mpath.is_file():
-        old = json.loads(mpath.read_text())
-        diffs = [k for k in manifest if k != "output" and old.get(k) != manifest[k]]
-        if diffs:
-            raise PredictError(
-                f"{pdir}: cannot resume: the earlier run differs in {', '.join(diffs)} "
-                f"(was {[old.get(k) for k in diffs]}, now {[manifest[k] for k in diffs]}); "
-                "run without --resume to start over"
-            )
-        return
-    if pdir.exists():
-        if not resume:
-            log.warning("%s: removing the shards of an earlier run (use --resume to continue it)", pdir)
-        shutil.rmtree(pdir)
-    pdir.mkdir(parents=True)
-    (pdir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+def model_identity(card: dict, card_path: str | os.PathLike) -> dict[str, Any]:
+    """Name, weights SHA-256 (from the card, else computed) and card SHA-256 of a model, for manifests."""
+    import hashlib
+
+    path = Path(card_path)
+    weights = (card.get("weights") or {})
+    sha = weights.get("sha256")
+    if not sha:
+        wpath = path.parent / str(weights.get("file", path.with_suffix(".safetensors").name))
+        sha = hashlib.sha256(wpath.read_bytes()).hexdigest() if wpath.is_file() else None
+    card_sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return {"name": card.get("name"), "weights_sha256": sha, "card_sha256": card_sha}
 
 
 # ============================================================================== the run
@@ -625,21 +640,31 @@ def predict_source(
         Resuming with a different input/model/options, or rows lost or duplicated when assembling.
     """
     options = options or PredictOptions()
+    validate_options(options)
     output = Path(output)
-    from ..catalog import _format_for
+    from ..catalog import _format_for, check_table_writable
+    from ..options import check_output_path
 
     _format_for(output)  # fail early on an unknown extension
+    check_output_path(output)  # ... and on an output that cannot be written: before any computation
+    if max_chunks is not None and max_chunks < 1:
+        raise ConfigError(f"max_chunks must be a positive integer, got {max_chunks!r}")
+    if source.n_rows == 0:
+        raise InputDataError(f"{source.describe()}: no rows to measure (empty input)")
+    # the columns the catalog will have must be writable in its format (e.g. ASCII for FITS)
+    check_table_writable(output, source.id_sample(), source.carried_columns())
     t0 = time.perf_counter()
+    card_path = _card_path(options.model)
     predictor = get_predictor(
-        _card_path(options.model), resolve_backend(options.backend), options.device, options.threads,
-        options.symmetries,
+        card_path, resolve_backend(options.backend), options.device, options.threads,
+        options.allow_unverified_model, options.symmetries,
     )
     card = predictor.card
     source.stamp_size, source.psf_size = predictor.image_size, predictor.psf_size
     pdir = parts_dir(output)
-    _prepare_parts(pdir, _manifest(source, options, card, output), resume)
+    prepare_parts(pdir, _manifest(source, options, card, card_path, output), resume, error=PredictError)
     bounds = chunk_bounds(source.n_rows, options.chunk_size)
-    done = _done_chunks(pdir, bounds, options.save_models) if resume else set()
+    done = done_chunks(pdir, bounds, need_models=options.save_models) if resume else set()
     todo = [b for b in bounds if b[0] not in done]
     if max_chunks is not None:
         todo = todo[:max_chunks]
@@ -704,6 +729,7 @@ def _chunk_kwargs(options: PredictOptions, ctx: dict, source: InputSource) -> di
         "high_chi2": options.high_chi2,
         "save_models": options.save_models,
         "source": source,
+        "detect_snr": options.detect_snr,
         "refiner": options.refiner,
     }
 
@@ -748,7 +774,7 @@ def assemble(
     from ..catalog import make_catalog, write_table
     from ..conventions import HSC_PIXEL_SCALE
 
-    parts = load_shards(pdir, bounds, source.n_rows)
+    parts = load_shards(pdir, bounds, source.n_rows, error=PredictError)
 
     def cat(key):
         return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
@@ -810,7 +836,7 @@ def _write_models(pdir: Path, bounds, output: Path) -> Path:
 
     models, resid = [], []
     for start, _ in bounds:
-        with np.load(_shard_path(pdir, start, "models")) as z:
+        with np.load(shard_path(pdir, start, "models")) as z:
             models.append(z["model"])
             resid.append(z["resid"])
     path = models_path(output)
@@ -824,7 +850,7 @@ def _write_models(pdir: Path, bounds, output: Path) -> Path:
     hdul[1].header["BUNIT"] = "counts"
     hdul[1].header["COMMENT"] = "predicted Sersic x PSF model of each stamp (row order of the catalog)"
     hdul[2].header["COMMENT"] = "stamp - model (NaN where masked)"
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     hdul.writeto(tmp, overwrite=True)
     os.replace(tmp, path)
     return path
@@ -912,10 +938,17 @@ class _ArraySource(InputSource):
             from .inputs import prepare_psf
 
             self.psfs, self.psf_fixed = prepare_psf(self.psfs, self.psf_size, name="psfs")
+        from .inputs import _check_sky_option
+
+        sky_sigma = _check_sky_option(sky_sigma, "sky_sigma")
         self.sky = (
             None if sky_sigma is None else np.broadcast_to(np.asarray(sky_sigma, float), (self.n_rows,))
         )
-        self.ids = np.arange(self.n_rows) if ids is None else np.asarray(ids)
+        if ids is not None and len(ids) != self.n_rows:
+            raise InputDataError(f"{len(ids)} ids for {self.n_rows} images")
+        from ..catalog import unique_ids
+
+        self.ids = np.arange(self.n_rows) if ids is None else unique_ids(ids, where="ids")
         self.meta = meta
 
     def read_chunk(self, start, stop):
@@ -934,6 +967,7 @@ class _ArraySource(InputSource):
             psf_fixed=fixed,
             stamp_size=self.stamp_size,
             psf_size=self.psf_size,
+            sky_given=self.sky is not None,
         )
 
 
@@ -952,6 +986,8 @@ def predict_arrays(
     batch_size: int = 512,
     threads: int | None = None,
     device: str = "cpu",
+    detect_snr: float = 3.0,
+    allow_unverified_model: bool = False,
 ):
     """Measure in-memory stamps; same checks, flags and columns as :func:`predict_catalog`, no files.
 
@@ -969,6 +1005,10 @@ def predict_arrays(
         Of the input (zero point default: the model's).
     chi2 : bool
         Add ``chi2nu`` (renders each prediction).
+    detect_snr : float
+        ``NO_SOURCE`` threshold (see :class:`PredictOptions`).
+    allow_unverified_model : bool
+        Accept a model card without a weights checksum.
 
     Returns
     -------
@@ -978,12 +1018,14 @@ def predict_arrays(
     from ..catalog import make_catalog
     from ..conventions import HSC_PIXEL_SCALE
 
-    pred = get_predictor(_card_path(model), resolve_backend(backend), device, threads)
+    opts = PredictOptions(model=str(model), backend=backend, chi2=chi2, batch_size=batch_size,
+                          threads=threads, detect_snr=detect_snr)
+    validate_options(opts)
+    pred = get_predictor(_card_path(model), resolve_backend(backend), device, threads, allow_unverified_model)
     src = _ArraySource(
         images, psfs, sky_sigma, ids, {"zeropoint": zeropoint, "gain": gain, "pixel_scale": pixel_scale}
     )
     src.stamp_size, src.psf_size = pred.image_size, pred.psf_size
-    opts = PredictOptions(model=str(model), backend=backend, chi2=chi2, batch_size=batch_size)
     ctx = _run_context(src, opts, pred.card)
     res = process_chunk(src.read_chunk(0, src.n_rows), pred, **_chunk_kwargs(opts, ctx, src))
     extra = {"chi2nu": res["chi2nu"]} if "chi2nu" in res else None

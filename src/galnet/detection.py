@@ -1,0 +1,148 @@
+"""Is there a source on a stamp at all? The ``NO_SOURCE`` test of ``galnet predict`` and ``galnet fit``.
+
+A blank stamp (all zeros, or pure noise) must not be "measured": both the network and the fitter return
+*some* numbers for it. :func:`detection_snr` measures the best matched-filter signal-to-noise ratio of a
+source near the stamp centre, and :func:`no_source` says which stamps fall below :data:`DETECTION_SNR`.
+
+Definition
+----------
+The sky-subtracted pixels ``d`` with weights ``w = 1/σ²`` (0 on masked or non-finite pixels) are filtered
+with circular Gaussian kernels ``K`` (unit peak) of σ = 1, 2, 4, 8 and 12 pixels (point sources to large
+low-surface-brightness discs; kernels wider than a quarter of the stamp are skipped)::
+
+    S/N(x) = Σ K(x - x') w(x') d(x') / sqrt(Σ K(x - x')² w(x'))
+
+the optimal (matched-filter) S/N of a source of profile ``K`` at ``x`` in white noise. It is evaluated at
+every pixel within :data:`DETECTION_RADIUS` (5 px) of the stamp centre, and divided by the robust scatter
+(1.4826 × MAD) of the σ = 2 px S/N map over the stamp's outer ring when that exceeds 1, so that
+correlated noise (coadds, drizzled images) or an underestimated σ does not fake a detection. The
+detection S/N is the largest value over positions and kernels; a stamp "has no detectable source" when
+it is below :data:`DETECTION_SNR` (3).
+
+Calibration (hsc-r preset, ``galnet.simulate.generate_batch``, 800 stamps with the magnitude fixed at 24,
+the faint end of the training prior, half of them with correlated noise, neighbours included): the
+smallest detection S/N was 4.0 (largest, flattest discs, re ≈ 15 px), so none is flagged; of 1,500 pure
+white-noise stamps 94 % are flagged, of 1,500 correlated-noise stamps 95 %; an all-zero stamp always is.
+The test is deliberately lenient: a real faint galaxy must never be lost, a blank stamp is flagged.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+
+__all__ = ["DETECTION_SNR", "DETECTION_SCALES", "detection_snr", "no_source"]
+
+#: Detection threshold of the matched-filter S/N (``--detect-snr`` of predict and fit; 0 disables).
+DETECTION_SNR = 3.0
+#: σ (pixels) of the Gaussian matched filters.
+DETECTION_SCALES = (1.0, 2.0, 4.0, 8.0, 12.0)
+#: Search radius (pixels) around the stamp centre.
+DETECTION_RADIUS = 5.0
+
+
+def _ring(h: int, w: int) -> np.ndarray:
+    k = max(2, min(h, w) // 10)
+    ring = np.zeros((h, w), bool)
+    ring[:k], ring[-k:], ring[:, :k], ring[:, -k:] = True, True, True, True
+    return ring
+
+
+@functools.lru_cache(maxsize=8)
+def _kernels(h: int, w: int, radius: float,
+             scales: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(K (H·W, P·S), K² (H·W, P·S), scale of each column (P·S,)) for the P central positions of a stamp."""
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    py, px = np.nonzero((xx - cx) ** 2 + (yy - cy) ** 2 <= radius * radius)
+    cols, cols2, col_scale = [], [], []
+    for s in scales:
+        d2 = (xx.reshape(-1, 1) - px[None]) ** 2 + (yy.reshape(-1, 1) - py[None]) ** 2
+        k = np.exp(-d2 / (2 * s * s))
+        k[d2 > (3.5 * s) ** 2] = 0.0
+        cols.append(k)
+        cols2.append(k * k)
+        col_scale.append(np.full(px.size, s))
+    return (np.concatenate(cols, axis=1).astype(np.float32), np.concatenate(cols2, axis=1).astype(np.float32),
+            np.concatenate(col_scale))
+
+
+def detection_snr(images, sigma, *, mask=None, radius: float | None = None) -> np.ndarray:
+    """Best matched-filter S/N of a source near the centre of each stamp (see the module notes).
+
+    Parameters
+    ----------
+    images : ndarray, shape (B, H, W), counts, sky-subtracted
+        Non-finite pixels are ignored.
+    sigma : float, ndarray (B,) or ndarray (B, H, W), counts
+        Noise σ per stamp or per pixel; pixels with σ ≤ 0 or non-finite are ignored.
+    mask : ndarray (B, H, W) of bool, optional
+        True = pixel not used.
+    radius : float, optional
+        Search radius around the stamp centre, pixels (default :data:`DETECTION_RADIUS`).
+
+    Returns
+    -------
+    ndarray, shape (B,), float64: the detection S/N (0 for a stamp without usable pixels).
+    """
+    from scipy import ndimage
+
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, then ignored below
+        img = np.asarray(images, dtype=np.float32)
+        sig = np.asarray(sigma, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[None]
+    b, h, w = img.shape
+    if sig.ndim <= 1:
+        sig = np.broadcast_to(np.broadcast_to(sig, (b,))[:, None, None], img.shape)
+    good = np.isfinite(img) & np.isfinite(sig) & (sig > 0)
+    if mask is not None:
+        good &= ~np.asarray(mask, dtype=bool)
+    with np.errstate(over="ignore"):
+        wts = np.where(good, 1.0 / np.where(good, sig, 1.0) ** 2, 0.0).astype(np.float32)
+        wd = np.where(good, img, 0.0).astype(np.float32) * wts
+    wts[~np.isfinite(wts)] = 0.0
+    wd[~np.isfinite(wd)] = 0.0
+    r = DETECTION_RADIUS if radius is None else float(radius)
+    scales = tuple(s for s in DETECTION_SCALES if s <= min(h, w) / 4)
+    # noise scale of the S/N maps, from the outer ring of the σ = 2 px map (little galaxy light there)
+    ring = _ring(h, w)
+    num2 = ndimage.gaussian_filter(wd, sigma=(0, 2, 2), mode="constant", truncate=3.5)
+    den2 = ndimage.gaussian_filter(wts, sigma=(0, np.sqrt(2), np.sqrt(2)), mode="constant", truncate=3.5)
+    # unit-peak kernel of σ = 2: numerator 8π·G₂∗wd, denominator 4π·G_√2∗w → S/N = 4√π G₂∗wd / sqrt(G_√2∗w)
+    pos = den2 > 0
+    v = np.where(pos, num2 * (4 * np.sqrt(np.pi)) / np.sqrt(np.where(pos, den2, 1.0)), np.nan)[:, ring]
+    if np.isfinite(v).all():
+        med = np.median(v, axis=1, keepdims=True)
+        mad = 1.4826 * np.median(np.abs(v - med), axis=1)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
+            med = np.nanmedian(v, axis=1, keepdims=True)
+            mad = 1.4826 * np.nanmedian(np.abs(v - med), axis=1)
+    enough = np.isfinite(v).sum(axis=1) >= 10
+    noise_scale = np.where(enough & np.isfinite(mad), np.maximum(mad, 1.0), 1.0)
+    # matched-filter S/N at the central positions, every scale: two matrix products
+    k1, k2, _ = _kernels(h, w, r, scales)
+    num = wd.reshape(b, -1) @ k1
+    den = wts.reshape(b, -1) @ k2
+    big = den.max(axis=1, keepdims=True) if den.size else den
+    valid = den > 1e-6 * np.maximum(big, 1e-30)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(valid, num / np.sqrt(np.where(valid, den, 1.0)), -np.inf)
+    peak = snr.max(axis=1).astype(np.float64) if snr.size else np.zeros(b)
+    return np.where(np.isfinite(peak), np.maximum(peak, 0.0), 0.0) / noise_scale
+
+
+def no_source(images, sigma, *, mask=None, threshold: float = DETECTION_SNR,
+              radius: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Which stamps have no detectable source: ``(detection S/N < threshold, detection S/N)``, both (B,).
+
+    ``threshold <= 0`` disables the test (nothing is flagged). Arguments as :func:`detection_snr`.
+    """
+    snr = detection_snr(images, sigma, mask=mask, radius=radius)
+    if threshold <= 0:
+        return np.zeros(len(snr), bool), snr
+    return snr < threshold, snr
