@@ -1337,7 +1337,7 @@ def test_evaluate_out_is_a_file(clean, clean_predict, tmp_path, capsys):
     ("kind", "needle"),
     [
         ("nosha", "sha256"),
-        ("garbage", "tiny.json"),
+        ("garbage", "tiny.safetensors"),
         ("pickle", "tiny.json"),
         ("notjson", "notjson.json"),
         ("missing", "no_such_model"),

@@ -209,8 +209,19 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
             _, err = predict_with_errors(model, split)
             metrics["error_coverage"] = coverage(split["params"].double().numpy(), pred, err)
     meta = state.get("meta") or {}
+    init = None
+    if cfg.init:  # fine-tuned: record which weights it started from (read before an export overwrites them)
+        from ..models import resolve_model_path
+
+        try:
+            init_card = json.loads(resolve_model_path(cfg.init).read_text())
+            init = {"card": cfg.init, "sha256": (init_card.get("weights") or {}).get("sha256"),
+                    "command": (init_card.get("training") or {}).get("command")}
+        except (OSError, ValueError, ModelCardError):
+            init = {"card": cfg.init, "sha256": None}
     extra = {
         "training": {
+            **({"init": init} if init else {}),
             "preset": meta.get("preset", cfg.on_the_fly),
             "seed": meta.get("seed"),
             "train_seed": cfg.seed,
