@@ -11,7 +11,7 @@ Memory is *flat* when the peak RSS of the largest size is within ``--tolerance``
 smallest's. Usage::
 
     python benchmarks/predict_memory.py --quick          # 10k vs 100k rows (~3 min on 2 cores)
-    python benchmarks/predict_memory.py                  # 10k, 100k, 1M rows (1M: ~15 GB, ~20 min)
+    python benchmarks/predict_memory.py                  # 10k, 100k, 1M (1M: 15 GB cube, ~30 min)
     python benchmarks/predict_memory.py --sizes 10000,50000 --keep /tmp/pm
 
 The last line printed is one JSON object: per size, the peak RSS (MB), the wall time, rows written,
