@@ -36,9 +36,10 @@ with ``zeropoint, gain, pixel_scale``), so that ``galnet predict``, ``galnet fit
 ``sqrt(Σ m² / (σ_sky² + m / gain))`` over the stamp (the definition of ``galnet simulate``).
 
 Files are cached under ``benchmarks/.cache/`` keyed on the recipe, ``n`` and the seed.
-``--check K`` renders the first K targets (noiseless, no neighbours) with galnet's
-``render_sersic`` from the stored parameters and PSF image and prints the largest per-pixel
-difference to GalSim's, relative to the peak (the truth conventions agree when it is ~1e-3).
+``--check K`` draws a K-stamp set with the same recipe and seed, renders its noiseless targets with
+galnet's ``render_sersic`` from the stored parameters and PSF images and prints the largest
+per-pixel difference to GalSim's, relative to the peak (the truth conventions agree when it is
+~1e-3).
 """
 
 from __future__ import annotations
@@ -338,7 +339,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--out", default=None, help="HDF5 path (default: the cache file)")
     ap.add_argument("--check", type=int, default=0, metavar="K",
-                    help="also compare the first K noiseless targets with galnet's renderer")
+                    help="also draw K stamps (same recipe and seed) and compare their noiseless targets "
+                    "with galnet's renderer")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n must be >= 1, got {args.n}")

@@ -312,7 +312,8 @@ def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | Non
             print(f"[{m.name}] {shown}\n[{m.name}] reused the catalog of {old['date']} "
                   f"({old['wall_s']:.1f} s then)", flush=True)
             return {"command": shown, "argv": argv[1:], "wall_s": old["wall_s"], "rc": 0,
-                    "ms_per_gal": 1e3 * old["wall_s"] / n, "catalog": str(cat), "reused": old["date"]}
+                    "ms_per_gal": 1e3 * old["wall_s"] / n, "catalog": str(cat), "reused": old["date"],
+                    "load": old.get("load")}
     for path in (cat, record):
         if path.exists():
             path.unlink()
@@ -320,11 +321,12 @@ def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | Non
     src = str(Path(galnet.__file__).resolve().parent.parent)  # the same galnet as this script
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"[{m.name}] {shown}", flush=True)
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     res = {"command": shown, "argv": argv[1:], "wall_s": wall, "ms_per_gal": 1e3 * wall / n,
-           "rc": proc.returncode, "catalog": str(cat)}
+           "rc": proc.returncode, "catalog": str(cat), "load": [load0, os.getloadavg()[0]]}
     if proc.returncode != 0 or not cat.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         print(f"[{m.name}] FAILED (exit {proc.returncode}):\n  " + "\n  ".join(tail), flush=True)
@@ -332,6 +334,7 @@ def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | Non
     else:
         print(f"[{m.name}] {wall:.1f} s, {res['ms_per_gal']:.2f} ms/galaxy", flush=True)
         record.write_text(json.dumps({"key": key, "catalog_stat": _stat(cat), "wall_s": wall,
+                                      "load": res["load"],
                                       "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}))
     return res
 
@@ -462,22 +465,26 @@ def markdown(meta: dict, results: dict, names: list[str]) -> str:
              f"{meta['n']} stamps; {meta['date']}; galnet {meta['galnet_version']} (`{meta['git']}`); "
              f"threads: {json.dumps(meta['threads'])}.", "",
              "Command: `" + meta["command"] + "`", "",
+             *([meta["note"], ""] if meta.get("note") else []),
              "| method | measured | any flag | median χ²ν (catalog) | median χ²ν (aperture) | wall s "
-             "| ms/galaxy | TPERGAL ms | command |", "|---|---|---|---|---|---|---|---|---|"]
+             "| ms/galaxy | TPERGAL ms | load | command |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m in names:
         r = results[m]
         ms = _f(r["ms_per_gal"], 2) + (f" (+ network = {_f(r['ms_per_gal_total'], 2)})"
                                         if "ms_per_gal_total" in r else "")
         wall = _f(r["wall_s"], 1) + (f" (run {r['reused']})" if "reused" in r else "")
+        load = "–" if not r.get("load") else f"{r['load'][0]:.1f}→{r['load'][1]:.1f}"
         lines.append(f"| {m} | {_f(r.get('measured_frac'), 3)} | {_f(r.get('flagged_frac'), 3)} | "
                      f"{_f(r.get('median_chi2nu_catalog'))} | {_f(r.get('median_chi2nu_aperture'))} | "
-                     f"{wall} | {ms} | {_f(r.get('tpergal_ms'), 2)} | `{r['command']}`"
+                     f"{wall} | {ms} | {_f(r.get('tpergal_ms'), 2)} | {load} | `{r['command']}`"
                      + (f" FAILED: {r['error']}" if "error" in r else "") + " |")
     if not ok:
         return "\n".join(lines) + "\n"
     lines += ["", "SET is the stamp file above. ms/galaxy: wall time of the whole command (process start, "
               "model load, reading and writing included) per stamp; TPERGAL: the time per galaxy the catalog "
-              "records, where it does (the fit: fitting only). χ²ν (catalog): what each catalog's `chi2nu` "
+              "records, where it does (the fit: fitting only); load: the 1-minute load average of the "
+              "machine before → after the command (times on a loaded machine are upper bounds). "
+              "χ²ν (catalog): what each catalog's `chi2nu` "
               "column says (the fit: its unmasked pixels; predict `--chi2`: the whole stamp, neighbours "
               "included). χ²ν (aperture): each method's model against the stamp over the target's aperture, "
               "the same pixels for every method. any flag: rows with a non-zero `flags` (for the fit "
@@ -522,6 +529,19 @@ def _git_rev() -> str:
         return "unknown"
 
 
+def _without_note(argv: list[str]) -> list[str]:
+    """The command line without ``--note TEXT`` (shown separately)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", choices=("galsim", "test"), default="galsim",
@@ -538,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=2, help="galnet fit --workers (default 2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="galnet predict --threads")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for limit_<set>.md/.json")
+    ap.add_argument("--note", default="", help="a line of text for the markdown header (e.g. the load)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep catalogs of an earlier run with the same commands and inputs (and the times "
                     "recorded then), e.g. to remake the tables")
@@ -635,11 +656,11 @@ def main(argv=None) -> int:
             for k in edges:
                 add_ratios(res["bins"][k], ref["bins"][k] if ref and "bins" in ref else None)
 
-    meta = {"set": args.set, "n": n, "data": str(data), "description": description,
+    meta = {"set": args.set, "n": n, "data": str(data), "description": description, "note": args.note,
             "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "galnet_version": galnet.__version__, "git": _git_rev(), "threads": threads,
-            "command": "python benchmarks/limit.py "
-                       + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "command": "python benchmarks/limit.py " + " ".join(shlex.quote(a) for a in _without_note(
+                argv if argv is not None else sys.argv[1:])),
             "bins": {k: [b if np.isfinite(b) else None for b in e] for k, e in edges.items()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
