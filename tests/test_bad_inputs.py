@@ -1840,3 +1840,22 @@ def test_kill_9_at_10_random_points_then_resume_is_identical(cmd, clean, models,
     for c in t.colnames:
         np.testing.assert_array_equal(np.asarray(t[c]), np.asarray(ref[c]), err_msg=f"{c}: {log_}")
     assert not out.with_name(out.name + ".parts").exists()
+
+
+# ====================================================================== NO_SOURCE calibration
+def test_no_source_never_fires_on_mag_24_galaxies_and_flags_blank_stamps():
+    """The faint end of the hsc-r prior (mag 24, half with correlated noise, neighbours) is always detected;
+    all-zero stamps never are, and pure-noise stamps almost never are."""
+    from galnet.detection import DETECTION_SNR, no_source
+    from galnet.simulate import generate_batch, load_preset
+
+    cfg = load_preset("hsc-r", {"priors": {"mag": {"kind": "fixed", "value": 24.0}}})
+    d = generate_batch(cfg, 300, seed=11)
+    blank, snr = no_source(d["images"], d["sky_sigma"])
+    assert not blank.any(), np.sort(snr)[:5]
+    assert snr.min() > DETECTION_SNR
+    noise = np.random.default_rng(12).normal(0, 0.058, (300, S, S))
+    blank_noise, _ = no_source(noise, 0.058)
+    assert blank_noise.mean() > 0.85
+    assert no_source(np.zeros((3, S, S)), 0.058)[0].all()
+    assert no_source(np.zeros((3, S, S)), 0.058, threshold=0)[0].sum() == 0  # 0 disables the test

@@ -138,7 +138,10 @@ def check_table_writable(path, ids=None, columns: dict | None = None) -> None:
 
 def duplicate_ids(ids) -> dict[str, list[int]]:
     """``{id: [rows...]}`` of the ids that occur more than once (compared as text)."""
-    keys = [_id_key(v) for v in np.asarray(ids).ravel()]
+    arr = np.asarray(ids).ravel()
+    if arr.dtype.kind in "iuU" and np.unique(arr).size == arr.size:  # fast path: no duplicates
+        return {}
+    keys = [_id_key(v) for v in arr]
     rows: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         rows.setdefault(k, []).append(i)
