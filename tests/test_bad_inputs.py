@@ -1338,7 +1338,7 @@ def test_evaluate_out_is_a_file(clean, clean_predict, tmp_path, capsys):
     [
         ("nosha", "sha256"),
         ("garbage", "tiny.safetensors"),
-        ("pickle", "tiny.json"),
+        ("pickle", "tiny.safetensors"),
         ("notjson", "notjson.json"),
         ("missing", "no_such_model"),
     ],

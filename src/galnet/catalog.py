@@ -78,8 +78,12 @@ def open_fits(path, what: str = "FITS", **kwargs):
     if trunc:
         hdul.close()
         raise InputDataError(f"{path}: cannot read {what}: the file is truncated ({trunc[0].message})")
-    for w in caught:  # other astropy warnings: as they would have been shown
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    try:
+        for w in caught:  # other astropy warnings: as they would have been shown
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    except BaseException:  # a warning turned into an error by the caller's filters: close the file first
+        hdul.close()
+        raise
     if len(hdul) == 0:
         hdul.close()
         raise InputDataError(f"{path}: cannot read {what}: no HDU in the file")
