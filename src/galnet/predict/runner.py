@@ -128,7 +128,7 @@ class PredictOptions:
     threads: int | None = None
     batch_size: int = 512
     chunk_size: int = 4096
-    prefetch: int = 2
+    prefetch: int = 1
     chi2: bool = False
     high_chi2: float = 1.5
     save_models: bool = False
