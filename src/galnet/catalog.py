@@ -18,7 +18,7 @@ from .flags import describe as describe_flags
 from .params import PARAMETERS
 
 __all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS",
-           "check_table_writable", "unique_ids", "duplicate_ids", "open_fits"]
+           "check_table_writable", "unique_ids", "duplicate_ids", "open_fits", "raise_if_truncated"]
 
 #: File extensions understood by :func:`write_table` / :func:`read_table` → astropy format name.
 TABLE_FORMATS = {
@@ -319,6 +319,20 @@ def read_table(path):
         raise
     except Exception as exc:  # astropy raises many types for corrupt files
         raise InputDataError(f"{path}: cannot read table: {exc}") from exc
+
+
+def raise_if_truncated(caught: list) -> None:
+    """Raise :class:`OSError` if astropy warned that a FITS file is truncated; re-emit its other warnings.
+
+    ``caught`` is the list of a ``warnings.catch_warnings(record=True)`` block around a FITS read.
+    """
+    import warnings
+
+    for w in caught:
+        if "truncated" in str(w.message):
+            raise OSError(str(w.message))
+    for w in caught:  # the others as they were
+        warnings.warn(w.message, w.category, stacklevel=3)
 
 
 def fits_mod():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalog import raise_if_truncated
 from ..errors import InputDataError
 from ..options import (
     check_output_path,
@@ -94,21 +95,12 @@ def _read_psf(path: Path) -> np.ndarray:
             with fits.open(path, memmap=False) as hdul:
                 data = next((h.data for h in hdul if h.is_image and h.data is not None), None)
                 data = None if data is None else np.asarray(data, dtype=np.float64)
-        _raise_if_truncated(caught)
+        raise_if_truncated(caught)
     except (OSError, ValueError, TypeError, IndexError) as exc:
         raise InputDataError(f"{path}: cannot read the PSF FITS file ({exc})") from exc
     if data is None:
         raise InputDataError(f"{path}: no image data in the PSF FITS file")
     return data
-
-
-def _raise_if_truncated(caught: list) -> None:
-    """Raise :class:`OSError` if astropy warned that a FITS file is truncated (caught warnings)."""
-    for w in caught:
-        if "truncated" in str(w.message):
-            raise OSError(str(w.message))
-    for w in caught:  # the others as they were
-        warnings.warn(w.message, w.category, stacklevel=3)
 
 
 def _check_ids(ids: np.ndarray, path: Path) -> np.ndarray:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalog import raise_if_truncated
 from ..conventions import mag_to_flux, stamp_center, wrap_pa
 from ..errors import InputDataError, PSFError
 from .config import SimulationConfig
@@ -232,7 +233,7 @@ def load_psf_library(path: str, size: int, hdu: int | str | None = None) -> np.n
         with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
             warnings.simplefilter("always")
             stamps = _read_psf_stamps(p, path, hdu)
-        _raise_if_truncated(caught)
+        raise_if_truncated(caught)
     except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
         if isinstance(exc, PSFError):
             raise
@@ -240,15 +241,6 @@ def load_psf_library(path: str, size: int, hdu: int | str | None = None) -> np.n
     if not stamps:
         raise InputDataError(f"PSF library {path}: no image data found")
     return np.stack([recenter_psf(s, size, name=f"PSF library {path}[{i}]") for i, s in enumerate(stamps)])
-
-
-def _raise_if_truncated(caught: list) -> None:
-    """Raise :class:`OSError` if astropy warned that a FITS file is truncated (caught warnings)."""
-    for w in caught:
-        if "truncated" in str(w.message):
-            raise OSError(str(w.message))
-    for w in caught:  # the others as they were
-        warnings.warn(w.message, w.category, stacklevel=3)
 
 
 def _read_psf_stamps(p: Path, path: str, hdu: int | str | None) -> list[np.ndarray]:
@@ -324,7 +316,7 @@ def load_background(path: str, stamp_size: int, image_hdu: int | str = 0,
         with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
             warnings.simplefilter("always")
             img, var = _read_background(p, image_hdu, variance_hdu)
-        _raise_if_truncated(caught)
+        raise_if_truncated(caught)
     except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
         raise InputDataError(
             f"background {path}: cannot read HDU {image_hdu!r}/{variance_hdu!r} ({exc})"
