@@ -303,3 +303,27 @@ def test_demo_end_to_end(tiny_model, tmp_path, capsys):
     assert data["methods"]["network"]["n"] == 60
     assert data["methods"]["fit"]["n"] <= 10 and data["methods"]["hybrid"]["n"] <= 10
     assert Path(out / "report" / "figures" / "mosaic_worst_hybrid.png").stat().st_size > 0
+
+
+def test_nmad_ratio_and_coverage_tables(tiny_set, preset):
+    """The report divides each method's NMAD by the fitter's and measures its errors' coverage."""
+    from galnet.evaluate.report import _tables, nmad_ratio_rows
+
+    truth = TruthSet.from_arrays(tiny_set, gain=preset.gain)
+    t = tiny_set["params"]
+    rng = np.random.default_rng(3)
+    sig = np.abs(t) * 0.01 + 0.01  # 1-sigma errors, catalog units
+    fit = MethodResult("fit", t + rng.normal(size=t.shape) * sig)
+    worse = MethodResult("net", t + rng.normal(size=t.shape) * sig * 3, errors=sig * 3)
+    ev = evaluate_methods(truth, [fit, worse])
+    ref, rows = nmad_ratio_rows(ev)
+    assert ref == "fit" and rows and all(r[0] == "net" for r in rows)
+    # three times the scatter: ratios near 3 (12 galaxies: wide, but far from 1)
+    ratios = np.array([r[2:] for r in rows], dtype=float)
+    assert 1.5 < np.nanmedian(ratios) < 6.0
+    assert ev.methods["fit"].coverage is None  # no errors given
+    cov = ev.methods["net"].coverage["all"]
+    assert cov["mag"]["n"] == 12 and 0.3 <= cov["mag"]["within_1sigma"] <= 1.0
+    titles = [tb[0] for tb in _tables(ev)]
+    assert any(s.startswith("NMAD divided by the 'fit'") for s in titles)
+    assert any(s.startswith("Error coverage") for s in titles)

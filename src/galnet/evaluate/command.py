@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputDataError
 from ..options import check_output_path, positive_int
+from ..params import PARAMETERS
 
 __all__ = ["add_arguments", "run", "load_truth", "load_catalog", "load_galfit_headers", "TIME_KEYWORD"]
 
@@ -138,8 +139,14 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
         params[bad] = np.nan
     flags = np.asarray(table["flags"], dtype=np.int64) if "flags" in table.colnames else np.zeros(len(table),
                                                                                                    dtype=np.int64)
+    err_cols = [f"{p.column}_err" for p in PARAMETERS]
+    errors = None
+    if all(c in table.colnames for c in err_cols):  # 1-sigma errors in catalog units
+        errors = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in err_cols])
+        errors[bad] = np.nan
     b = len(ids)
     out_p, out_f = np.full((b, 7), np.nan), np.zeros(b, dtype=np.int64)
+    out_e = None if errors is None else np.full((b, 7), np.nan)
     if "id" in table.colnames:
         dups = duplicate_ids(table["id"])
         if dups:
@@ -155,10 +162,12 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
             raise InputDataError(f"{path}: no catalog id matches a truth id (e.g. truth {_key(ids[0])!r}, "
                                  f"catalog {first!r})")
         out_p[hit], out_f[hit] = params[idx[hit]], flags[idx[hit]]
+        if out_e is not None:
+            out_e[hit] = errors[idx[hit]]
         if (~hit).any():
             log.info("%s: %d of %d truth ids not in the catalog (not measured)", path, int((~hit).sum()), b)
     elif len(table) == b:
-        out_p, out_f = params, flags
+        out_p, out_f, out_e = params, flags, errors
     else:
         raise InputDataError(f"{path}: no 'id' column and {len(table)} rows for {b} truth stamps")
     if time_per_galaxy is None:
@@ -168,7 +177,7 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
         except (TypeError, ValueError):
             time_per_galaxy = None
     return MethodResult(name=name, params=out_p, flags=out_f, time_per_galaxy=time_per_galaxy,
-                        source=str(path))
+                        source=str(path), errors=out_e)
 
 
 def load_galfit_headers(directory, ids, *, name: str = "galfit", time_per_galaxy: float | None = None):

@@ -130,6 +130,7 @@ class MethodResult:
     flags : ndarray of int64 (B,), the method's own flags (0 if unknown)
     time_per_galaxy : float or None, seconds of wall time per galaxy
     source : str, where it came from (a file path), for the report
+    errors : ndarray (B, 7) or None, the method's 1-sigma errors in catalog units (``<col>_err``)
     """
 
     name: str
@@ -137,6 +138,7 @@ class MethodResult:
     flags: np.ndarray | None = None
     time_per_galaxy: float | None = None
     source: str = ""
+    errors: np.ndarray | None = None
 
 
 @dataclass
@@ -156,6 +158,7 @@ class MethodEvaluation:
     time_per_galaxy: float | None
     source: str
     models: np.ndarray = field(repr=False, default=None)
+    coverage: dict | None = None
 
     def summary(self) -> dict:
         """Scalar summary: n, medians of the statistics, flag fractions, time per galaxy."""
@@ -261,9 +264,53 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
             method_flags=np.zeros(b, dtype=np.int64) if m.flags is None
             else np.asarray(m.flags, dtype=np.int64),
             time_per_galaxy=m.time_per_galaxy, source=m.source, models=models,
+            coverage=_coverage(t, q, m.errors, r),
         )
     return Evaluation(truth=truth, methods=out, common_rows=common, truth_stats=truth_stats,
                       thresholds=thresholds)
+
+
+def _coverage(truth: np.ndarray, params: np.ndarray, errors, rows: np.ndarray) -> dict | None:
+    """Fractions within 1 and 2 sigma per magnitude bin of a method's errors (galnet.train.coverage)."""
+    if errors is None or not rows.any():
+        return None
+    from ..train import coverage
+
+    err = np.asarray(errors, dtype=np.float64)[rows]
+    if not np.isfinite(err).any():
+        return None
+    return coverage(truth[rows], params[rows], err, mag_bins=MAG_BINS)
+
+
+#: Name of the method whose NMAD the others are divided by in the report (the exact fitter, when run).
+REFERENCE_METHODS = ("fit", "fitter")
+
+
+def nmad_ratio_rows(ev: Evaluation, params=("mag", "re", "n", "q")) -> tuple[str | None, list[list]]:
+    """Per method and true-magnitude bin, each parameter's NMAD divided by the reference method's.
+
+    The reference is the first of :data:`REFERENCE_METHODS` present (the exact fitter: what the pixels
+    hold); ``(None, [])`` without one. Rows: ``[method, "lo–hi", ratio, ...]``.
+    """
+    ref = next((n for n in REFERENCE_METHODS if n in ev.methods), None)
+    if ref is None:
+        return None, []
+    ref_bins = {(b["lo"], b["hi"]): b["metrics"] for b in ev.methods[ref].binned_mag}
+    rows = []
+    for name, m in ev.methods.items():
+        if name == ref:
+            continue
+        for b in m.binned_mag:
+            rm = ref_bins.get((b["lo"], b["hi"]))
+            if not b["metrics"] or not rm:
+                continue
+            ratios = []
+            for p in params:
+                num, den = b["metrics"].get(p, {}).get("nmad"), rm.get(p, {}).get("nmad")
+                ok = num is not None and den and math.isfinite(num) and math.isfinite(den)
+                ratios.append(num / den if ok else math.nan)
+            rows.append([name, f"{b['lo']:g}–{b['hi']:g}", *ratios])
+    return ref, rows
 
 
 # ----------------------------------------------------------------------------- tables
@@ -340,6 +387,22 @@ def _tables(ev: Evaluation) -> list[tuple[str, list[str], list[list[str]]]]:
                                 _fmt(mc.get("all", {}).get("outlier_frac")),
                                 *[_fmt(mc.get(p, {}).get("r2")) for p in params[:-1]]])
         tables.append(t_common)
+    ref, ratio_rows = nmad_ratio_rows(ev)
+    if ratio_rows:
+        tables.append((f"NMAD divided by the {ref!r} method's (the exact fitter: what the pixels hold), "
+                       "per bin of true magnitude", ["method", "mag bin", "mag", "re", "n", "q"],
+                       [[r[0], r[1], *[_fmt(v, 2) for v in r[2:]]] for r in ratio_rows]))
+    cov_rows = []
+    for name, m in ev.methods.items():
+        for b, row in (m.coverage or {}).items():
+            if row["mag"]["n"]:
+                cov_rows.append([name, b, str(row["mag"]["n"]),
+                                 *[f"{_fmt(row[p]['within_1sigma'], 2)} / {_fmt(row[p]['within_2sigma'], 2)}"
+                                   for p in PARAMETER_NAMES]])
+    if cov_rows:
+        tables.append(("Error coverage: fraction with |Δ| < 1 err / < 2 err (Gaussian 0.68 / 0.95), from "
+                       "each method's own <col>_err columns", ["method", "bin", "n", *PARAMETER_NAMES],
+                       cov_rows))
     return tables
 
 
@@ -415,7 +478,7 @@ def _json_safe(obj):
 #: Figure files written for every report (``{method}`` expands to each method's name).
 FIGURE_NAMES: tuple[str, ...] = (
     "hexbin_{method}.png", "mosaic_typical_{method}.png", "mosaic_worst_{method}.png",
-    "error_vs_mag.png", "outlier_vs_snr.png", "chi2nu.png", "time_per_galaxy.png",
+    "error_vs_mag.png", "outlier_vs_snr.png", "chi2nu.png", "time_per_galaxy.png", "coverage.png",
 )
 _LABELS = {"x": "x [px]", "y": "y [px]", "mag": "mag", "re": "re [px]", "n": "n", "q": "q", "pa": "PA [deg]"}
 _DELTA_LABELS = {"x": "Δx [px]", "y": "Δy [px]", "mag": "Δmag", "re": "Δre / re", "n": "Δn / n",
@@ -541,6 +604,34 @@ def _plot_chi2(ev: Evaluation, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_coverage(ev: Evaluation, path: Path) -> None:
+    """Fraction within 1 and 2 sigma of each method's own errors, per true-magnitude bin and parameter."""
+    import matplotlib.pyplot as plt
+
+    names = [n for n, m in ev.methods.items() if m.coverage]
+    fig, axes = plt.subplots(1, len(PARAMETER_NAMES), figsize=(2.3 * len(PARAMETER_NAMES), 2.8),
+                             constrained_layout=True, sharey=True)
+    colors = _colors(max(1, len(names)))
+    for ax, p in zip(axes, PARAMETER_NAMES):
+        for k, target in ((1, 0.6827), (2, 0.9545)):
+            ax.axhline(target, color="0.6", lw=0.8, ls="--" if k == 1 else ":")
+        for c, name in zip(colors, names):
+            bins = [(b, row[p]) for b, row in ev.methods[name].coverage.items() if b != "all" and row[p]["n"]]
+            x = [float(b.split()[1].split("-")[0]) + 0.5 for b, _ in bins]
+            ax.plot(x, [v["within_1sigma"] for _, v in bins], "o-", color=c, ms=3, label=f"{name} 1σ")
+            ax.plot(x, [v["within_2sigma"] for _, v in bins], "s:", color=c, ms=3, label=f"{name} 2σ")
+        ax.set_title(p)
+        ax.set_xlabel("true mag")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("fraction with |Δ| < k·err")
+    if names:
+        axes[-1].legend(fontsize=6, loc="lower right")
+    else:
+        fig.suptitle("no method gave <col>_err columns", fontsize=9)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _plot_time(ev: Evaluation, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -644,6 +735,8 @@ def write_report(ev: Evaluation, out_dir, *, title: str = "galnet evaluation", n
         ("chi2nu.png", "χ²ν distributions: whole stamp (neighbours included) and galaxy aperture",
          lambda p: _plot_chi2(ev, p)),
         ("time_per_galaxy.png", "Wall time per galaxy", lambda p: _plot_time(ev, p)),
+        ("coverage.png", "Error coverage: fraction of galaxies with |Δ| below 1 and 2 times each method's "
+         "own error, per bin of true magnitude (Gaussian: 0.68, 0.95)", lambda p: _plot_coverage(ev, p)),
     ]
     for name, m in ev.methods.items():
         s = _safe_name(name)
