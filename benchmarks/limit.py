@@ -133,14 +133,11 @@ def deltas(truth, est) -> dict[str, np.ndarray]:
 
 
 def absolute_deltas(truth, est) -> dict[str, np.ndarray]:
-    """Δ per parameter in the catalog's units (what ``<col>_err`` measures): est − true, PA wrapped."""
-    from galnet.conventions import wrap_pa
+    """|est − true| per parameter in the catalog's units (what ``<col>_err`` measures), PA wrapped."""
+    from galnet.train import absolute_errors
 
-    t = np.asarray(truth, dtype=np.float64)
-    e = np.asarray(est, dtype=np.float64)
-    out = {p: e[:, j] - t[:, j] for p, j in INDEX.items()}
-    out["pa"] = wrap_pa(out["pa"])
-    return out
+    a = absolute_errors(truth, est)
+    return {p: a[:, j] for p, j in INDEX.items()}
 
 
 def coverage(delta, err, k: float) -> float:

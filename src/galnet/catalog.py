@@ -74,13 +74,11 @@ def open_fits(path, what: str = "FITS", **kwargs):
             hdul = fits.open(path, **kwargs)
     except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError, zlib.error) as exc:
         raise InputDataError(f"{path}: cannot read {what} (corrupt or not FITS: {exc})") from exc
-    trunc = [w for w in caught if "truncated" in str(w.message)]
-    if trunc:
-        hdul.close()
-        raise InputDataError(f"{path}: cannot read {what}: the file is truncated ({trunc[0].message})")
     try:
-        for w in caught:  # other astropy warnings: as they would have been shown
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        raise_if_truncated(caught)
+    except OSError as exc:
+        hdul.close()
+        raise InputDataError(f"{path}: cannot read {what}: the file is truncated ({exc})") from None
     except BaseException:  # a warning turned into an error by the caller's filters: close the file first
         hdul.close()
         raise
@@ -331,8 +329,8 @@ def raise_if_truncated(caught: list) -> None:
     for w in caught:
         if "truncated" in str(w.message):
             raise OSError(str(w.message))
-    for w in caught:  # the others as they were
-        warnings.warn(w.message, w.category, stacklevel=3)
+    for w in caught:  # the others as they were, where astropy raised them
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def fits_mod():

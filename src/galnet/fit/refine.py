@@ -27,6 +27,7 @@ import numpy as np
 from ..conventions import DEFAULT_ZEROPOINT
 from ..errors import ConfigError, InputDataError
 from ..flags import Flag
+from .command import sigma_from_data
 from .masking import neighbour_mask
 from .solver import FitConfig, FitResult, fit_stamps
 
@@ -106,11 +107,11 @@ class Refiner:
         if sigma is None:
             if sky_sigma is None:
                 raise InputDataError("refine needs sky_sigma or a sigma map")
-            sky = np.asarray(sky_sigma, dtype=np.float64).reshape(-1, 1, 1)
-            var = np.broadcast_to(sky**2, images.shape)
+            sky = np.asarray(sky_sigma, dtype=np.float64)
             if gain:
-                var = var + np.maximum(np.nan_to_num(images), 0.0) / float(gain)
-            sigma = np.sqrt(var)
+                sigma = sigma_from_data(images, gain=float(gain), sky_sigma=sky)
+            else:
+                sigma = np.broadcast_to(sky.reshape(-1, 1, 1), images.shape)
         n_masked = np.zeros(b, dtype=np.int64)
         start = np.asarray(start, dtype=np.float64)
         if self.mask_neighbours and b:

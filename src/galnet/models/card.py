@@ -167,8 +167,18 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def load_card(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[GalNet, dict]:
+def load_card(name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu",
+              require_checksum: bool = False) -> tuple[GalNet, dict]:
     """Rebuild a model from its JSON card and safetensors weights alone.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        Shipped model name or card path (:func:`resolve_model_path`).
+    device : str or torch.device
+    require_checksum : bool
+        Refuse a card without a ``weights.sha256`` checksum (its weights cannot be verified); without it
+        such a card is accepted, and a checksum that is present is always verified.
 
     Returns
     -------
@@ -187,6 +197,14 @@ def load_card(name_or_path: str | os.PathLike, *, device: str | torch.device = "
         card = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelCardError(f"{path}: cannot read the model card: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ModelCardError(f"{path}: not a galnet model card (a JSON {type(card).__name__})")
+    listed = card.get("weights")
+    if require_checksum and not (isinstance(listed, dict) and listed.get("sha256")):
+        raise ModelCardError(
+            f"{path}: the model card has no weights sha256 checksum, so its weights cannot be verified; "
+            "pass --allow-unverified-model (allow_unverified_model=True) to use it anyway"
+        )
     if card.get("format") != CARD_FORMAT:
         raise ModelCardError(f"{path}: not a galnet model card (format={card.get('format')!r})")
     if int(card.get("card_version", -1)) > CARD_VERSION:

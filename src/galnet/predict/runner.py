@@ -18,7 +18,6 @@ each of which loads the model once and writes its own shards: the catalog is the
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import queue
@@ -208,20 +207,10 @@ def get_predictor(card_path: str, backend: str, device: str = "cpu", threads: in
 
     from ..models import Predictor, load_card
 
-    try:
-        card_text = json.loads(Path(card_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelCardError(f"{card_path}: cannot read the model card: {exc}") from exc
-    weights = card_text.get("weights") if isinstance(card_text, dict) else None
-    if not (isinstance(weights, dict) and weights.get("sha256")) and not allow_unverified:
-        raise ModelCardError(
-            f"{card_path}: the model card has no weights sha256 checksum, so its weights cannot be verified; "
-            "pass --allow-unverified-model (allow_unverified_model=True) to use it anyway"
-        )
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        model, card = load_card(card_path, device=device)
+        model, card = load_card(card_path, device=device, require_checksum=not allow_unverified)
     except GalnetError:
         raise
     except Exception as exc:  # noqa: BLE001 - safetensors / torch raise many types for bad weights

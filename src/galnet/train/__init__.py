@@ -9,7 +9,7 @@ calibrate_errors, coverage       scale of the predicted errors (validation split
 regression_metrics, binned_metrics, parameter_errors, outlier_mask, nmad, r2_score
 """
 
-from .calibrate import calibrate_errors, coverage, predict_with_errors
+from .calibrate import absolute_errors, calibrate_errors, coverage, predict_with_errors
 from .command import export_run
 from .config import TrainConfig
 from .loop import Trainer, evaluate_model, load_split, train
@@ -26,6 +26,7 @@ from .metrics import (
 )
 
 __all__ = [
+    "absolute_errors",
     "calibrate_errors",
     "coverage",
     "predict_with_errors",
