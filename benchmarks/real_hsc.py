@@ -1,0 +1,344 @@
+"""Real HSC galaxies: every galnet mode and a GALFIT-like baseline on the same pixels, judged by χ²ν.
+
+Usage::
+
+    python benchmarks/real_hsc.py [--scenes DIR] [--quick] [--threads 2] [--refine 2] [--model hsc-r]
+                                  [--no-pyimfit] [--out benchmarks/results/real_hsc]
+
+Data: the even-id HSC COSMOS scenes of ``lsst/testdata_deblender`` (:mod:`galnet.data.hsc`; downloaded into
+``--scenes`` when that folder is empty; odd ids are reserved for an independent test and never read here).
+Each scene gives one galaxy: its brightest detected peak (r-band flux in the 3×3 pixels around the peak). A
+61×61 stamp is cut around it (pixels outside the scene or outside the footprint are excluded), with the
+scene's r-band PSF and its σ = 1/√weight map.
+
+The same pixels for every method: the valid pixels minus galnet's own neighbour mask
+(:func:`galnet.fit.neighbour_mask`, computed once per stamp). The same χ²ν for every method:
+``Σ ((image − model) / σ)² / (N − 7)`` over those pixels, the model drawn by galnet's renderer with the
+scene's full 41×41 PSF from each method's parameters. Methods:
+
+* ``network``: ``galnet predict`` (:func:`galnet.predict.predict_arrays`; the stamp with its excluded pixels);
+* ``refine<K>``: K batched Levenberg–Marquardt steps from the network (:class:`galnet.fit.Refiner`);
+* ``fitter``: :func:`galnet.fit.fit_stamps` from image moments (``galnet fit``'s default);
+* ``hybrid``: :func:`galnet.fit.fit_stamps` from the network's answer;
+* ``pyimfit``: the GALFIT-like baseline, PyImfit's Levenberg–Marquardt from the same moment starts, with the
+  same mask, σ map and PSF (``benchmarks/fit.py``'s runner), one process per thread.
+
+Prints per method the median and mean χ²ν, the per-galaxy χ²ν ratio to the baseline, the fraction of galaxies
+where the method's χ²ν is at most the baseline's, the agreement with the fitter (mag, re, n, q) and the time
+per galaxy; writes ``<out>.md``, ``<out>.json`` and image / model / residual mosaics of typical and worst
+cases (``<out>_figures/``). Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import emit, parser  # noqa: E402
+
+HERE = Path(__file__).parent
+STAMP = 61
+
+
+def brightest_peak(scene) -> int:
+    """Index of the scene's peak with the most r-band flux in the 3×3 pixels around it."""
+    img = np.where(scene.valid, scene.image, 0.0)
+    h, w = img.shape
+    flux = []
+    for x, y in scene.peaks:
+        xi, yi = int(round(x)), int(round(y))
+        flux.append(img[max(yi - 1, 0) : min(yi + 2, h), max(xi - 1, 0) : min(xi + 2, w)].sum())
+    return int(np.argmax(flux))
+
+
+def load_stamps(files: list[Path]) -> dict:
+    """Stamps, σ maps, excluded pixels, PSFs and ids of each scene's brightest galaxy."""
+    from galnet.data.hsc import cut_stamp, read_scene
+
+    out = {k: [] for k in ("ids", "images", "sigma", "excluded", "psfs", "peak", "n_peaks")}
+    for f in files:
+        sc = read_scene(f, "r")
+        j = brightest_peak(sc)
+        x, y = sc.peaks[j]
+        stamp, sigma, excluded, _ = cut_stamp(sc.image, sc.variance, x, y, STAMP)
+        out["ids"].append(sc.id)
+        out["images"].append(stamp)
+        out["sigma"].append(sigma)
+        out["excluded"].append(excluded)
+        out["psfs"].append(sc.psf / sc.psf.sum())
+        out["peak"].append((x, y))
+        out["n_peaks"].append(len(sc.peaks))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def common_mask(st: dict) -> np.ndarray:
+    """Excluded pixels plus galnet's neighbour mask: the pixels no method is judged on (True = out)."""
+    from galnet.fit import neighbour_mask
+
+    filled = np.where(st["excluded"], 0.0, st["images"])
+    sig = np.where(st["excluded"], np.nan, st["sigma"])
+    nb, _ = neighbour_mask(filled, sig, mask=st["excluded"], psf=st["psfs"])
+    return st["excluded"] | nb
+
+
+def chi2nu(st: dict, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """χ²ν of each method's parameters on the common pixels, galnet's renderer with the full PSF."""
+    import torch
+
+    from galnet.render import render_sersic
+
+    b = len(params)
+    out = np.full(b, np.nan)
+    ok = np.all(np.isfinite(params), axis=1)
+    for i in np.flatnonzero(ok):
+        try:
+            with torch.no_grad():
+                model = render_sersic(
+                    torch.as_tensor(params[i : i + 1], dtype=torch.float64),
+                    torch.as_tensor(st["psfs"][i], dtype=torch.float64),
+                    shape=(STAMP, STAMP),
+                ).numpy()[0]
+        except Exception:  # off the renderer's range: no χ² (counted as missing)
+            continue
+        good = ~mask[i]
+        r = ((st["images"][i] - model) / st["sigma"][i])[good]
+        out[i] = float(np.sum(r * r) / max(good.sum() - 7, 1))
+    return out
+
+
+def run_methods(st: dict, mask: np.ndarray, args) -> dict:
+    """Parameters (B, 7), seconds and extra columns of every method."""
+    from galnet.fit import FitConfig, Refiner, fit_stamps, moments_start
+    from galnet.predict import predict_arrays
+
+    b = len(st["ids"])
+    filled = np.where(mask, 0.0, st["images"]).astype(np.float32)
+    sig = np.where(mask, 1.0, st["sigma"]).astype(np.float32)
+    sky = np.array([np.nanmedian(np.where(st["excluded"][i], np.nan, st["sigma"][i])) for i in range(b)])
+    res: dict = {}
+    predict_arrays(
+        st["images"][:2], st["psfs"][:2], sky[:2], model=args.model, threads=args.threads
+    )  # warm-up
+    t = time.perf_counter()
+    tab = predict_arrays(st["images"], st["psfs"], sky, model=args.model, ids=st["ids"], threads=args.threads)
+    net = np.stack([np.asarray(tab[c], float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
+    res["network"] = {"params": net, "seconds": time.perf_counter() - t, "flags": np.asarray(tab["flags"])}
+    for k in args.refine:
+        t = time.perf_counter()
+        fr, _ = Refiner(k, mask_neighbours=False)(
+            filled, st["psfs"], net, sky_sigma=sky, sigma=sig, mask=mask
+        )
+        p = np.where(np.isfinite(fr.params).all(1, keepdims=True), fr.params, net)
+        res[f"refine{k}"] = {"params": p, "seconds": time.perf_counter() - t + res["network"]["seconds"]}
+    cfg = FitConfig(max_iter=100)
+    t = time.perf_counter()
+    fit = fit_stamps(filled, st["psfs"], sigma=sig, mask=mask, config=cfg)
+    res["fitter"] = {"params": fit.params, "seconds": time.perf_counter() - t}
+    t = time.perf_counter()
+    hyb = fit_stamps(
+        filled, st["psfs"], sigma=sig, mask=mask, init=np.where(np.isfinite(net), net, np.nan), config=cfg
+    )
+    res["hybrid"] = {"params": hyb.params, "seconds": time.perf_counter() - t + res["network"]["seconds"]}
+    if not args.no_pyimfit:
+        from fit import Stamps, run_pyimfit
+
+        starts = moments_start(filled, sigma=sig)
+        stamps = Stamps(
+            images=filled,
+            psfs=st["psfs"],
+            sigma=sig,
+            sky_sigma=sky,
+            truth=np.full((b, 7), np.nan),
+            zeropoint=27.0,
+            source="real HSC",
+            mask=mask,
+        )
+        pim = run_pyimfit(stamps, starts, max(args.threads, 1))
+        res["pyimfit"] = {"params": pim["params"], "seconds": pim["wall"] * max(args.threads, 1)}
+    return res
+
+
+def _frac(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (a - b) / b
+
+
+def summarise(st: dict, res: dict, chi: dict, baseline: str) -> dict:
+    """Per-method figures (see the module docstring)."""
+    from galnet.params import index
+
+    b = len(st["ids"])
+    base = chi[baseline]
+    ref = res["fitter"]["params"]
+    out = {}
+    for name, r in res.items():
+        c = chi[name]
+        both = np.isfinite(c) & np.isfinite(base)
+        ratio = c[both] / base[both]
+        agree = {}
+        for p in ("mag", "re_pix", "n", "q"):
+            j = index("re" if p == "re_pix" else p)
+            d = (r["params"][:, j] - ref[:, j]) if p == "mag" else _frac(r["params"][:, j], ref[:, j])
+            d = d[np.isfinite(d)]
+            agree[p] = float(1.4826 * np.median(np.abs(d - np.median(d)))) if d.size else float("nan")
+        out[name] = {
+            "n": int(np.isfinite(c).sum()),
+            "median_chi2nu": float(np.nanmedian(c)),
+            "mean_chi2nu": float(np.nanmean(c)),
+            "median_ratio_to_baseline": float(np.median(ratio)) if ratio.size else float("nan"),
+            "mean_chi2nu_vs_baseline": float(np.mean(c[both]) / np.mean(base[both]) - 1)
+            if both.any()
+            else None,
+            "frac_le_baseline": float(np.mean(c[both] <= base[both] * (1 + 1e-9))) if both.any() else None,
+            "nmad_vs_fitter": agree,
+            "ms_per_galaxy": 1e3 * r["seconds"] / b,
+        }
+    return out
+
+
+def mosaic(
+    st: dict, mask: np.ndarray, res: dict, chi: dict, method: str, rows: list[int], path: Path
+) -> None:
+    """Image / model / residual (σ units) rows for ``rows`` of ``method``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from galnet.render import render_sersic
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.6, 2.2 * len(rows)), squeeze=False)
+    for a, i in zip(axes, rows):
+        img = np.where(st["excluded"][i], np.nan, st["images"][i])
+        p = res[method]["params"][i]
+        model = np.full_like(img, np.nan)
+        if np.all(np.isfinite(p)):
+            with torch.no_grad():
+                model = render_sersic(
+                    torch.as_tensor(p[None], dtype=torch.float64),
+                    torch.as_tensor(st["psfs"][i], dtype=torch.float64),
+                    shape=(STAMP, STAMP),
+                ).numpy()[0]
+        scale = np.nanpercentile(img, 99.5)
+        soft = np.nanmedian(st["sigma"][i])
+        for ax, data, title in (
+            (a[0], img, f"id …{str(st['ids'][i])[-6:]}"),
+            (a[1], model, method),
+            (a[2], np.where(mask[i], np.nan, (img - model) / st["sigma"][i]), f"χ²ν {chi[method][i]:.2f}"),
+        ):
+            if title.startswith("χ²ν"):
+                ax.imshow(data, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
+            else:
+                ax.imshow(
+                    np.arcsinh(data / soft) / np.arcsinh(scale / soft),
+                    origin="lower",
+                    cmap="gray_r",
+                    vmin=-0.05,
+                    vmax=1,
+                )
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def markdown(summary: dict, baseline: str, n: int, threads: int) -> str:
+    lines = [
+        f"# Real HSC galaxies: {n} even-id HSC COSMOS scenes (brightest peak each), threads {threads}",
+        "",
+        "Same pixels (valid minus galnet's neighbour mask), same σ, same renderer and PSF for every method.",
+        f"Baseline: `{baseline}`.",
+        "",
+        "| method | median χ²ν | mean χ²ν | mean vs baseline | median ratio to baseline | χ²ν ≤ baseline |"
+        " NMAD vs fitter mag / re / n / q | ms / galaxy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        a = s["nmad_vs_fitter"]
+        mv = "—" if s["mean_chi2nu_vs_baseline"] is None else f"{100 * s['mean_chi2nu_vs_baseline']:+.1f} %"
+        fl = "—" if s["frac_le_baseline"] is None else f"{100 * s['frac_le_baseline']:.0f} %"
+        lines.append(
+            f"| {name} | {s['median_chi2nu']:.3f} | {s['mean_chi2nu']:.2f} | {mv} | "
+            f"{s['median_ratio_to_baseline']:.3f} | {fl} | "
+            f"{a['mag']:.3f} / {a['re_pix']:.3f} / {a['n']:.3f} / {a['q']:.3f} | {s['ms_per_galaxy']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--scenes", default=str(HERE / ".cache" / "hsc_cosmos"))
+    p.add_argument("--refine", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--model", default="hsc-r")
+    p.add_argument("--no-pyimfit", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results" / "real_hsc"))
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from galnet.data.hsc import fetch_scenes, list_scenes
+
+    scenes = Path(args.scenes)
+    if not scenes.is_dir() or not any(scenes.glob("*.npz")):
+        fetch_scenes(scenes, parity="even")
+    files = list_scenes(scenes, parity="even")
+    if args.quick:
+        files = files[:12]
+    st = load_stamps(files)
+    mask = common_mask(st)
+    res = run_methods(st, mask, args)
+    chi = {name: chi2nu(st, mask, r["params"]) for name, r in res.items()}
+    baseline = "pyimfit" if "pyimfit" in res else "fitter"
+    summary = summarise(st, res, chi, baseline)
+    md = markdown(summary, baseline, len(files), args.threads)
+    print(md)
+    out = Path(args.out)
+    if not args.quick:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(md)
+        figs = out.parent / f"{out.name}_figures"
+        figs.mkdir(exist_ok=True)
+        for name in res:
+            c = np.where(np.isfinite(chi[name]), chi[name], np.inf)
+            order = np.argsort(c)
+            typical = [int(i) for i in order[len(order) // 2 - 2 : len(order) // 2 + 2]]
+            worst = [int(i) for i in order[np.isfinite(c[order])][-4:]]
+            mosaic(st, mask, res, chi, name, typical, figs / f"mosaic_typical_{name}.png")
+            mosaic(st, mask, res, chi, name, worst, figs / f"mosaic_worst_{name}.png")
+        per_galaxy = {
+            "ids": [int(i) for i in st["ids"]],
+            **{f"chi2nu_{k}": [None if not np.isfinite(v) else float(v) for v in c] for k, c in chi.items()},
+        }
+        out.with_suffix(".json").write_text(
+            json.dumps({"summary": summary, "per_galaxy": per_galaxy}, indent=1)
+        )
+    emit(
+        {
+            "benchmark": "real_hsc",
+            "n": len(files),
+            "threads": args.threads,
+            "baseline": baseline,
+            **{
+                k: {
+                    kk: v[kk]
+                    for kk in ("median_chi2nu", "mean_chi2nu", "mean_chi2nu_vs_baseline", "ms_per_galaxy")
+                }
+                for k, v in summary.items()
+            },
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,341 @@
+"""Real HSC pixels: the HSC COSMOS scenes of ``lsst/testdata_deblender`` and HSC pipeline coadds.
+
+Two sources of real Hyper Suprime-Cam pixels are read here, both in HSC coadd counts (zero point 27,
+0.168″/px):
+
+* **Deblender test scenes** (:func:`read_scene`): the public GitHub repository
+  ``lsst/testdata_deblender``, folder ``real_data/hsc_cosmos/not_matched/``, holds 147 ``.npz`` scenes
+  (one blend footprint of the HSC COSMOS coadd each) with keys ``images`` (5, H, W) in bands g, r, i, z, y,
+  ``weights`` (5, H, W) inverse variance (0 outside the footprint), ``peaks`` (N, 2) detected peaks as 0-based
+  ``x, y`` and ``psfs`` (5, 41, 41). The repository has no licence file, so galnet ships none of these pixels:
+  :func:`fetch_scenes` downloads them into a cache folder at run time. **Scenes whose object id (the file
+  name) is odd are reserved for an independent test** (:func:`is_reserved`); development, tuning,
+  backgrounds and the benchmark use the even ids only (:func:`list_scenes`).
+* **HSC pipeline coadd cutouts** (:func:`read_hsc_coadd`): the multi-extension layout of ``hscPipe`` /
+  the LSST science pipelines' ``ExposureF`` (HDU 1 ``IMAGE``, HDU 2 ``MASK`` bit planes named by ``MP_*``
+  header cards, HDU 3 ``VARIANCE``; ``FLUXMAG0`` in the primary header gives the zero point).
+
+:func:`cut_stamp` cuts a stamp around a position, with the pixels outside the footprint or the image masked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputDataError
+
+__all__ = [
+    "HSC_BANDS",
+    "HSC_ZEROPOINT",
+    "DEFAULT_MASK_PLANES",
+    "SCENE_REPOSITORY",
+    "SCENE_FOLDER",
+    "HSCScene",
+    "CoaddImage",
+    "scene_id",
+    "is_reserved",
+    "list_scenes",
+    "read_scene",
+    "read_hsc_coadd",
+    "cut_stamp",
+    "fetch_scenes",
+]
+
+HSC_BANDS = ("g", "r", "i", "z", "y")
+HSC_ZEROPOINT = 27.0
+#: The mask planes a user normally excludes (HSC pipeline names); ``--mask-bits`` default.
+DEFAULT_MASK_PLANES = ("NO_DATA", "BAD", "SAT", "INTRP", "EDGE", "CR", "SUSPECT")
+SCENE_REPOSITORY = "lsst/testdata_deblender"
+SCENE_FOLDER = "real_data/hsc_cosmos/not_matched"
+
+
+@dataclass
+class HSCScene:
+    """One band of a deblender test scene.
+
+    Attributes
+    ----------
+    id : int
+        HSC object id of the blend (the file name).
+    image : ndarray, shape (H, W), float32, counts (zero point 27, sky-subtracted)
+    variance : ndarray, shape (H, W), float32, counts²; NaN where the weight is 0
+        (outside the footprint, or bad)
+    peaks : ndarray, shape (N, 2), float64, detected peaks, 0-based ``x, y`` pixel positions
+    psf : ndarray, shape (41, 41), float64, the band's PSF image (unit sum)
+    band : str
+    path : Path
+    """
+
+    id: int
+    image: np.ndarray
+    variance: np.ndarray
+    peaks: np.ndarray
+    psf: np.ndarray
+    band: str
+    path: Path
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(H, W) bool: pixels with a finite positive variance (inside the footprint)."""
+        return np.isfinite(self.variance) & (self.variance > 0)
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """(H, W) float32 1-σ map, counts; NaN where not :attr:`valid`."""
+        return np.sqrt(self.variance)
+
+
+@dataclass
+class CoaddImage:
+    """An HSC coadd cutout: image, variance and bad-pixel mask on one pixel grid.
+
+    Attributes
+    ----------
+    image : ndarray, shape (H, W), float32, counts
+    variance : ndarray, shape (H, W), float32, counts²; NaN where not positive and finite
+    mask : ndarray, shape (H, W), bool, True = excluded (a selected mask plane is set, or the variance is bad)
+    zeropoint : float
+        Magnitude of one count: ``2.5 log10(FLUXMAG0)`` when the header has it, else 27.
+    header : astropy.io.fits.Header
+        Of the image HDU (holds the WCS).
+    """
+
+    image: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    zeropoint: float
+    header: object
+
+
+def scene_id(path: str | os.PathLike) -> int:
+    """Object id of a scene file (its name without ``.npz``).
+
+    Raises
+    ------
+    InputDataError
+        The file name is not an integer id.
+    """
+    stem = Path(path).stem
+    try:
+        return int(stem)
+    except ValueError:
+        raise InputDataError(f"{path}: scene file names must be integer object ids (got {stem!r})") from None
+
+
+def is_reserved(object_id: int) -> bool:
+    """True for odd ids: reserved for an independent test, never to train, tune or choose on."""
+    return int(object_id) % 2 == 1
+
+
+def list_scenes(directory: str | os.PathLike, *, parity: str = "even") -> list[Path]:
+    """Scene files of a folder, sorted by id.
+
+    Parameters
+    ----------
+    directory : path
+        Folder of ``<id>.npz`` scenes (e.g. filled by :func:`fetch_scenes`).
+    parity : {"even", "odd", "all"}
+        ``"even"`` (default): the development scenes. ``"odd"``: the reserved independent-test scenes.
+
+    Raises
+    ------
+    InputDataError
+        The folder does not exist or holds no scene of that parity.
+    """
+    if parity not in ("even", "odd", "all"):
+        raise InputDataError(f"parity must be 'even', 'odd' or 'all', got {parity!r}")
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputDataError(f"{d}: no such scene folder (galnet.data.hsc.fetch_scenes fills one)")
+    files = sorted(d.glob("*.npz"), key=scene_id)
+    keep = {"even": lambda i: not is_reserved(i), "odd": is_reserved, "all": lambda i: True}[parity]
+    files = [f for f in files if keep(scene_id(f))]
+    if not files:
+        raise InputDataError(f"{d}: no {parity}-id .npz scene")
+    return files
+
+
+def read_scene(path: str | os.PathLike, band: str = "r") -> HSCScene:
+    """Read one band of a deblender test scene (see the module docstring for the file layout).
+
+    Raises
+    ------
+    InputDataError
+        Unreadable file, a missing key, or arrays of inconsistent shapes; the message names the file.
+    """
+    p = Path(path)
+    if band not in HSC_BANDS:
+        raise InputDataError(f"band must be one of {HSC_BANDS}, got {band!r}")
+    b = HSC_BANDS.index(band)
+    try:
+        with np.load(p) as d:
+            missing = [k for k in ("images", "weights", "peaks", "psfs") if k not in d.files]
+            if missing:
+                raise InputDataError(f"{p}: not a deblender scene, missing key(s) {missing}")
+            images, weights, peaks, psfs = d["images"], d["weights"], d["peaks"], d["psfs"]
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{p}: cannot read the scene ({exc})") from exc
+    if images.ndim != 3 or weights.shape != images.shape or psfs.ndim != 3 or len(psfs) != len(images):
+        raise InputDataError(f"{p}: images {images.shape}, weights {weights.shape} and psfs {psfs.shape} "
+                             "do not describe one (bands, H, W) scene")
+    if images.shape[0] <= b:
+        raise InputDataError(f"{p}: has {images.shape[0]} bands, no {band!r}")
+    w = weights[b].astype(np.float64)
+    with np.errstate(divide="ignore"):
+        var = np.where(np.isfinite(w) & (w > 0), 1.0 / w, np.nan)
+    return HSCScene(id=scene_id(p), image=images[b].astype(np.float32), variance=var.astype(np.float32),
+                    peaks=np.asarray(peaks, dtype=np.float64).reshape(-1, 2), psf=psfs[b].astype(np.float64),
+                    band=band, path=p)
+
+
+def _mask_plane_bits(header) -> dict[str, int]:
+    """``{plane name: bit}`` from the ``MP_<NAME> = bit`` cards of an HSC / LSST mask HDU header."""
+    return {k[3:]: int(v) for k, v in header.items() if k.startswith("MP_")}
+
+
+def read_hsc_coadd(path: str | os.PathLike, *, mask_planes: tuple[str, ...] | None = DEFAULT_MASK_PLANES,
+                   image_hdu: int | str = 1, mask_hdu: int | str = 2,
+                   variance_hdu: int | str = 3) -> CoaddImage:
+    """Read an HSC pipeline coadd (or cutout) in its multi-extension layout.
+
+    Parameters
+    ----------
+    path : path
+        FITS file: HDU 1 image, HDU 2 mask bit planes (``MP_*`` header cards name them), HDU 3 variance.
+    mask_planes : tuple of str or None
+        Mask planes whose pixels are excluded (default :data:`DEFAULT_MASK_PLANES`; planes the file does not
+        define are ignored). None: no plane is excluded (bad variances still are).
+    image_hdu, mask_hdu, variance_hdu : int or str
+        HDU numbers or names, for files that differ from the pipeline's layout.
+
+    Returns
+    -------
+    CoaddImage
+        Pixels whose variance is zero, negative or not finite are masked and their variance set to NaN.
+
+    Raises
+    ------
+    InputDataError
+        A missing HDU (the message says which and names the file), planes of different shapes, or a file
+        that cannot be read.
+    """
+    from ..catalog import open_fits
+
+    p = Path(path)
+    with open_fits(p, "HSC coadd") as hdul:
+        planes = {}
+        for what, hdu in (("image", image_hdu), ("mask", mask_hdu), ("variance", variance_hdu)):
+            try:
+                planes[what] = hdul[hdu]
+            except (KeyError, IndexError):
+                raise InputDataError(f"{p}: no {what} HDU {hdu!r} (an HSC coadd has IMAGE, MASK and VARIANCE "
+                                     "extensions)") from None
+            if planes[what].data is None or planes[what].data.ndim != 2:
+                raise InputDataError(f"{p}: HDU {hdu!r} ({what}) is not a 2-D image")
+        image = np.asarray(planes["image"].data, dtype=np.float32)
+        variance = np.asarray(planes["variance"].data, dtype=np.float32)
+        bits = np.asarray(planes["mask"].data)
+        if variance.shape != image.shape or bits.shape != image.shape:
+            raise InputDataError(f"{p}: image {image.shape}, mask {bits.shape} and variance {variance.shape} "
+                                 "planes differ in shape")
+        header = planes["image"].header.copy()
+        primary = hdul[0].header
+        fluxmag0 = primary.get("FLUXMAG0", header.get("FLUXMAG0"))
+        plane_bits = _mask_plane_bits(planes["mask"].header)
+    excluded = np.zeros(image.shape, bool)
+    if mask_planes:
+        value = 0
+        for name in mask_planes:
+            if name in plane_bits:
+                value |= 1 << plane_bits[name]
+        excluded |= (bits.astype(np.int64) & value) != 0
+    bad_var = ~(np.isfinite(variance) & (variance > 0))
+    excluded |= bad_var | ~np.isfinite(image)
+    variance = np.where(bad_var, np.nan, variance).astype(np.float32)
+    zp = 2.5 * math.log10(float(fluxmag0)) if fluxmag0 and float(fluxmag0) > 0 else HSC_ZEROPOINT
+    return CoaddImage(image=image, variance=variance, mask=excluded, zeropoint=zp, header=header)
+
+
+def cut_stamp(image: np.ndarray, variance: np.ndarray, x: float, y: float, size: int = 61, *,
+              mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """Cut a ``size × size`` stamp centred on the pixel nearest to 0-based ``(x, y)``.
+
+    Parameters
+    ----------
+    image, variance : ndarray, shape (H, W), counts and counts²
+    x, y : float
+        0-based pixel position of the target (e.g. a detected peak).
+    size : int
+        Odd stamp size, px.
+    mask : ndarray of bool, shape (H, W), optional
+        Extra excluded pixels (True = bad).
+
+    Returns
+    -------
+    stamp : ndarray, shape (size, size), float32
+        Counts; NaN outside the image and where masked.
+    sigma : ndarray, shape (size, size), float32
+        1-σ map; NaN wherever ``stamp`` is NaN.
+    excluded : ndarray, shape (size, size), bool
+        True where the pixel is outside the image, masked, or has no positive finite variance.
+    origin : (int, int)
+        0-based ``(x0, y0)`` of the stamp's first pixel in the image: image ``x = stamp x + x0``.
+    """
+    if size % 2 != 1:
+        raise InputDataError(f"stamp size must be odd, got {size}")
+    h, w = image.shape
+    half = size // 2
+    x0, y0 = int(round(x)) - half, int(round(y)) - half
+    stamp = np.full((size, size), np.nan, np.float32)
+    var = np.full((size, size), np.nan, np.float32)
+    ys, xs = slice(max(y0, 0), min(y0 + size, h)), slice(max(x0, 0), min(x0 + size, w))
+    ts = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+    stamp[ts] = image[ys, xs]
+    var[ts] = variance[ys, xs]
+    excluded = ~(np.isfinite(stamp) & np.isfinite(var) & (var > 0))
+    if mask is not None:
+        excluded[ts] |= mask[ys, xs]
+    stamp[excluded] = np.nan
+    var[excluded] = np.nan
+    return stamp, np.sqrt(var), excluded, (x0, y0)
+
+
+def fetch_scenes(dest: str | os.PathLike, *, parity: str = "even", timeout: float = 60.0) -> list[Path]:
+    """Download the HSC COSMOS deblender scenes of ``lsst/testdata_deblender`` into ``dest``.
+
+    Files already in ``dest`` are kept. Only the ``parity`` scenes are downloaded (default the even,
+    development ids; see :func:`is_reserved`). Needs network access to GitHub; the folder can also be filled
+    from a clone of the repository.
+
+    Returns
+    -------
+    list of Path
+        The scene files of that parity in ``dest``, sorted by id.
+    """
+    d = Path(dest)
+    d.mkdir(parents=True, exist_ok=True)
+    api = f"https://api.github.com/repos/{SCENE_REPOSITORY}/contents/{SCENE_FOLDER}"
+    with urllib.request.urlopen(api, timeout=timeout) as r:  # noqa: S310 (fixed https URL)
+        listing = json.load(r)
+    for entry in listing:
+        name = entry.get("name", "")
+        if not name.endswith(".npz"):
+            continue
+        i = scene_id(name)
+        if (parity == "even" and is_reserved(i)) or (parity == "odd" and not is_reserved(i)):
+            continue
+        target = d / name
+        if target.exists():
+            continue
+        tmp = target.with_suffix(".part")
+        with urllib.request.urlopen(entry["download_url"], timeout=timeout) as r, open(tmp, "wb") as f:  # noqa: S310
+            f.write(r.read())
+        os.replace(tmp, target)
+    return list_scenes(d, parity=parity)

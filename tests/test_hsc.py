@@ -1,0 +1,102 @@
+"""galnet.data.hsc: deblender scenes and HSC coadds (synthetic files in the real layouts; no real pixels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from galnet.data.hsc import (
+    DEFAULT_MASK_PLANES,
+    cut_stamp,
+    is_reserved,
+    list_scenes,
+    read_hsc_coadd,
+    read_scene,
+)
+from galnet.errors import InputDataError
+
+
+def _scene(path, h=30, w=40, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0, 0.08, (5, h, w)).astype(np.float32)
+    weights = np.full((5, h, w), 1 / 0.08**2, np.float32)
+    weights[:, :5, :] = 0  # outside the footprint
+    psfs = np.zeros((5, 41, 41))
+    psfs[:, 20, 20] = 1.0
+    np.savez(path, images=images, weights=weights, peaks=np.array([[20.0, 15.0], [3.0, 3.0]]), psfs=psfs)
+    return images, weights
+
+
+def test_scene_parity_and_read(tmp_path):
+    for i in (1002, 1003, 1004):
+        _scene(tmp_path / f"{i}.npz", seed=i)
+    assert [p.name for p in list_scenes(tmp_path)] == ["1002.npz", "1004.npz"]
+    assert [p.name for p in list_scenes(tmp_path, parity="odd")] == ["1003.npz"]
+    assert is_reserved(1003) and not is_reserved(1004)
+    images, weights = _scene(tmp_path / "1006.npz")
+    sc = read_scene(tmp_path / "1006.npz", "r")
+    assert sc.id == 1006 and sc.image.shape == (30, 40)
+    np.testing.assert_array_equal(sc.image, images[1])
+    assert np.isnan(sc.variance[:5]).all()
+    np.testing.assert_allclose(sc.sigma[5:], 0.08, rtol=1e-5)
+    assert sc.valid.sum() == 25 * 40
+
+
+def test_scene_errors_name_the_file(tmp_path):
+    np.savez(tmp_path / "10.npz", images=np.zeros((5, 4, 4)))
+    with pytest.raises(InputDataError, match=r"10\.npz.*missing key"):
+        read_scene(tmp_path / "10.npz")
+    (tmp_path / "12.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputDataError, match=r"12\.npz"):
+        read_scene(tmp_path / "12.npz")
+    with pytest.raises(InputDataError, match="parity"):
+        list_scenes(tmp_path, parity="some")
+
+
+def test_cut_stamp_masks_outside_and_keeps_origin():
+    img = np.arange(20 * 30, dtype=np.float32).reshape(20, 30)
+    var = np.ones_like(img)
+    var[0, 0] = 0.0
+    stamp, sigma, excl, (x0, y0) = cut_stamp(img, var, 2.4, 3.6, 11)
+    assert (x0, y0) == (2 - 5, 4 - 5)
+    # stamp pixel (j, i) is image pixel (j + y0, i + x0)
+    assert stamp[5, 5] == img[4, 2] and stamp[9, 7] == img[8, 4]
+    assert excl[:1].all() and excl[:, :3].all()  # outside the image
+    assert excl[1, 3] and np.isnan(stamp[1, 3])  # zero variance at image (0, 0)
+    assert np.isfinite(stamp[~excl]).all() and np.all(sigma[~excl] == 1)
+    assert excl.sum() == 11 * 11 - 10 * 8 + 1
+
+
+def _coadd(path, *, variance=True):
+    h, w = 20, 25
+    img = np.ones((h, w), np.float32)
+    mask = np.zeros((h, w), np.int32)
+    mask[2, 3] = 1 << 2  # SAT
+    mask[4, 5] = 1 << 9  # DETECTED: not excluded
+    var = np.full((h, w), 0.01, np.float32)
+    var[6, 7] = -1.0
+    mh = fits.Header()
+    for name, bit in (("BAD", 0), ("SAT", 2), ("DETECTED", 9), ("NO_DATA", 8)):
+        mh[f"HIERARCH MP_{name}"] = bit  # as the HSC pipeline writes them
+    hdus = [
+        fits.PrimaryHDU(header=fits.Header({"FLUXMAG0": 10 ** (0.4 * 27.0)})),
+        fits.ImageHDU(img, name="IMAGE"),
+        fits.ImageHDU(mask, header=mh, name="MASK"),
+    ]
+    if variance:
+        hdus.append(fits.ImageHDU(var, name="VARIANCE"))
+    fits.HDUList(hdus).writeto(path)
+
+
+def test_hsc_coadd_layout(tmp_path):
+    _coadd(tmp_path / "calexp.fits")
+    c = read_hsc_coadd(tmp_path / "calexp.fits")
+    assert c.zeropoint == pytest.approx(27.0, abs=1e-9)
+    assert c.mask[2, 3] and not c.mask[4, 5] and c.mask[6, 7]
+    assert np.isnan(c.variance[6, 7]) and c.mask.sum() == 2
+    assert read_hsc_coadd(tmp_path / "calexp.fits", mask_planes=None).mask.sum() == 1
+    assert "SAT" in DEFAULT_MASK_PLANES
+    _coadd(tmp_path / "novar.fits", variance=False)
+    with pytest.raises(InputDataError, match=r"novar\.fits: no variance HDU"):
+        read_hsc_coadd(tmp_path / "novar.fits")
