@@ -23,6 +23,7 @@ EXIT_INTERRUPTED = 130
 #: subcommand → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("galnet.render.command", "draw Sérsic ⊗ PSF model images from a parameter table"),
+    "backgrounds": ("galnet.data.backgrounds", "a library of real background stamps to inject galaxies into"),
     "simulate": ("galnet.simulate.command", "write a reproducible simulated training/test set"),
     "train": ("galnet.train.command", "train (or resume training) a network"),
     "predict": ("galnet.predict.command", "measure galaxies with a trained network"),

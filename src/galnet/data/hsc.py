@@ -46,6 +46,9 @@ __all__ = [
     "read_hsc_coadd",
     "cut_stamp",
     "fetch_scenes",
+    "background_stamps",
+    "write_background_library",
+    "read_background_library",
 ]
 
 HSC_BANDS = ("g", "r", "i", "z", "y")
@@ -339,3 +342,125 @@ def fetch_scenes(dest: str | os.PathLike, *, parity: str = "even", timeout: floa
             f.write(r.read())
         os.replace(tmp, target)
     return list_scenes(d, parity=parity)
+
+
+def background_stamps(files: list[str | os.PathLike], *, per_scene: int = 50, size: int = 61,
+                      psf_size: int = 25, min_peak_distance: float = 4.0, seed: int = 0,
+                      band: str = "r") -> dict[str, np.ndarray]:
+    """A library of real background stamps cut from deblender scenes, to inject simulated galaxies into.
+
+    Each stamp is centred on a random valid pixel of a scene at least ``min_peak_distance`` px from every
+    detected peak (so that the injected galaxy is the stamp's target and the scene's own galaxies are its
+    real neighbours), with the scene's real noise, correlated as it is in the coadd, and its variance.
+    Pixels outside the scene or outside its footprint are excluded (NaN), as on the real galaxies' stamps.
+
+    Parameters
+    ----------
+    files : list of path
+        Scene files (use the even ids only: :func:`list_scenes`).
+    per_scene : int
+        Stamps per scene.
+    size, psf_size : int
+        Stamp and PSF sizes, px (odd).
+    min_peak_distance : float
+        Px between a stamp centre and every detected peak.
+    seed : int
+        Randomness of the centres.
+    band : str
+
+    Returns
+    -------
+    dict
+        ``images`` (K, size, size) float32 counts, NaN where excluded; ``variance`` (K, size, size)
+        float32, NaN where excluded; ``psfs`` (K, psf_size, psf_size) float32 unit-sum (centre crop of the
+        scene's PSF); ``scene_ids`` (K,) int64.
+
+    Raises
+    ------
+    InputDataError
+        A scene has no pixel far enough from its peaks, or a PSF smaller than ``psf_size``.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, list] = {"images": [], "variance": [], "psfs": [], "scene_ids": []}
+    for f in files:
+        sc = read_scene(f, band)
+        yy, xx = np.nonzero(sc.valid)
+        if len(sc.peaks):
+            dx = xx[:, None] - sc.peaks[None, :, 0]
+            d = np.min(np.hypot(dx, yy[:, None] - sc.peaks[None, :, 1]), axis=1)
+            keep = d >= min_peak_distance
+            yy, xx = yy[keep], xx[keep]
+        if not len(xx):
+            raise InputDataError(f"{f}: no valid pixel {min_peak_distance} px away from the detected peaks")
+        p = sc.psf.shape[0]
+        if p < psf_size:
+            raise InputDataError(f"{f}: PSF is {p}x{p}, smaller than {psf_size}x{psf_size}")
+        lo = (p - psf_size) // 2
+        psf = sc.psf[lo:lo + psf_size, lo:lo + psf_size]
+        psf = (psf / psf.sum()).astype(np.float32)
+        for j in rng.integers(0, len(xx), per_scene):
+            stamp, sigma, _, _ = cut_stamp(sc.image, sc.variance, float(xx[j]), float(yy[j]), size)
+            out["images"].append(stamp)
+            out["variance"].append(sigma**2)
+            out["psfs"].append(psf)
+            out["scene_ids"].append(sc.id)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def write_background_library(path: str | os.PathLike, library: dict[str, np.ndarray], *,
+                             zeropoint: float = HSC_ZEROPOINT, pixel_scale: float = 0.168,
+                             source: str = "") -> Path:
+    """Write a background library (:func:`background_stamps`' arrays) as one HDF5 file, atomically.
+
+    Datasets ``images``, ``variance``, ``psfs``, ``scene_ids``; root attribute ``meta`` (JSON) with the
+    zero point, pixel scale and source.
+    """
+    import h5py
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["meta"] = json.dumps({"zeropoint": zeropoint, "pixel_scale": pixel_scale, "source": source,
+                                      "kind": "galnet background library"})
+        for k in ("images", "variance", "psfs", "scene_ids"):
+            f.create_dataset(k, data=library[k], compression="gzip", compression_opts=1, shuffle=True)
+    os.replace(tmp, p)
+    return p
+
+
+def read_background_library(path: str | os.PathLike,
+                            stamp_size: int = 61) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a background library written by :func:`write_background_library`.
+
+    Returns
+    -------
+    arrays : dict of ndarray
+        ``images``, ``variance``, ``psfs``, ``scene_ids`` (see :func:`background_stamps`).
+    meta : dict
+
+    Raises
+    ------
+    InputDataError
+        Not a library file, stamps smaller than ``stamp_size``, or a library whose stamps are all excluded;
+        the message names the file.
+    """
+    import h5py
+
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            meta = json.loads(f.attrs.get("meta", "{}"))
+            missing = [k for k in ("images", "variance", "psfs", "scene_ids") if k not in f]
+            if missing:
+                raise InputDataError(f"{p}: not a galnet background library (missing {missing})")
+            arrays = {k: f[k][...] for k in ("images", "variance", "psfs", "scene_ids")}
+    except OSError as exc:
+        raise InputDataError(f"{p}: cannot read the background library ({exc})") from exc
+    if arrays["images"].ndim != 3 or min(arrays["images"].shape[1:]) < stamp_size:
+        raise InputDataError(f"{p}: background stamps are {arrays['images'].shape[1:]}, smaller than one "
+                             f"{stamp_size}x{stamp_size} stamp")
+    valid = np.isfinite(arrays["images"]) & np.isfinite(arrays["variance"]) & (arrays["variance"] > 0)
+    if not valid.any():
+        raise InputDataError(f"{p}: every pixel of the background library is masked")
+    return arrays, meta

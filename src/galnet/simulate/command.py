@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="zero point of the background images (rescaled to the preset's)")
     parser.add_argument("--background-variance-hdu", default=None,
                         help="HDU (name or number) of the variance plane of the backgrounds")
+    parser.add_argument("--background-library", metavar="FILE", default=None,
+                        help="inject each simulated target into a real background stamp of this library "
+                             "(galnet backgrounds); stamps keep the library's sigma map and PSF")
     parser.add_argument("--psf-library", metavar="FILE", default=None,
                         help="FITS PSF cube (N,P,P) to draw per-stamp PSFs from")
     parser.add_argument("--no-neighbours", action="store_true", help="no neighbouring galaxies or stars")
@@ -110,6 +113,16 @@ def run(args: argparse.Namespace) -> int:
     if args.wrap_tolerance is not None:
         overrides["wrap_tolerance"] = args.wrap_tolerance
     config = load_preset(args.preset, overrides)
+    if args.background_library:
+        from .inject import write_injected_dataset
+
+        if args.background or args.psf_library:
+            raise ConfigError("--background-library brings its own backgrounds and PSFs: drop --background "
+                              "and --psf-library")
+        paths = write_injected_dataset(config, args.background_library, args.out, args.n, split, args.seed)
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return 0
     paths = simulate_dataset(config, args.out, args.n, split, args.seed, workers=args.workers,
                              shard_size=args.shard_size, keep_shards=args.keep_shards,
                              progress=not args.no_progress, compression=args.compression,
