@@ -29,7 +29,7 @@ pa        ``axial``     ``cos 2pa, sin 2pa`` (not standardised)               ``
 
 (clamped: the table's ``net_clamp``.) The targets are ordered with the standardised ones first (in table
 order), then the axial pairs (:data:`TARGET_NAMES`). The standardised targets use the training set's mean
-and standard deviation (:meth:`OutputScaling.fit`). The mag target is relative to the sky noise because
+and standard deviation (:func:`fit_output_scaling`). The mag target is relative to the sky noise because
 the image input is in noise units; the decode adds the absolute scale back.
 """
 
