@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     from galnet.evaluate.residuals import noise_sigma
     from galnet.fit import FitConfig, fit_stamps, neighbour_mask
     from galnet.models import load_model
+    from galnet.params import IX_MAG
     from galnet.simulate import load_preset
     from galnet.train.metrics import regression_metrics
 
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
     truth = TruthSet.from_arrays(data, zeropoint=config.zeropoint, gain=config.gain,
                                  pixel_scale=config.pixel_scale)
     ev = evaluate_methods(truth, methods)
-    bright = truth.params[:, 2] < 21.5
+    bright = truth.params[:, IX_MAG] < 21.5
     figures: dict = {"n": n, "source": source, "threads": args.threads, "methods": {},
                      "timing": f"networks: median of {args.repeats} interleaved repeats; fits: one run"}
     header = f"{'method':<11} {'subset':<7} " + " ".join(f"{p:>13}" for p in PARAMS) + "   chi2nu  ms/gal"

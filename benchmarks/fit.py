@@ -152,20 +152,21 @@ def method_figures(params: np.ndarray, truth: np.ndarray, chi2nu: np.ndarray, ra
         frac_q_15pct, frac_mag_0.15, frac_all`` (all four at once) and ``fraction_fitted``.
         Fractions are over all B galaxies (a fit that did not run counts as a miss).
     """
+    from galnet.params import column
+
     n = len(truth)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.abs(params[:, 3:6] / truth[:, 3:6] - 1)
-        good = rel < REL_TOL
-        good_mag = np.abs(params[:, 2] - truth[:, 2]) < MAG_TOL
+        good = {k: np.abs(column(params, k) / column(truth, k) - 1) < REL_TOL for k in ("re", "n", "q")}
+        good_mag = np.abs(column(params, "mag") - column(truth, "mag")) < MAG_TOL
     return {
         "seconds_per_galaxy": seconds / n,
         "galaxies_per_second": n / seconds,
         "median_chi2nu": float(np.nanmedian(chi2nu)) if np.isfinite(chi2nu).any() else float("nan"),
-        "frac_re_15pct": float(good[:, 0].mean()),
-        "frac_n_15pct": float(good[:, 1].mean()),
-        "frac_q_15pct": float(good[:, 2].mean()),
+        "frac_re_15pct": float(good["re"].mean()),
+        "frac_n_15pct": float(good["n"].mean()),
+        "frac_q_15pct": float(good["q"].mean()),
         "frac_mag_0.15": float(good_mag.mean()),
-        "frac_all": float((good.all(axis=1) & good_mag).mean()),
+        "frac_all": float((good["re"] & good["n"] & good["q"] & good_mag).mean()),
         "fraction_fitted": float(np.mean(ran)),
     }
 
@@ -360,6 +361,7 @@ def run_pyimfit(stamps: Stamps, starts: np.ndarray, processes: int) -> dict[str,
     import multiprocessing as mp
 
     from galnet.conventions import fold_axis_ratio, from_imfit
+    from galnet.params import PARAMETER_NAMES
 
     b = len(stamps.images)
     models = [imfit_model(s, stamps.zeropoint) if np.all(np.isfinite(s)) else None for s in starts]
@@ -392,9 +394,8 @@ def run_pyimfit(stamps: Stamps, starts: np.ndarray, processes: int) -> dict[str,
     out["wall"] = max(busy)
     r = out["raw"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        conv = from_imfit(r[:, 0], r[:, 1], r[:, 2], r[:, 3], r[:, 4], r[:, 5], r[:, 6],
-                          zeropoint=stamps.zeropoint)
-    params = np.stack([np.asarray(conv[k], dtype=float) for k in ("x", "y", "mag", "re", "n", "q", "pa")], 1)
+        conv = from_imfit(*r.T, zeropoint=stamps.zeropoint)  # r: X0, Y0, PA, ell, n, I_e, r_e
+    params = np.stack([np.asarray(conv[k], dtype=float) for k in PARAMETER_NAMES], 1)
     out["params"] = fold_axis_ratio(params)
     return out
 
@@ -443,6 +444,7 @@ def network_starts(stamps: Stamps, threads: int) -> tuple[np.ndarray, float, str
     (ndarray (B, 7), seconds, backend)
     """
     from galnet.models import load_model
+    from galnet.params import IX_MAG
     from galnet.predict.runner import model_zeropoint, resolve_backend
 
     backend = resolve_backend("auto")
@@ -451,7 +453,7 @@ def network_starts(stamps: Stamps, threads: int) -> tuple[np.ndarray, float, str
     t0 = time.perf_counter()
     pred = predictor.predict(stamps.images, stamps.psfs, stamps.sky_sigma)
     seconds = time.perf_counter() - t0
-    pred[:, 2] += stamps.zeropoint - model_zeropoint(predictor.card)
+    pred[:, IX_MAG] += stamps.zeropoint - model_zeropoint(predictor.card)
     return pred, seconds, f"{backend}, {threads} thread(s)"
 
 

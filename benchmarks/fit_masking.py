@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from _timing import add_timing_args, check_machine, emit_with_state, interleaved, timing_figures
+from galnet.params import IX_MAG, IX_N, IX_Q, IX_RE, IX_X, IX_Y
 
 
 def outliers(params: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -29,11 +30,12 @@ def outliers(params: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         return float(np.mean(np.where(np.isfinite(bad), bad, 1.0) > 0))
 
     rel = np.abs(params / truth - 1.0)
+    delta = np.abs(params - truth)
     return {
-        "re": frac(rel[:, 3] - 0.15), "n": frac(rel[:, 4] - 0.15), "q": frac(rel[:, 5] - 0.15),
-        "mag": frac(np.abs(params[:, 2] - truth[:, 2]) - 0.15),
-        "x": frac(np.abs(params[:, 0] - truth[:, 0]) - 0.5),
-        "y": frac(np.abs(params[:, 1] - truth[:, 1]) - 0.5),
+        "re": frac(rel[:, IX_RE] - 0.15), "n": frac(rel[:, IX_N] - 0.15), "q": frac(rel[:, IX_Q] - 0.15),
+        "mag": frac(delta[:, IX_MAG] - 0.15),
+        "x": frac(delta[:, IX_X] - 0.5),
+        "y": frac(delta[:, IX_Y] - 0.5),
     }
 
 

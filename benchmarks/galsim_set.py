@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galnet.params import IX_MAG, IX_N, IX_Q, IX_X, IX_Y, N_PARAMS
+
 #: Everything that defines the set (with ``n`` and ``seed``); changing it changes the cache key.
 RECIPE: dict = {
     "version": 2,
@@ -131,13 +133,13 @@ def draw_parameters(n: int, rng: np.random.Generator, recipe: dict = RECIPE) -> 
         pos = []
         while len(pos) < k:
             x, y = rng.uniform(1.0, float(size), 2)
-            if math.hypot(x - params[i, 0], y - params[i, 1]) >= r["neighbour_min_dist_pix"]:
+            if math.hypot(x - params[i, IX_X], y - params[i, IX_Y]) >= r["neighbour_min_dist_pix"]:
                 pos.append((x, y))
         lim = r["neighbour_mag_limits"]
-        nb = np.array([[x, y, float(np.clip(params[i, 2] + rng.uniform(*r["neighbour_dmag"]), *lim)),
+        nb = np.array([[x, y, float(np.clip(params[i, IX_MAG] + rng.uniform(*r["neighbour_dmag"]), *lim)),
                         _loguniform(rng, *r["neighbour_re_arcsec"]) / scale,
                         float(rng.choice(r["neighbour_n"])), rng.uniform(*r["neighbour_q"]),
-                        rng.uniform(-90.0, 90.0)] for x, y in pos]).reshape(k, 7)
+                        rng.uniform(-90.0, 90.0)] for x, y in pos]).reshape(k, N_PARAMS)
         neighbours.append(nb)
     return {"params": params, "psf_kind": kind, "psf_fwhm": fwhm, "psf_beta": beta, "neighbours": neighbours}
 
@@ -162,8 +164,9 @@ def galsim_sersic(p, *, pixel_scale: float, zeropoint: float):
     from galnet.conventions import to_galsim
 
     d = to_galsim(*(float(v) for v in p), zeropoint=zeropoint)
-    gal = galsim.Sersic(float(p[4]), half_light_radius=d["half_light_radius"] * pixel_scale, flux=d["flux"])
-    return gal.shear(q=float(p[5]), beta=d["beta_deg"] * galsim.degrees)
+    hlr = d["half_light_radius"] * pixel_scale
+    gal = galsim.Sersic(float(p[IX_N]), half_light_radius=hlr, flux=d["flux"])
+    return gal.shear(q=float(p[IX_Q]), beta=d["beta_deg"] * galsim.degrees)
 
 
 def draw_offset(x: float, y: float, size: int) -> tuple[float, float]:
@@ -209,11 +212,11 @@ def render_stamp(p, neighbours, psf_obj, recipe: dict = RECIPE) -> tuple[np.ndar
     gsp = galsim.GSParams(maximum_fft_size=16384)
     img = galsim.ImageD(size, size, scale=scale)
     gal = galsim.Convolve(galsim_sersic(p, pixel_scale=scale, zeropoint=zp), conv_psf, gsparams=gsp)
-    gal.drawImage(img, offset=draw_offset(p[0], p[1], size), method=method)
+    gal.drawImage(img, offset=draw_offset(p[IX_X], p[IX_Y], size), method=method)
     target = img.array.copy()
     for nb in neighbours:
         obj = galsim.Convolve(galsim_sersic(nb, pixel_scale=scale, zeropoint=zp), conv_psf, gsparams=gsp)
-        obj.drawImage(img, offset=draw_offset(nb[0], nb[1], size), method=method, add_to_image=True)
+        obj.drawImage(img, offset=draw_offset(nb[IX_X], nb[IX_Y], size), method=method, add_to_image=True)
     return target, img.array.copy(), pimg.array.copy()
 
 

@@ -28,6 +28,7 @@ def main(argv=None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from galnet.params import IX_MAG, IX_N, IX_PA, IX_Q, IX_RE, IX_X, IX_Y
     from galnet.simulate import generate_batch, load_preset
 
     config = load_preset(args.preset)
@@ -48,8 +49,9 @@ def main(argv=None) -> Path:
         s = b["sky_sigma"][k]
         ax.imshow(np.arcsinh(img / (3 * s)), origin="lower", cmap="gray_r", vmin=-1,
                   vmax=np.arcsinh(img.max() / (3 * s)))
-        ax.plot(p[0] - 1, p[1] - 1, "+", color="tab:red", ms=6)
-        ax.set_title(f"m={p[2]:.1f} re={p[3]:.1f}px n={p[4]:.1f}\nq={p[5]:.2f} pa={p[6]:.0f} "
+        ax.plot(p[IX_X] - 1, p[IX_Y] - 1, "+", color="tab:red", ms=6)
+        ax.set_title(f"m={p[IX_MAG]:.1f} re={p[IX_RE]:.1f}px n={p[IX_N]:.1f}\n"
+                     f"q={p[IX_Q]:.2f} pa={p[IX_PA]:.0f} "
                      f"S/N={b['snr'][k]:.0f} nb={b['n_neighbours'][k]}", fontsize=7)
         ax2.imshow(np.log10(np.maximum(psf / psf.max(), 1e-4)), origin="lower", cmap="magma", vmin=-4)
         fw = b["psf_fwhm"][k] * config.pixel_scale
@@ -59,9 +61,9 @@ def main(argv=None) -> Path:
             a.set_yticks([])
     p = b["params"]
     hists = [
-        ("mag", p[:, 2], "linear"), ("re [arcsec]", p[:, 3] * config.pixel_scale, "log"),
-        ("Sérsic n", p[:, 4], "log"), ("q", p[:, 5], "linear"), ("pa [deg]", p[:, 6], "linear"),
-        ("x - 31 [px]", p[:, 0] - 31, "linear"),
+        ("mag", p[:, IX_MAG], "linear"), ("re [arcsec]", p[:, IX_RE] * config.pixel_scale, "log"),
+        ("Sérsic n", p[:, IX_N], "log"), ("q", p[:, IX_Q], "linear"), ("pa [deg]", p[:, IX_PA], "linear"),
+        ("x - 31 [px]", p[:, IX_X] - 31, "linear"),
         ("S/N (target)", b["snr"], "log"), ("neighbours + stars / stamp", b["n_neighbours"], "linear"),
         ('PSF FWHM ["]', b["psf_fwhm"] * config.pixel_scale, "linear"),
         ("sky sigma [counts/px]", b["sky_sigma"], "linear"),

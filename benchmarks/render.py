@@ -20,6 +20,7 @@ import torch
 from _common import hsc_like_params, parser
 from _timing import add_timing_args, check_machine, emit_with_state, interleaved, rates, ratio, timing_figures
 from galnet.conventions import to_galsim
+from galnet.params import IX_N, IX_Q, IX_X, IX_Y
 from galnet.render import MoffatPSF, render_sersic, required_fourier_size
 
 
@@ -30,11 +31,11 @@ def galsim_stamps(params: np.ndarray, psf: np.ndarray) -> np.ndarray:
     out = np.empty((len(params), 61, 61))
     for i, p in enumerate(params):
         d = to_galsim(*p)
-        gal = galsim.Sersic(p[4], half_light_radius=d["half_light_radius"], flux=d["flux"])
-        gal = gal.shear(q=p[5], beta=d["beta_deg"] * galsim.degrees)
+        gal = galsim.Sersic(p[IX_N], half_light_radius=d["half_light_radius"], flux=d["flux"])
+        gal = gal.shear(q=p[IX_Q], beta=d["beta_deg"] * galsim.degrees)
         img = galsim.ImageD(61, 61, scale=1.0)
         c = img.true_center
-        galsim.Convolve(gal, psf_obj).drawImage(img, method="no_pixel", offset=(p[0] - c.x, p[1] - c.y))
+        galsim.Convolve(gal, psf_obj).drawImage(img, method="no_pixel", offset=(p[IX_X] - c.x, p[IX_Y] - c.y))
         out[i] = img.array
     return out
 
@@ -46,7 +47,7 @@ def main() -> None:
     count = 500 if args.quick else 2000
     n_galsim = 20 if args.quick else 500
     params = hsc_like_params(count, seed=1)
-    params[:, 4] = np.minimum(params[:, 4], 6.2)  # GalSim's Sersic stops at n = 6.2
+    params[:, IX_N] = np.minimum(params[:, IX_N], 6.2)  # GalSim's Sersic stops at n = 6.2
     psf = MoffatPSF(fwhm=4.5, beta=3.0).draw(25).numpy()
     p32 = torch.tensor(params, dtype=torch.float32)
     psf32 = torch.tensor(psf, dtype=torch.float32)

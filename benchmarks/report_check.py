@@ -100,6 +100,7 @@ def build_quick_report(out: Path) -> Path:
     import torch
 
     from galnet.evaluate import MethodResult, TruthSet, evaluate_methods, write_report
+    from galnet.params import IX_MAG, IX_N, IX_RE
     from galnet.simulate import generate_batch, load_preset
 
     torch.set_num_threads(1)
@@ -108,10 +109,10 @@ def build_quick_report(out: Path) -> Path:
     rng = np.random.default_rng(0)
     t = d["params"]
     a = t + rng.normal(0, [0.1, 0.1, 0.05, 0, 0, 0.02, 3.0], t.shape)
-    a[:, 3] = t[:, 3] * np.exp(rng.normal(0, 0.1, len(t)))
-    a[:, 4] = t[:, 4] * np.exp(rng.normal(0, 0.15, len(t)))
+    a[:, IX_RE] = t[:, IX_RE] * np.exp(rng.normal(0, 0.1, len(t)))
+    a[:, IX_N] = t[:, IX_N] * np.exp(rng.normal(0, 0.15, len(t)))
     b = t.copy()
-    b[:, 2] += 0.05
+    b[:, IX_MAG] += 0.05
     b[20:] = np.nan
     truth = TruthSet.from_arrays(d, gain=cfg.gain, models=d["models"])
     ev = evaluate_methods(truth, [MethodResult("noisy", a, time_per_galaxy=1e-3),

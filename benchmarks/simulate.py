@@ -33,6 +33,7 @@ def _galsim_draw(config, batch, n_gal: int) -> int:
     import galsim
 
     from galnet.conventions import to_galsim
+    from galnet.params import IX_RE
 
     size, zp = config.stamp_size, config.zeropoint
     params, nb, owner = batch["params"], batch["_nb_params"], batch["_owner"]
@@ -41,7 +42,7 @@ def _galsim_draw(config, batch, n_gal: int) -> int:
         img = galsim.Image(size, size, scale=1.0)
         for p in [params[i], *nb[owner == i]]:
             g = to_galsim(*p, zeropoint=zp)
-            if p[3] <= 0.011:  # star
+            if p[IX_RE] <= 0.011:  # star
                 obj = galsim.DeltaFunction(flux=g["flux"])
             else:
                 n = float(np.clip(g["n"], 0.3, 6.2))  # GalSim's Sersic range

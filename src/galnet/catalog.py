@@ -15,7 +15,7 @@ from . import __version__
 from .conventions import CONVENTIONS_VERSION, DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE, wrap_pa
 from .errors import InputDataError
 from .flags import describe as describe_flags
-from .params import PARAMETERS
+from .params import IX_PA, PARAMETERS
 
 __all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS",
            "check_table_writable", "unique_ids", "duplicate_ids", "open_fits", "raise_if_truncated"]
@@ -239,7 +239,7 @@ def make_catalog(
     b = len(params)
     if params.ndim != 2 or params.shape[1] != len(PARAMETERS):
         raise InputDataError(f"params must have shape (B, {len(PARAMETERS)}), got {params.shape}")
-    params[:, 6] = wrap_pa(params[:, 6])
+    params[:, IX_PA] = wrap_pa(params[:, IX_PA])
     units = {"pix": u.pix, "mag": u.mag, "deg": u.deg, "": u.dimensionless_unscaled}
     t = Table()
     t["id"] = Column(np.asarray(ids))
@@ -247,15 +247,15 @@ def make_catalog(
         raise InputDataError(f"{len(t)} ids for {b} parameter rows")
     for j, spec in enumerate(PARAMETERS):
         t[spec.column] = Column(params[:, j], unit=units[spec.unit], description=spec.description)
-        if spec.name == "re":
-            t["re_arcsec"] = Column(params[:, j] * pixel_scale, unit=u.arcsec,
-                                    description="half-light radius along the semi-major axis")
+        if spec.arcsec_column:
+            t[spec.arcsec_column] = Column(params[:, j] * pixel_scale, unit=u.arcsec,
+                                           description=spec.description)
     if errors is not None:
         errors = np.asarray(errors, dtype=float)
         for j, spec in enumerate(PARAMETERS):
             t[spec.column + "_err"] = Column(errors[:, j], unit=units[spec.unit])
-            if spec.name == "re":
-                t["re_arcsec_err"] = Column(errors[:, j] * pixel_scale, unit=u.arcsec)
+            if spec.arcsec_column:
+                t[spec.arcsec_column + "_err"] = Column(errors[:, j] * pixel_scale, unit=u.arcsec)
     for name, col in (extra or {}).items():
         t[name] = col
     t["flags"] = Column(

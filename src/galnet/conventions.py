@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .params import IX_PA, IX_Q, IX_RE
+
 __all__ = [
     "CONVENTIONS_VERSION",
     "DEFAULT_ZEROPOINT",
@@ -94,11 +96,11 @@ def fold_axis_ratio(params) -> np.ndarray:
     ndarray, shape (B, 7): a folded copy.
     """
     p = np.array(params, dtype=float, copy=True)
-    big = p[:, 5] > 1
-    p[big, 3] *= p[big, 5]
-    p[big, 5] = 1.0 / p[big, 5]
-    p[big, 6] += 90.0
-    p[:, 6] = wrap_pa(p[:, 6])
+    big = p[:, IX_Q] > 1
+    p[big, IX_RE] *= p[big, IX_Q]
+    p[big, IX_Q] = 1.0 / p[big, IX_Q]
+    p[big, IX_PA] += 90.0
+    p[:, IX_PA] = wrap_pa(p[:, IX_PA])
     return p
 
 

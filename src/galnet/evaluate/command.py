@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InputDataError
 from ..options import check_output_path, positive_int
-from ..params import PARAMETERS
+from ..params import IX_MAG, IX_N, IX_Q, IX_RE, N_PARAMS, PARAMETERS
 
 __all__ = ["add_arguments", "run", "load_truth", "load_catalog", "load_galfit_headers", "TIME_KEYWORD"]
 
@@ -67,8 +67,8 @@ def load_truth(path, *, limit: int | None = None):
 
     meta = read_meta(path)
     shapes = check_split_shapes(path, required=("images", "psfs", "sky_sigma", "params"))
-    if len(shapes["params"]) != 2 or shapes["params"][1] != 7:
-        raise InputDataError(f"{path}: params must have shape (N, 7), got {shapes['params']}")
+    if len(shapes["params"]) != 2 or shapes["params"][1] != N_PARAMS:
+        raise InputDataError(f"{path}: params must have shape (N, {N_PARAMS}), got {shapes['params']}")
     if shapes["images"][0] == 0:
         raise InputDataError(f"{path}: the truth dataset has no rows")
     arrays = read_arrays(path, 0, limit, keys=[k for k in shapes if k != "masks"])
@@ -98,8 +98,9 @@ def _invalid_rows(params: np.ndarray) -> np.ndarray:
     mag/re/n/q where the row is not all-NaN (all-NaN rows are "not measured" already)."""
     finite_any = np.isfinite(params).any(axis=1)
     with np.errstate(invalid="ignore"):
-        bad = (params[:, 3] <= 0) | (params[:, 4] <= 0) | (params[:, 5] <= 0) | (params[:, 5] > 1)
-    bad |= finite_any & ~np.isfinite(params[:, 2:6]).all(axis=1)
+        q = params[:, IX_Q]
+        bad = (params[:, IX_RE] <= 0) | (params[:, IX_N] <= 0) | (q <= 0) | (q > 1)
+    bad |= finite_any & ~np.isfinite(params[:, [IX_MAG, IX_RE, IX_N, IX_Q]]).all(axis=1)
     return bad
 
 

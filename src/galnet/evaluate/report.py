@@ -27,7 +27,7 @@ import numpy as np
 from ..conventions import DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE, wrap_pa
 from ..errors import InputDataError
 from ..flags import Flag, any_set
-from ..params import N_PARAMS, PARAMETER_NAMES
+from ..params import IX_MAG, IX_N, IX_RE, N_PARAMS, PARAMETER_NAMES, PARAMETERS
 from ..train.metrics import binned_metrics, regression_metrics
 from .residuals import (
     DEFAULT_THRESHOLDS,
@@ -59,6 +59,8 @@ MAG_BINS: tuple[float, ...] = (17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0)
 SNR_BINS: tuple[float, ...] = (0.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 1e9)
 #: Parameters shown in the summary (PA metrics need q_true < 0.8; see galnet.train.metrics).
 _SUMMARY_PARAMS = PARAMETER_NAMES
+#: Parameters with an R² (PA, cyclic, has none).
+_R2_PARAMS = tuple(p.name for p in PARAMETERS if p.cyclic_period is None)
 
 
 @dataclass
@@ -257,7 +259,7 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
             name=m.name, params=p, rows=r,
             metrics=regression_metrics(t[r], q[r]) if r.any() else {},
             metrics_common=regression_metrics(t[common], q[common]) if common.any() else {},
-            binned_mag=binned_metrics(t[r], q[r], t[r, 2], MAG_BINS) if r.any() else [],
+            binned_mag=binned_metrics(t[r], q[r], t[r, IX_MAG], MAG_BINS) if r.any() else [],
             binned_snr=binned_metrics(t[r], q[r], truth.snr[r], SNR_BINS)
             if r.any() and np.isfinite(truth.snr).all() else [],
             stats=stats, residual_flags=rflags,
@@ -352,8 +354,8 @@ def _tables(ev: Evaluation) -> list[tuple[str, list[str], list[list[str]]]]:
     srows = summary_rows(ev)
     params = list(_SUMMARY_PARAMS)
     t_r2 = ("R² per parameter (x, y, mag, q linear; re, n in log10; PA has none)",
-            ["method", "n", *params[:-1]],
-            [[r["method"], str(r["n"]), *[_fmt(r[f"R2_{p}"]) for p in params[:-1]]] for r in srows])
+            ["method", "n", *_R2_PARAMS],
+            [[r["method"], str(r["n"]), *[_fmt(r[f"R2_{p}"]) for p in _R2_PARAMS]] for r in srows])
     t_out = ("Outlier fraction per parameter (thresholds of galnet.train.metrics; PA only for q_true < 0.8)",
              ["method", "n", *params, "any"],
              [[r["method"], str(r["n"]), *[_fmt(r[f"out_{p}"]) for p in params], _fmt(r["out_any"])]
@@ -379,13 +381,13 @@ def _tables(ev: Evaluation) -> list[tuple[str, list[str], list[list[str]]]]:
     if len(ev.methods) > 1 and ev.common_rows.any():
         t_common = (f"On the {int(ev.common_rows.sum())} galaxies every method measured: outlier fraction "
                     "and R²",
-                    ["method", *[f"out {p}" for p in params], "out any", *[f"R² {p}" for p in params[:-1]]],
+                    ["method", *[f"out {p}" for p in params], "out any", *[f"R² {p}" for p in _R2_PARAMS]],
                     [])
         for name, m in ev.methods.items():
             mc = m.metrics_common
             t_common[2].append([name, *[_fmt(mc.get(p, {}).get("outlier_frac")) for p in params],
                                 _fmt(mc.get("all", {}).get("outlier_frac")),
-                                *[_fmt(mc.get(p, {}).get("r2")) for p in params[:-1]]])
+                                *[_fmt(mc.get(p, {}).get("r2")) for p in _R2_PARAMS]])
         tables.append(t_common)
     ref, ratio_rows = nmad_ratio_rows(ev)
     if ratio_rows:
@@ -410,11 +412,11 @@ def format_summary(ev: Evaluation) -> str:
     """Plain-text summary table (per method: R² and outlier fraction per parameter, median χ²ν,
     time per galaxy), for the terminal."""
     params = list(_SUMMARY_PARAMS)
-    head = ["method", "n"] + [f"R2 {p}" for p in params[:-1]] + [f"out {p}" for p in params] + [
+    head = ["method", "n"] + [f"R2 {p}" for p in _R2_PARAMS] + [f"out {p}" for p in params] + [
         "out any", "chi2nu", "ms/gal"]
     lines = [head]
     for r in summary_rows(ev):
-        lines.append([r["method"], str(r["n"])] + [_fmt(r[f"R2_{p}"], 2) for p in params[:-1]]
+        lines.append([r["method"], str(r["n"])] + [_fmt(r[f"R2_{p}"], 2) for p in _R2_PARAMS]
                      + [_fmt(r[f"out_{p}"], 2) for p in params]
                      + [_fmt(r["out_any"], 2), _fmt(r["chi2nu_med"], 2), _fmt(r["ms_per_gal"], 2)])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
@@ -686,8 +688,8 @@ def _plot_mosaic(ev: Evaluation, m: MethodEvaluation, path: Path, *, kind: str, 
                                interpolation="nearest")
         t, q = ev.truth.params[i], m.params[i]
         axes[r, 0].set_ylabel(f"id {ev.truth.ids[i]}", fontsize=8)
-        axes[r, 0].set_title(f"image  mag {t[2]:.2f} re {t[3]:.1f} n {t[4]:.2f}", fontsize=7)
-        axes[r, 1].set_title(f"model  mag {q[2]:.2f} re {q[3]:.1f} n {q[4]:.2f}", fontsize=7)
+        axes[r, 0].set_title(f"image  mag {t[IX_MAG]:.2f} re {t[IX_RE]:.1f} n {t[IX_N]:.2f}", fontsize=7)
+        axes[r, 1].set_title(f"model  mag {q[IX_MAG]:.2f} re {q[IX_RE]:.1f} n {q[IX_N]:.2f}", fontsize=7)
         axes[r, 2].set_title(f"(image−model)/σ  χ²ν {m.stats['chi2nu'][i]:.2f}", fontsize=7)
         fig.colorbar(im, ax=axes[r, 2], shrink=0.8)
     fig.suptitle(f"{m.name}: {kind} galaxies (by whole-stamp χ²ν)", fontsize=9)

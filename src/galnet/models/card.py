@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..conventions import CONVENTIONS_VERSION
+from ..conventions import CONVENTIONS_VERSION, wrap_pa
 from ..errors import InputDataError, ModelCardError
-from ..params import PARAMETER_NAMES
+from ..params import IX_PA, IX_X, IX_Y, PARAMETER_NAMES, PARAMETERS
 from .networks import GalNet, _Decoded, count_macs, count_parameters
 from .registry import create_model
 
@@ -387,15 +387,15 @@ class Predictor:
                     p, e = self._predict_once(np.ascontiguousarray(img), np.ascontiguousarray(psf), sky,
                                               batch_size)
                     if flip_y:
-                        p[:, 1] = (size + 1) - p[:, 1]
-                        p[:, 6] = -p[:, 6]
+                        p[:, IX_Y] = (size + 1) - p[:, IX_Y]
+                        p[:, IX_PA] = -p[:, IX_PA]
                     if flip_x:
-                        p[:, 0] = (size + 1) - p[:, 0]
-                        p[:, 6] = -p[:, 6]
+                        p[:, IX_X] = (size + 1) - p[:, IX_X]
+                        p[:, IX_PA] = -p[:, IX_PA]
                     if transpose:
-                        p[:, [0, 1]] = p[:, [1, 0]]
-                        e[:, [0, 1]] = e[:, [1, 0]]
-                        p[:, 6] = 90.0 - p[:, 6]
+                        p[:, [IX_X, IX_Y]] = p[:, [IX_Y, IX_X]]
+                        e[:, [IX_X, IX_Y]] = e[:, [IX_Y, IX_X]]
+                        p[:, IX_PA] = 90.0 - p[:, IX_PA]
                     params.append(p)
                     errors.append(e)
         return _average_symmetric(np.stack(params)), np.mean(np.stack(errors), axis=0)
@@ -424,14 +424,17 @@ class Predictor:
 def _average_symmetric(params: np.ndarray) -> np.ndarray:
     """Average (K, B, 7) answers of K symmetric copies.
 
-    x, y, mag and q arithmetically; re and n geometrically; pa on the doubled-angle circle.
+    By the parameter's network transform (:data:`galnet.params.PARAMETERS`): ``log10`` parameters (re, n)
+    geometrically, ``axial`` ones (pa) on the doubled-angle circle, the others (x, y, mag, q) arithmetically.
     """
     out = params.mean(axis=0)
-    out[:, 3] = np.exp(np.log(params[:, :, 3]).mean(axis=0))
-    out[:, 4] = np.exp(np.log(params[:, :, 4]).mean(axis=0))
-    two = np.deg2rad(2.0 * params[:, :, 6])
-    pa = 0.5 * np.rad2deg(np.arctan2(np.sin(two).mean(axis=0), np.cos(two).mean(axis=0)))
-    out[:, 6] = np.remainder(pa + 90.0, 180.0) - 90.0
+    for j, spec in enumerate(PARAMETERS):
+        if spec.net_transform == "log10":
+            out[:, j] = np.exp(np.log(params[:, :, j]).mean(axis=0))
+        elif spec.net_transform == "axial":
+            two = np.deg2rad(2.0 * params[:, :, j])
+            mean = np.arctan2(np.sin(two).mean(axis=0), np.cos(two).mean(axis=0))
+            out[:, j] = wrap_pa(0.5 * np.rad2deg(mean))
     return out
 
 

@@ -11,22 +11,26 @@ Inputs
 * a scalar flux feature ``asinh(sum(image) / sky_sigma / 100)``, which gives the head the total
   counts directly (the image stretch hides them).
 
-Outputs (8 network outputs from 7 parameters, see :data:`galnet.params.PARAMETERS`)
-------------------------------------------------------------------------------------
-========  ==================================================  =================================
-param     network target (before standardisation)             decode
-========  ==================================================  =================================
-x, y      offset from the stamp centre, pixels                 ``+ centre`` (31 for 61 px)
-mag       ``mag + 2.5 log10(sky_sigma)`` (noise-unit mag)       ``- 2.5 log10(sky_sigma)``
-re        ``log10 re``                                          ``10**``
-n         ``log10 n``                                           ``10**``, clamped to valid range
-q         ``q``                                                 clamped to ``[q_min, 1]``
-pa        ``cos 2pa, sin 2pa`` (not standardised)               ``atan2 / 2``, wrapped [-90, 90)
-========  ==================================================  =================================
+Outputs (network targets generated from :data:`galnet.params.PARAMETERS`)
+-------------------------------------------------------------------------
+Each parameter's ``net_transform`` (:data:`galnet.params.NET_TRANSFORMS`) makes its target(s); with
+the table as shipped, 8 targets from 7 parameters:
 
-All but the two axial components are standardised with the training set's mean and standard
-deviation (:meth:`OutputScaling.fit`). The mag target is relative to the sky noise because the
-image input is in noise units; the decode adds the absolute scale back.
+========  ============  ==================================================  ===============================
+param     transform     network target (before standardisation)             decode
+========  ============  ==================================================  ===============================
+x, y      ``offset``    offset from the stamp centre, pixels                 ``+ centre`` (31 for 61 px)
+mag       ``mag_rel``   ``mag + 2.5 log10(sky_sigma)`` (noise-unit mag)       ``- 2.5 log10(sky_sigma)``
+re        ``log10``     ``log10 re``                                          ``10**``
+n         ``log10``     ``log10 n``                                           ``10**``, clamped to valid range
+q         ``linear``    ``q``                                                 clamped to its valid range
+pa        ``axial``     ``cos 2pa, sin 2pa`` (not standardised)               ``atan2 / 2``, wrapped [-90, 90)
+========  ============  ==================================================  ===============================
+
+(clamped: the table's ``net_clamp``.) The targets are ordered with the standardised ones first (in table
+order), then the axial pairs (:data:`TARGET_NAMES`). The standardised targets use the training set's mean
+and standard deviation (:func:`fit_output_scaling`). The mag target is relative to the sky noise because
+the image input is in noise units; the decode adds the absolute scale back.
 """
 
 from __future__ import annotations
@@ -38,13 +42,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conventions import DEFAULT_ZEROPOINT, stamp_center
+from ..conventions import DEFAULT_ZEROPOINT, stamp_center, wrap_pa
 from ..errors import ModelCardError
-from ..params import N_PARAMS, PARAMETER_NAMES, PARAMETERS
+from ..params import IX_MAG, N_PARAMS, PARAMETER_NAMES, PARAMETERS, ParameterSpec, index
 
 __all__ = [
     "TARGET_NAMES",
     "N_OUTPUTS",
+    "N_STANDARDISED",
+    "target_columns",
     "InputScalingConfig",
     "OutputScalingConfig",
     "InputScaling",
@@ -52,10 +58,28 @@ __all__ = [
     "fit_output_scaling",
 ]
 
-#: Names of the 8 network outputs, in order.
-TARGET_NAMES: tuple[str, ...] = ("dx", "dy", "mag_rel", "log10_re", "log10_n", "q", "cos2pa", "sin2pa")
+#: Names of the network outputs, in order: the standardised targets of the parameters (table order),
+#: then the unstandardised ones (the axial pairs): ``dx, dy, mag_rel, log10_re, log10_n, q, cos2pa, sin2pa``.
+TARGET_NAMES: tuple[str, ...] = (
+    tuple(t for spec in PARAMETERS if spec.standardised for t in spec.net_targets)
+    + tuple(t for spec in PARAMETERS if not spec.standardised for t in spec.net_targets)
+)
 N_OUTPUTS = len(TARGET_NAMES)
-_STANDARDISED = 6  # the first 6 targets are standardised; cos2pa, sin2pa are not
+#: The first ``N_STANDARDISED`` targets are standardised (6: all but cos2pa, sin2pa).
+N_STANDARDISED = sum(len(spec.net_targets) for spec in PARAMETERS if spec.standardised)
+_COLUMNS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(TARGET_NAMES.index(t) for t in spec.net_targets) for spec in PARAMETERS
+)
+
+
+def target_columns(name: str) -> tuple[int, ...]:
+    """Columns of a parameter's target(s) in the network outputs (``target_columns("pa") == (6, 7)``)."""
+    return _COLUMNS[index(name)]
+
+
+def _standardised_defaults(which: int) -> list[float]:
+    """The table's ``net_default`` means (``which=0``) or stds (``1``) of the standardised targets."""
+    return [spec.net_default[which] for spec in PARAMETERS if spec.standardised for _ in spec.net_targets]
 
 
 @dataclass
@@ -80,12 +104,13 @@ class InputScalingConfig:
 
 @dataclass
 class OutputScalingConfig:
-    """Standardisation of the first 6 targets and the decode limits.
+    """Standardisation of the first ``N_STANDARDISED`` (6) targets and the decode limits.
 
     Attributes
     ----------
     mean, std : list of 6 float
-        Mean and standard deviation of ``dx, dy, mag_rel, log10_re, log10_n, q`` over a training set.
+        Mean and standard deviation of ``dx, dy, mag_rel, log10_re, log10_n, q`` over a training set
+        (defaults: the table's ``net_default``).
     stamp_size : int
         Image stamp size in pixels (the offsets are from its centre, :func:`stamp_center`).
     zeropoint : float
@@ -100,17 +125,17 @@ class OutputScalingConfig:
         Interior edges of those ``mag_rel`` bins (increasing); empty for one row.
     """
 
-    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.5, 0.2, 0.6])
-    std: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 0.3, 0.3, 0.25])
+    mean: list[float] = field(default_factory=lambda: _standardised_defaults(0))
+    std: list[float] = field(default_factory=lambda: _standardised_defaults(1))
     stamp_size: int = 61
     zeropoint: float = DEFAULT_ZEROPOINT
     error_scale: list = field(default_factory=lambda: [1.0] * N_PARAMS)
     error_scale_edges: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if len(self.mean) != _STANDARDISED or len(self.std) != _STANDARDISED:
+        if len(self.mean) != N_STANDARDISED or len(self.std) != N_STANDARDISED:
             raise ModelCardError(
-                f"output scaling needs {_STANDARDISED} means and stds, "
+                f"output scaling needs {N_STANDARDISED} means and stds, "
                 f"got {len(self.mean)} and {len(self.std)}"
             )
         if not all(math.isfinite(s) and s > 0 for s in self.std) or not all(map(math.isfinite, self.mean)):
@@ -168,7 +193,7 @@ class InputScaling(nn.Module):
 
 
 class OutputScaling(nn.Module):
-    """Catalog parameters (B, 7) ↔ standardised network targets (B, 8)."""
+    """Catalog parameters (B, 7) ↔ standardised network targets (B, 8), by the table's transforms."""
 
     def __init__(self, config: OutputScalingConfig | None = None) -> None:
         super().__init__()
@@ -177,50 +202,93 @@ class OutputScaling(nn.Module):
         self.register_buffer("std", torch.tensor(self.config.std, dtype=torch.float32), persistent=False)
         self.set_error_scale(self.config.error_scale, self.config.error_scale_edges)
         self.center = stamp_center(self.config.stamp_size)
-        self.log_n_range = tuple(math.log10(v) for v in PARAMETERS[4].valid)
-        self.q_min = PARAMETERS[5].valid[0]
+        #: decode clamps in target space (``log10`` or linear) for the table's ``net_clamp`` parameters
+        self.clamps: dict[str, tuple[float, float]] = {
+            spec.name: (tuple(math.log10(v) for v in spec.valid) if spec.net_transform == "log10"
+                        else spec.valid)
+            for spec in PARAMETERS if spec.net_clamp
+        }
 
+    # ------------------------------------------------------------------ one parameter
+    def _encode(self, spec: ParameterSpec, value: torch.Tensor,
+                sky_sigma: torch.Tensor) -> list[torch.Tensor]:
+        """The unstandardised target(s) of one parameter column (B,)."""
+        kind = spec.net_transform
+        if kind == "offset":
+            return [value - self.center]
+        if kind == "mag_rel":
+            return [value + 2.5 * torch.log10(sky_sigma)]
+        if kind == "log10":
+            return [torch.log10(value)]
+        if kind == "linear":
+            return [value]
+        two = value * (math.pi / (spec.cyclic_period / 2.0))  # axial: twice the angle, radians
+        return [torch.cos(two), torch.sin(two)]
+
+    def _decode(self, spec: ParameterSpec, targets: list[torch.Tensor],
+                sky_sigma: torch.Tensor) -> torch.Tensor:
+        """One parameter column (B,) from its unstandardised target(s)."""
+        kind, clamp = spec.net_transform, self.clamps.get(spec.name)
+        if kind == "axial":  # atan2 / 2 in degrees, wrapped to [-90, 90)
+            return wrap_pa(torch.atan2(targets[1], targets[0]) * ((spec.cyclic_period / 2.0) / math.pi))
+        (t,) = targets
+        if clamp is not None:
+            t = t.clamp(clamp[0], clamp[1])
+        if kind == "offset":
+            return t + self.center
+        if kind == "mag_rel":
+            return t - 2.5 * torch.log10(sky_sigma)
+        if kind == "log10":
+            return torch.pow(10.0, t)
+        return t
+
+    def _decode_error(self, spec: ParameterSpec, value: torch.Tensor, sigma: list[torch.Tensor],
+                      out: torch.Tensor) -> torch.Tensor:
+        """1-sigma error (B,) of one parameter from the sigma(s) of its unstandardised target(s)."""
+        kind = spec.net_transform
+        if kind == "log10":
+            return value * math.log(10.0) * sigma[0]
+        if kind == "axial":
+            half = spec.cyclic_period / 2.0
+            two = value * (math.pi / half)
+            perp = torch.sqrt((sigma[0] * torch.sin(two)) ** 2 + (sigma[1] * torch.cos(two)) ** 2)
+            return (half / math.pi) * perp / self.axial_length(out, spec.name)
+        return sigma[0]
+
+    def _unstandardise(self, out: torch.Tensor, *, scale_only: bool = False) -> list[list[torch.Tensor]]:
+        """Per parameter, its target columns of ``out`` (B, 8) with the standardisation undone.
+
+        ``scale_only`` multiplies by the std without adding the mean (for sigmas).
+        """
+        head = out[:, :N_STANDARDISED] * self.std
+        if not scale_only:
+            head = head + self.mean
+        return [[head[:, c] if c < N_STANDARDISED else out[:, c] for c in cols] for cols in _COLUMNS]
+
+    # ------------------------------------------------------------------ all parameters
     def raw_targets(self, params: torch.Tensor, sky_sigma: torch.Tensor) -> torch.Tensor:
         """Unstandardised targets (B, 8) from catalog parameters (B, 7) and sky sigma (B,) counts."""
-        x, y, mag, re, n, q, pa = params.unbind(-1)
-        two = pa * (math.pi / 90.0)  # 2 pa in radians
-        return torch.stack(
-            [
-                x - self.center,
-                y - self.center,
-                mag + 2.5 * torch.log10(sky_sigma),
-                torch.log10(re),
-                torch.log10(n),
-                q,
-                torch.cos(two),
-                torch.sin(two),
-            ],
-            dim=-1,
-        )
+        targets: list[torch.Tensor | None] = [None] * N_OUTPUTS
+        for j, spec in enumerate(PARAMETERS):
+            for c, t in zip(_COLUMNS[j], self._encode(spec, params[..., j], sky_sigma)):
+                targets[c] = t
+        return torch.stack(targets, dim=-1)
 
     def encode(self, params: torch.Tensor, sky_sigma: torch.Tensor) -> torch.Tensor:
         """Standardised targets (B, 8) for the loss, from parameters (B, 7) in catalog conventions."""
         raw = self.raw_targets(params, sky_sigma)
-        head = (raw[:, :_STANDARDISED] - self.mean) / self.std
-        return torch.cat([head, raw[:, _STANDARDISED:]], dim=-1)
+        head = (raw[:, :N_STANDARDISED] - self.mean) / self.std
+        return torch.cat([head, raw[:, N_STANDARDISED:]], dim=-1)
 
     def decode(self, out: torch.Tensor, sky_sigma: torch.Tensor) -> torch.Tensor:
         """Network outputs (B, 8) → parameters (B, 7) in catalog conventions.
 
-        ``q`` is clamped to ``[q_min, 1]``, ``n`` to its valid range, PA wrapped to [-90, 90).
+        Parameters with ``net_clamp`` in the table (``n``, ``q``) are clamped to their valid range, PA
+        wrapped to [-90, 90).
         """
-        head = out[:, :_STANDARDISED] * self.std + self.mean
-        dx, dy, mag_rel, log_re, log_n, q = head.unbind(-1)
-        x = dx + self.center
-        y = dy + self.center
-        mag = mag_rel - 2.5 * torch.log10(sky_sigma)
-        re = torch.pow(10.0, log_re)
-        n = torch.pow(10.0, log_n.clamp(self.log_n_range[0], self.log_n_range[1]))
-        q = q.clamp(self.q_min, 1.0)
-        pa = torch.atan2(out[:, 7], out[:, 6]) * (90.0 / math.pi)  # degrees, (-90, 90]
-        pa = torch.remainder(pa + 90.0, 180.0) - 90.0
-        return torch.stack([x, y, mag, re, n, q, pa], dim=-1)
-
+        cols = self._unstandardise(out)
+        return torch.stack([self._decode(spec, cols[j], sky_sigma) for j, spec in enumerate(PARAMETERS)],
+                           dim=-1)
 
     def set_error_scale(self, table, edges) -> None:
         """Set the calibration table (K, 7) or (7,) and its K - 1 ``mag_rel`` bin edges (config, buffers)."""
@@ -236,7 +304,8 @@ class OutputScaling(nn.Module):
 
     def error_scale_rows(self, out: torch.Tensor) -> torch.Tensor:
         """The calibration factors (B, 7) of each galaxy: the row of its predicted ``mag_rel`` bin."""
-        mag_rel = out[:, 2] * self.std[2] + self.mean[2]
+        (c,) = _COLUMNS[IX_MAG]
+        mag_rel = out[:, c] * self.std[c] + self.mean[c]
         if self.error_scale_edges.numel() == 0:
             return self.error_scale[0].expand(out.shape[0], -1)
         # bin index as a sum of comparisons (exportable to ONNX, unlike bucketize)
@@ -267,28 +336,17 @@ class OutputScaling(nn.Module):
         sigmas perpendicular to the vector.
         """
         sig = torch.exp(out[:, N_OUTPUTS:].clamp(-20.0, 10.0))
-        raw = sig[:, :_STANDARDISED] * self.std
-        ln10 = math.log(10.0)
-        re, n = params[:, 3], params[:, 4]
-        two = params[:, 6] * (math.pi / 90.0)
-        perp = torch.sqrt((sig[:, 6] * torch.sin(two)) ** 2 + (sig[:, 7] * torch.cos(two)) ** 2)
+        sigmas = self._unstandardise(sig, scale_only=True)
         errs = torch.stack(
-            [
-                raw[:, 0],
-                raw[:, 1],
-                raw[:, 2],
-                re * ln10 * raw[:, 3],
-                n * ln10 * raw[:, 4],
-                raw[:, 5],
-                (90.0 / math.pi) * perp / self.pa_vector_length(out),
-            ],
+            [self._decode_error(spec, params[:, j], sigmas[j], out) for j, spec in enumerate(PARAMETERS)],
             dim=-1,
         )
         return errs * self.error_scale_rows(out)
 
-    def pa_vector_length(self, out: torch.Tensor) -> torch.Tensor:
-        """Length (B,) of the predicted ``(cos 2pa, sin 2pa)`` vector, floored at 0.1."""
-        return torch.sqrt(out[:, 6] ** 2 + out[:, 7] ** 2).clamp_min(0.1)
+    def axial_length(self, out: torch.Tensor, name: str = "pa") -> torch.Tensor:
+        """Length (B,) of the predicted ``(cos, sin)`` vector of an axial parameter, floored at 0.1."""
+        c, s = target_columns(name)
+        return torch.sqrt(out[:, c] ** 2 + out[:, s] ** 2).clamp_min(0.1)
 
 
 def fit_output_scaling(
@@ -313,7 +371,7 @@ def fit_output_scaling(
         )
     scaler = OutputScaling(OutputScalingConfig(stamp_size=stamp_size))
     raw = scaler.raw_targets(torch.as_tensor(params), torch.as_tensor(sky_sigma, dtype=torch.float64))
-    raw = raw[:, :_STANDARDISED].numpy()
+    raw = raw[:, :N_STANDARDISED].numpy()
     mean = raw.mean(axis=0)
     std = np.maximum(raw.std(axis=0), 1e-3)
     return OutputScalingConfig(

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..models.scaling import N_OUTPUTS, TARGET_NAMES, target_columns
 from ..options import check_field_type
+from ..params import loss_weights
 
 __all__ = ["TrainConfig", "LOSSES", "SCHEDULES", "check_model_config"]
 
@@ -62,8 +64,11 @@ class TrainConfig:
         ``init_sigma`` (standardised units).
     init_sigma : float
         Initial predicted sigma of the new uncertainty outputs when starting from ``init``.
-    loss_weights : list of 8 float or None
-        Per-output weights (dx, dy, mag_rel, log10_re, log10_n, q, cos2pa, sin2pa).
+    loss_weights : dict of str to float, list of 8 float, or None
+        Loss weight per parameter by name (``{"pa": 0.5}``; a parameter's weight applies to each of its
+        network targets, unnamed parameters keep the table's ``loss_weight``, 1), or the older form: one
+        weight per network output (``dx, dy, mag_rel, log10_re, log10_n, q, cos2pa, sin2pa``,
+        :data:`galnet.models.TARGET_NAMES`). None: the table's weights. See :meth:`output_weights`.
     schedule : {"cosine", "plateau", "none"}
     warmup_steps : int
         Linear warm-up (cosine and none).
@@ -112,7 +117,7 @@ class TrainConfig:
     nll_beta: float = 0.0
     init: str | None = None
     init_sigma: float = 0.3
-    loss_weights: list[float] | None = None
+    loss_weights: dict[str, float] | list[float] | None = None
     schedule: str = "cosine"
     warmup_steps: int = 200
     min_lr_ratio: float = 0.02
@@ -163,9 +168,8 @@ class TrainConfig:
         if not self.min_lr_ratio <= 1 or not self.plateau_factor < 1:
             raise ConfigError(f"min_lr_ratio must be in (0, 1] and plateau_factor in (0, 1), got "
                               f"{self.min_lr_ratio}, {self.plateau_factor}")
-        if self.loss_weights is not None and len(self.loss_weights) != 8:
-            raise ConfigError(f"loss_weights needs 8 values, got {len(self.loss_weights)}")
-        if self.loss_weights is not None and (min(self.loss_weights) < 0 or not sum(self.loss_weights) > 0):
+        weights = self.output_weights()
+        if min(weights) < 0 or not sum(weights) > 0:
             raise ConfigError(f"loss_weights must be >= 0 with a positive sum, got {self.loss_weights}")
         check_model_config(self.model_config, self.input_scaling)
         if not 0.0 <= self.nll_beta <= 1.0:
@@ -177,6 +181,35 @@ class TrainConfig:
         elif self.model_config.get("uncertainty"):
             raise ConfigError("an uncertainty head (model_config uncertainty=true) needs --loss gaussian_nll")
         return self
+
+    def output_weights(self) -> list[float]:
+        """The loss weight of each network output (``N_OUTPUTS`` = 8, in :data:`TARGET_NAMES` order).
+
+        Returns
+        -------
+        list of float: ``loss_weights`` as given if it is a list, else each parameter's weight
+        (:func:`galnet.params.loss_weights`: the table's, overridden by name) for each of its targets.
+
+        Raises
+        ------
+        ConfigError
+            A list of the wrong length, or a parameter name that is not in the table.
+        """
+        if isinstance(self.loss_weights, list):
+            if len(self.loss_weights) != N_OUTPUTS:
+                raise ConfigError(f"loss_weights needs {N_OUTPUTS} values (one per network output: "
+                                  f"{', '.join(TARGET_NAMES)}) or a table of parameter weights, "
+                                  f"got {len(self.loss_weights)}")
+            return [float(w) for w in self.loss_weights]
+        try:
+            by_name = loss_weights(self.loss_weights)
+        except KeyError as exc:
+            raise ConfigError(f"loss_weights: {exc.args[0]}") from None
+        out = [0.0] * N_OUTPUTS
+        for name, weight in by_name.items():
+            for c in target_columns(name):
+                out[c] = weight
+        return out
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict[str, Any]:

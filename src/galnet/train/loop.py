@@ -37,13 +37,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from ..conventions import wrap_pa
+from ..data import read_arrays, read_meta
 from ..errors import ConfigError, InputDataError
 from ..models import GalNet, create_model, fit_output_scaling
 from ..models.scaling import N_OUTPUTS, OutputScalingConfig
+from ..params import IX_PA, IX_X, IX_Y
 from .config import TrainConfig
 from .metrics import flatten_metrics, regression_metrics
 
-__all__ = ["Trainer", "train", "load_split", "read_meta", "evaluate_model", "read_safetensors", "CHECKPOINT"]
+__all__ = ["Trainer", "train", "load_split", "evaluate_model", "read_safetensors", "CHECKPOINT"]
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +55,6 @@ _SPLIT_KEYS = ("images", "psfs", "sky_sigma", "params")
 
 
 # ============================================================================ data
-def read_meta(path: str | os.PathLike) -> dict:
-    """The ``meta`` JSON root attribute of a galnet HDF5 split ({} if absent)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as fh:
-            raw = fh.attrs.get("meta")
-    except OSError as exc:
-        raise InputDataError(f"{path}: not a readable HDF5 dataset ({' '.join(str(exc).split())})") from exc
-    if raw is None:
-        return {}
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    try:
-        return json.loads(str(raw))
-    except json.JSONDecodeError:
-        return {}
-
-
 def load_split(path: str | os.PathLike, limit: int | None = None) -> dict[str, torch.Tensor]:
     """Read one HDF5 split into memory as tensors.
 
@@ -94,20 +78,7 @@ def load_split(path: str | os.PathLike, limit: int | None = None) -> dict[str, t
     if not path.is_file():
         raise InputDataError(f"{path}: no such dataset file")
     try:
-        from ..data import read_arrays  # the data stage's reader, when present
-    except ImportError:
-        read_arrays = None
-    try:
-        if read_arrays is not None:
-            arrs = read_arrays(str(path), start=0, stop=limit, keys=[*_SPLIT_KEYS, "ids"])
-        else:
-            import h5py
-
-            with h5py.File(path, "r") as fh:
-                missing = [k for k in _SPLIT_KEYS if k not in fh]
-                if missing:
-                    raise InputDataError(f"{path}: missing dataset(s) {missing}")
-                arrs = {k: fh[k][:limit] for k in (*_SPLIT_KEYS, "ids") if k in fh}
+        arrs = read_arrays(str(path), start=0, stop=limit, keys=[*_SPLIT_KEYS, "ids"])
     except (OSError, KeyError, ValueError, TypeError) as exc:  # not HDF5, truncated, wrong layout
         if isinstance(exc, InputDataError):
             raise
@@ -196,18 +167,18 @@ def _augment(batch: dict[str, torch.Tensor], gen: torch.Generator, size: int) ->
     m3 = t[:, None, None]
     img = torch.where(m3, img.transpose(-1, -2), img)
     psf = torch.where(m3, psf.transpose(-1, -2), psf)
-    x, y = p[:, 0].clone(), p[:, 1].clone()
-    p[:, 0] = torch.where(t, y, x)
-    p[:, 1] = torch.where(t, x, y)
-    p[:, 6] = torch.where(t, 90.0 - p[:, 6], p[:, 6])
+    x, y = p[:, IX_X].clone(), p[:, IX_Y].clone()
+    p[:, IX_X] = torch.where(t, y, x)
+    p[:, IX_Y] = torch.where(t, x, y)
+    p[:, IX_PA] = torch.where(t, 90.0 - p[:, IX_PA], p[:, IX_PA])
     img = torch.where(fx[:, None, None], img.flip(-1), img)
     psf = torch.where(fx[:, None, None], psf.flip(-1), psf)
     img = torch.where(fy[:, None, None], img.flip(-2), img)
     psf = torch.where(fy[:, None, None], psf.flip(-2), psf)
-    p[:, 0] = torch.where(fx, (size + 1) - p[:, 0], p[:, 0])
-    p[:, 1] = torch.where(fy, (size + 1) - p[:, 1], p[:, 1])
-    p[:, 6] = torch.where(fx ^ fy, -p[:, 6], p[:, 6])
-    p[:, 6] = torch.remainder(p[:, 6] + 90.0, 180.0) - 90.0
+    p[:, IX_X] = torch.where(fx, (size + 1) - p[:, IX_X], p[:, IX_X])
+    p[:, IX_Y] = torch.where(fy, (size + 1) - p[:, IX_Y], p[:, IX_Y])
+    p[:, IX_PA] = torch.where(fx ^ fy, -p[:, IX_PA], p[:, IX_PA])
+    p[:, IX_PA] = wrap_pa(p[:, IX_PA])
     return {**batch, "image": img, "psf": psf, "params": p}
 
 
@@ -304,7 +275,7 @@ def evaluate_model(model: GalNet, split: dict[str, torch.Tensor], *, batch_size:
     device = torch.device(device)
     was = model.training
     model.eval()
-    weights = torch.as_tensor(cfg.loss_weights or [1.0] * 8, device=device) if cfg else None
+    weights = torch.as_tensor(cfg.output_weights(), dtype=torch.float32, device=device) if cfg else None
     preds, loss_sum, n = [], 0.0, len(split["params"])
     for s in range(0, n, batch_size):
         b = _to({k: v[s:s + batch_size] for k, v in split.items() if k != "ids"}, device)
@@ -426,29 +397,7 @@ class Trainer:
             raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by WORLD_SIZE {self.world}")
         self.per_rank_batch = cfg.batch_size // self.world
         torch.manual_seed(cfg.seed)
-        # ---- data
-        if cfg.data:
-            d = Path(cfg.data)
-            self.meta = read_meta(d / "val.h5") if (d / "val.h5").is_file() else {}
-            self.val = load_split(d / "val.h5", cfg.val_size)
-        else:
-            self.meta = {"preset": cfg.on_the_fly, "seed": cfg.seed}
-            self.val = _otf_split(cfg, seed=cfg.seed * 7919 + 999_983, n=cfg.val_size or 2048)
-        if cfg.on_the_fly:
-            self.train_data = None
-            n_steps = cfg.steps_per_epoch or max(1, (cfg.train_size or 160_000) // cfg.batch_size)
-            self.steps_per_epoch = n_steps
-            fit_set = _otf_split(cfg, seed=cfg.seed * 7919 + 424_242, n=4096)
-        else:
-            self.train_data = load_split(Path(cfg.data) / "train.h5", cfg.train_size)
-            self.meta = read_meta(Path(cfg.data) / "train.h5") or self.meta
-            n = len(self.train_data["params"])
-            from torch.utils.data import DistributedSampler
-
-            self.sampler = DistributedSampler(range(n), num_replicas=self.world, rank=self.rank, shuffle=True,
-                                              seed=cfg.seed, drop_last=True)
-            self.steps_per_epoch = max(1, len(self.sampler) // self.per_rank_batch)
-            fit_set = self.train_data
+        fit_set = self._load_data()
         # ---- model
         self.state: dict[str, Any] = {
             "epoch": 0, "batch_in_epoch": 0, "step": 0, "best_val": math.inf, "best_epoch": -1,
@@ -499,7 +448,7 @@ class Trainer:
         else:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 + self.rank)
-        self.weights = torch.as_tensor(cfg.loss_weights or [1.0] * 8, dtype=torch.float32, device=self.device)
+        self.weights = torch.as_tensor(cfg.output_weights(), dtype=torch.float32, device=self.device)
         if ck_json is not None:
             self._load_checkpoint(ck_json)
         self.ddp = self.model
@@ -512,6 +461,38 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             _atomic_json(self.out / "config.json", cfg.to_dict())
+
+    def _load_data(self) -> dict[str, torch.Tensor]:
+        """Read (or simulate) the validation split and the training data.
+
+        Returns
+        -------
+        dict of Tensor: the set to fit the output scaling on (the training split, or a simulated set
+        when training on the fly).
+        """
+        cfg = self.cfg
+        if cfg.data:
+            d = Path(cfg.data)
+            self.meta = read_meta(d / "val.h5") if (d / "val.h5").is_file() else {}
+            self.val = load_split(d / "val.h5", cfg.val_size)
+        else:
+            self.meta = {"preset": cfg.on_the_fly, "seed": cfg.seed}
+            self.val = _otf_split(cfg, seed=cfg.seed * 7919 + 999_983, n=cfg.val_size or 2048)
+        if cfg.on_the_fly:
+            self.train_data = None
+            n_steps = cfg.steps_per_epoch or max(1, (cfg.train_size or 160_000) // cfg.batch_size)
+            self.steps_per_epoch = n_steps
+            return _otf_split(cfg, seed=cfg.seed * 7919 + 424_242, n=4096)
+        else:
+            self.train_data = load_split(Path(cfg.data) / "train.h5", cfg.train_size)
+            self.meta = read_meta(Path(cfg.data) / "train.h5") or self.meta
+            n = len(self.train_data["params"])
+            from torch.utils.data import DistributedSampler
+
+            self.sampler = DistributedSampler(range(n), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                              seed=cfg.seed, drop_last=True)
+            self.steps_per_epoch = max(1, len(self.sampler) // self.per_rank_batch)
+            return self.train_data
 
     # ---------------------------------------------------------------- checkpoints
     def _save_checkpoint(self) -> None:
@@ -645,115 +626,15 @@ class Trainer:
         if st["finished"]:
             log.info("run in %s is already finished", self.out)
             return self._summary()
-        from tqdm.auto import tqdm
-
-        tb = None
-        if self.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                tb = SummaryWriter(str(self.out / "tensorboard"))
-            except Exception:  # noqa: BLE001 - TensorBoard is optional
-                tb = None
-        old_handlers = {}
-        if stop_after_steps is None:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    old_handlers[sig] = signal.signal(sig, self._on_signal)
-                except ValueError:  # not the main thread
-                    pass
-        size = int(self.val["image"].shape[-1])
+        tb = self._open_tensorboard()
+        old_handlers = self._catch_signals() if stop_after_steps is None else {}
         try:
             while st["epoch"] < cfg.epochs:
                 epoch = st["epoch"]
-                t0 = time.perf_counter()
-                self.model.train()
-                bar = tqdm(total=self.steps_per_epoch, initial=st["batch_in_epoch"],
-                           desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-                           disable=not (cfg.progress and self.is_main))
-                n_seen = 0
-                for b, batch in enumerate(self._epoch_batches(epoch)):
-                    if b < st["batch_in_epoch"]:
-                        continue  # already done before the resume
-                    batch = _to(batch, self.device)
-                    if cfg.augment:
-                        batch = _augment(batch, self.aug_gen, size)
-                    lr = self._lr()
-                    for g in self.opt.param_groups:
-                        g["lr"] = lr
-                    target = self.model.output_scaling.encode(batch["params"], batch["sky_sigma"])
-                    image = batch["image"]
-                    out = self.ddp(image, batch["psf"], batch["sky_sigma"])
-                    loss = _loss(out, target, self.weights, cfg)
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                    self.opt.step()
-                    lv = float(loss.detach())
-                    if not math.isfinite(lv):
-                        raise InputDataError(f"training loss became {lv} at step {st['step']}; lower --lr")
-                    st["step"] += 1
-                    st["batch_in_epoch"] = b + 1
-                    st["running_loss"] += lv * len(out)
-                    st["running_count"] += len(out)
-                    n_seen += len(out)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{st['running_loss'] / st['running_count']:.4f}", lr=f"{lr:.2e}")
-                    killed = stop_after_steps is not None and st["step"] >= stop_after_steps
-                    stop = self._stop_signal or killed
-                    if stop or (cfg.checkpoint_every_steps and st["step"] % cfg.checkpoint_every_steps == 0):
-                        st["elapsed_s"] += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        self._save_checkpoint()
-                    if stop:
-                        bar.close()
-                        return {**self._summary(), "interrupted": True}
-                bar.close()
-                train_time = time.perf_counter() - t0
-                # ---- validation (every rank evaluates the whole val set: identical decisions)
-                val_loss, pred = evaluate_model(self.model, self.val, device=self.device, cfg=cfg,
-                                                batch_size=max(512, self.per_rank_batch))
-                metrics = regression_metrics(self.val["params"].double().numpy(), pred)
-                train_loss = st["running_loss"] / max(1, st["running_count"])
-                improved = val_loss < st["best_val"] - cfg.min_delta
-                st["epoch"] = epoch + 1
-                if improved:
-                    st["best_val"], st["best_epoch"], st["bad_epochs"] = val_loss, epoch + 1, 0
-                    self._save_best(val_loss, metrics)
-                else:
-                    st["bad_epochs"] += 1
-                if cfg.schedule == "plateau":
-                    if val_loss < st["plateau_best"] - cfg.min_delta:
-                        st["plateau_best"], st["plateau_bad"] = val_loss, 0
-                    else:
-                        st["plateau_bad"] += 1
-                        if st["plateau_bad"] >= cfg.plateau_patience:
-                            st["lr_factor"] *= cfg.plateau_factor
-                            st["plateau_bad"] = 0
-                st["elapsed_s"] += time.perf_counter() - t0
-                row = {"epoch": epoch + 1, "step": st["step"], "lr": self._lr(), "train_loss": train_loss,
-                       "val_loss": val_loss, "epoch_time_s": round(time.perf_counter() - t0, 3),
-                       "train_samples_per_s": round(n_seen * self.world / max(train_time, 1e-9), 1),
-                       **flatten_metrics(metrics, "val_")}
-                self._write_csv_row(row)
-                if tb is not None:
-                    for k, v in row.items():
-                        if isinstance(v, float) and math.isfinite(v):
-                            tb.add_scalar(k, v, epoch + 1)
-                log.info("epoch %d/%d: train %.4f val %.4f (best %.4f @ %d), %.0f samples/s", epoch + 1,
-                         cfg.epochs, train_loss, val_loss, st["best_val"], st["best_epoch"],
-                         row["train_samples_per_s"])
-                if self.is_main and cfg.progress:
-                    print(f"epoch {epoch + 1}/{cfg.epochs}  train {train_loss:.4f}  val {val_loss:.4f}  "
-                          f"re NMAD {metrics['re']['nmad']:.3f}  n NMAD {metrics['n']['nmad']:.3f}  "
-                          f"{row['train_samples_per_s']:.0f} samples/s  {row['epoch_time_s']:.0f} s",
-                          flush=True)
-                st["running_loss"], st["running_count"], st["batch_in_epoch"] = 0.0, 0, 0
-                if cfg.early_stopping_patience and st["bad_epochs"] >= cfg.early_stopping_patience:
-                    st["stopped_early"] = True
-                    break
-                if st["epoch"] >= cfg.epochs:
+                done = self._train_epoch(epoch, stop_after_steps)
+                if done is None:
+                    return {**self._summary(), "interrupted": True}
+                if not self._end_epoch(epoch, *done, tb):
                     break
                 self._save_checkpoint()
                 if self._stop_signal:
@@ -766,6 +647,141 @@ class Trainer:
                 signal.signal(sig, h)
             if tb is not None:
                 tb.close()
+
+    def _open_tensorboard(self):
+        """A TensorBoard ``SummaryWriter`` on the main rank if TensorBoard is installed, else None."""
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            return SummaryWriter(str(self.out / "tensorboard"))
+        except Exception:  # noqa: BLE001 - TensorBoard is optional
+            return None
+
+    def _catch_signals(self) -> dict:
+        """Checkpoint-and-stop on SIGINT / SIGTERM; returns the previous handlers."""
+        old_handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        return old_handlers
+
+    def _step(self, batch: dict[str, torch.Tensor], size: int) -> tuple[float, int, float]:
+        """One optimizer step on a batch; returns the loss, the batch length and the learning rate."""
+        batch = _to(batch, self.device)
+        if self.cfg.augment:
+            batch = _augment(batch, self.aug_gen, size)
+        lr = self._lr()
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        target = self.model.output_scaling.encode(batch["params"], batch["sky_sigma"])
+        out = self.ddp(batch["image"], batch["psf"], batch["sky_sigma"])
+        loss = _loss(out, target, self.weights, self.cfg)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise InputDataError(f"training loss became {lv} at step {self.state['step']}; lower --lr")
+        return lv, len(out), lr
+
+    def _train_epoch(self, epoch: int, stop_after_steps: int | None) -> tuple[int, float, float] | None:
+        """The (rest of the) training steps of an epoch, checkpointing as configured.
+
+        Returns
+        -------
+        (samples seen, training time in s, start of the epoch's unaccounted time), or None when the
+        run stops here (``stop_after_steps`` reached or a signal; a checkpoint has been written).
+        """
+        cfg, st = self.cfg, self.state
+        from tqdm.auto import tqdm
+
+        t0 = time.perf_counter()
+        self.model.train()
+        bar = tqdm(total=self.steps_per_epoch, initial=st["batch_in_epoch"],
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not (cfg.progress and self.is_main))
+        size = int(self.val["image"].shape[-1])
+        n_seen = 0
+        for b, batch in enumerate(self._epoch_batches(epoch)):
+            if b < st["batch_in_epoch"]:
+                continue  # already done before the resume
+            lv, n, lr = self._step(batch, size)
+            st["step"] += 1
+            st["batch_in_epoch"] = b + 1
+            st["running_loss"] += lv * n
+            st["running_count"] += n
+            n_seen += n
+            bar.update(1)
+            bar.set_postfix(loss=f"{st['running_loss'] / st['running_count']:.4f}", lr=f"{lr:.2e}")
+            killed = stop_after_steps is not None and st["step"] >= stop_after_steps
+            stop = self._stop_signal or killed
+            if stop or (cfg.checkpoint_every_steps and st["step"] % cfg.checkpoint_every_steps == 0):
+                st["elapsed_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self._save_checkpoint()
+            if stop:
+                bar.close()
+                return None
+        bar.close()
+        return n_seen, time.perf_counter() - t0, t0
+
+    def _end_epoch(self, epoch: int, n_seen: int, train_time: float, t0: float, tb) -> bool:
+        """Validate, update the best model and the schedule, log a metrics row; False to stop training."""
+        cfg, st = self.cfg, self.state
+        # every rank evaluates the whole val set: identical decisions
+        val_loss, pred = evaluate_model(self.model, self.val, device=self.device, cfg=cfg,
+                                        batch_size=max(512, self.per_rank_batch))
+        metrics = regression_metrics(self.val["params"].double().numpy(), pred)
+        train_loss = st["running_loss"] / max(1, st["running_count"])
+        st["epoch"] = epoch + 1
+        if val_loss < st["best_val"] - cfg.min_delta:
+            st["best_val"], st["best_epoch"], st["bad_epochs"] = val_loss, epoch + 1, 0
+            self._save_best(val_loss, metrics)
+        else:
+            st["bad_epochs"] += 1
+        if cfg.schedule == "plateau":
+            if val_loss < st["plateau_best"] - cfg.min_delta:
+                st["plateau_best"], st["plateau_bad"] = val_loss, 0
+            else:
+                st["plateau_bad"] += 1
+                if st["plateau_bad"] >= cfg.plateau_patience:
+                    st["lr_factor"] *= cfg.plateau_factor
+                    st["plateau_bad"] = 0
+        st["elapsed_s"] += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "step": st["step"], "lr": self._lr(), "train_loss": train_loss,
+               "val_loss": val_loss, "epoch_time_s": round(time.perf_counter() - t0, 3),
+               "train_samples_per_s": round(n_seen * self.world / max(train_time, 1e-9), 1),
+               **flatten_metrics(metrics, "val_")}
+        self._report_epoch(row, metrics, tb)
+        st["running_loss"], st["running_count"], st["batch_in_epoch"] = 0.0, 0, 0
+        if cfg.early_stopping_patience and st["bad_epochs"] >= cfg.early_stopping_patience:
+            st["stopped_early"] = True
+            return False
+        return st["epoch"] < cfg.epochs
+
+    def _report_epoch(self, row: dict, metrics: dict, tb) -> None:
+        """Write an epoch's metrics row to metrics.csv, TensorBoard, the log and (``progress``) stdout."""
+        cfg, st = self.cfg, self.state
+        self._write_csv_row(row)
+        if tb is not None:
+            for k, v in row.items():
+                if isinstance(v, float) and math.isfinite(v):
+                    tb.add_scalar(k, v, row["epoch"])
+        log.info("epoch %d/%d: train %.4f val %.4f (best %.4f @ %d), %.0f samples/s", row["epoch"],
+                 cfg.epochs, row["train_loss"], row["val_loss"], st["best_val"], st["best_epoch"],
+                 row["train_samples_per_s"])
+        if self.is_main and cfg.progress:
+            print(f"epoch {row['epoch']}/{cfg.epochs}  train {row['train_loss']:.4f}  "
+                  f"val {row['val_loss']:.4f}  re NMAD {metrics['re']['nmad']:.3f}  "
+                  f"n NMAD {metrics['n']['nmad']:.3f}  "
+                  f"{row['train_samples_per_s']:.0f} samples/s  {row['epoch_time_s']:.0f} s",
+                  flush=True)
 
     def _summary(self) -> dict:
         st = self.state
