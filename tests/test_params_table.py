@@ -78,3 +78,23 @@ def test_loss_weights_by_parameter_name():
         TrainConfig.from_dict({"data": "d", "loss_weights": [1.0] * 7}).validate()
     with pytest.raises(ConfigError, match="positive sum"):
         TrainConfig.from_dict({"data": "d", "loss_weights": {n: 0.0 for n in PARAMETER_NAMES}}).validate()
+
+
+def test_decoded_clamped_values_are_valid_for_the_renderer():
+    """Clamped network outputs (n, q at their float32-rounded bounds) are valid for the renderer."""
+    import torch
+
+    from galnet.models import OutputScaling
+    from galnet.params import IX_N, IX_Q, PARAMETERS, validate_parameters
+
+    s = OutputScaling()
+    out = torch.full((3, 8), -50.0)
+    out[1] = 50.0
+    p = s.decode(out, torch.full((3,), 0.05)).double().numpy()
+    assert p[0, IX_N] == pytest.approx(PARAMETERS[IX_N].valid[0], rel=1e-6)
+    assert p[0, IX_Q] == pytest.approx(PARAMETERS[IX_Q].valid[0], rel=1e-6)
+    sane = np.tile([31.0, 31.0, 20.0, 3.0, 1.0, 0.5, 0.0], (3, 1))
+    sane[:, [IX_N, IX_Q]] = p[:, [IX_N, IX_Q]]
+    validate_parameters(sane)  # does not raise
+    with pytest.raises(Exception, match="outside the valid range"):
+        validate_parameters(sane * [1, 1, 1, 1, 0.999, 1, 1])  # a real excursion is still refused

@@ -240,6 +240,10 @@ def validate_parameters(params, *, what: str = "parameters", row_offset: int = 0
     return bad
 
 
+#: Relative tolerance of the range checks: float32 rounding of a bound (``float32(0.2) < 0.2``).
+_F32_ROUNDING = 1e-7
+
+
 def bad_parameter_rows(params) -> tuple[np.ndarray, list[str]]:
     """Rows of a (B, 7) parameter array that are non-finite or out of range, with reasons."""
     arr = np.asarray(params, dtype=float)
@@ -251,8 +255,8 @@ def bad_parameter_rows(params) -> tuple[np.ndarray, list[str]]:
         col = arr[:, j]
         lo, hi = spec.valid
         nonfinite = ~np.isfinite(col)
-        if spec.cyclic_period is None:
-            out = (col < lo) | (col > hi)
+        if spec.cyclic_period is None:  # a bound rounded to float32 (a network's clamp) is still inside
+            out = (col < lo - _F32_ROUNDING * abs(lo)) | (col > hi + _F32_ROUNDING * abs(hi))
         else:
             out = np.zeros_like(nonfinite)
         for i in np.flatnonzero((nonfinite | out) & ~bad):
