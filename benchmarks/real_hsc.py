@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +112,8 @@ def chi2nu(st: dict, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
 
 
 def run_methods(st: dict, mask: np.ndarray, args) -> dict:
-    """Parameters (B, 7), seconds and extra columns of every method."""
+    """Parameters (B, 7) and seconds of every method; galnet's timed interleaved (``--repeats``)."""
+    from _timing import interleaved
     from galnet.fit import FitConfig, Refiner, fit_stamps, moments_start
     from galnet.predict import predict_arrays
 
@@ -121,47 +121,90 @@ def run_methods(st: dict, mask: np.ndarray, args) -> dict:
     filled = np.where(mask, 0.0, st["images"]).astype(np.float32)
     sig = np.where(mask, 1.0, st["sigma"]).astype(np.float32)
     sky = np.array([np.nanmedian(np.where(st["excluded"][i], np.nan, st["sigma"][i])) for i in range(b)])
-    res: dict = {}
-    predict_arrays(
-        st["images"][:2], st["psfs"][:2], sky[:2], model=args.model, threads=args.threads
-    )  # warm-up
-    t = time.perf_counter()
-    tab = predict_arrays(st["images"], st["psfs"], sky, model=args.model, ids=st["ids"], threads=args.threads)
-    net = np.stack([np.asarray(tab[c], float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
-    res["network"] = {"params": net, "seconds": time.perf_counter() - t, "flags": np.asarray(tab["flags"])}
-    for k in args.refine:
-        t = time.perf_counter()
-        fr, _ = Refiner(k, mask_neighbours=False)(
-            filled, st["psfs"], net, sky_sigma=sky, sigma=sig, mask=mask
-        )
-        p = np.where(np.isfinite(fr.params).all(1, keepdims=True), fr.params, net)
-        res[f"refine{k}"] = {"params": p, "seconds": time.perf_counter() - t + res["network"]["seconds"]}
     cfg = FitConfig(max_iter=100)
-    t = time.perf_counter()
-    fit = fit_stamps(filled, st["psfs"], sigma=sig, mask=mask, config=cfg)
-    res["fitter"] = {"params": fit.params, "seconds": time.perf_counter() - t}
-    t = time.perf_counter()
-    hyb = fit_stamps(
-        filled, st["psfs"], sigma=sig, mask=mask, init=np.where(np.isfinite(net), net, np.nan), config=cfg
-    )
-    res["hybrid"] = {"params": hyb.params, "seconds": time.perf_counter() - t + res["network"]["seconds"]}
-    if not args.no_pyimfit:
-        from fit import Stamps, run_pyimfit
+    res: dict = {}
 
-        starts = moments_start(filled, sigma=sig)
-        stamps = Stamps(
-            images=filled,
-            psfs=st["psfs"],
-            sigma=sig,
-            sky_sigma=sky,
-            truth=np.full((b, 7), np.nan),
-            zeropoint=27.0,
-            source="real HSC",
-            mask=mask,
+    def network(model: str) -> np.ndarray:
+        tab = predict_arrays(st["images"], st["psfs"], sky, model=model, ids=st["ids"], threads=args.threads)
+        return np.stack([np.asarray(tab[c], float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
+
+    def refine(start: np.ndarray, k: int) -> np.ndarray:
+        fr, _ = Refiner(k, mask_neighbours=False)(
+            filled, st["psfs"], start, sky_sigma=sky, sigma=sig, mask=mask
         )
-        pim = run_pyimfit(stamps, starts, max(args.threads, 1))
-        res["pyimfit"] = {"params": pim["params"], "seconds": pim["wall"] * max(args.threads, 1)}
+        return np.where(np.isfinite(fr.params).all(1, keepdims=True), fr.params, start)
+
+    sides = {}
+    models = {"network": args.model, **{f"network:{m}": m for m in args.compare_model}}
+    for name, model in models.items():
+        network(model)  # load the model once (warm-up), then time
+        sides[name] = lambda model=model: network(model)
+    nets = {name: side() for name, side in sides.items()}
+    for name, net in nets.items():
+        tag = "" if name == "network" else name.split(":", 1)[1] + ":"
+        for k in args.refine:
+            sides[f"{tag}refine{k}"] = lambda net=net, k=k: refine(net, k)
+    sides["fitter"] = lambda: fit_stamps(filled, st["psfs"], sigma=sig, mask=mask, config=cfg).params
+    sides["hybrid"] = lambda: (
+        fit_stamps(filled, st["psfs"], sigma=sig, mask=mask, init=nets["network"], config=cfg).params
+    )
+    out: dict = {}
+    runs = interleaved(
+        {k: (lambda f=f, k=k: out.__setitem__(k, f())) for k, f in sides.items()}, repeats=args.repeats
+    )
+    for name in sides:  # a refinement's or the hybrid's time includes its network's
+        net = (
+            None
+            if name == "fitter" or name.startswith("network")
+            else ("network" if ":" not in name else "network:" + name.split(":")[0])
+        )
+        extra = runs[net].median if net else 0.0
+        res[name] = {
+            "params": out[name],
+            "seconds": runs[name].median + extra,
+            "best_seconds": runs[name].best + (runs[net].best if net else 0.0),
+        }
+    if not args.no_pyimfit:
+        res["pyimfit"] = pyimfit_cached(st, mask, filled, sig, sky, moments_start(filled, sigma=sig), args)
     return res
+
+
+def pyimfit_cached(st, mask, filled, sig, sky, starts, args) -> dict:
+    """PyImfit (LM from the moment starts), cached by a hash of its inputs (its fits take seconds each)."""
+    import hashlib
+
+    from fit import Stamps, run_pyimfit
+
+    h = hashlib.sha256()
+    for a in (filled, sig, mask, st["psfs"], starts):
+        h.update(np.ascontiguousarray(a).tobytes())
+    cache = HERE / ".cache" / f"real_hsc_pyimfit_{h.hexdigest()[:12]}.npz"
+    if cache.exists():
+        d = np.load(cache)
+        return {
+            "params": d["params"],
+            "seconds": float(d["seconds"]),
+            "native_chi2nu": d["native_chi2nu"],
+            "cached": True,
+        }
+    b = len(filled)
+    stamps = Stamps(
+        images=filled,
+        psfs=st["psfs"],
+        sigma=sig,
+        sky_sigma=sky,
+        truth=np.full((b, 7), np.nan),
+        zeropoint=27.0,
+        source="real HSC",
+        mask=mask,
+    )
+    pim = run_pyimfit(stamps, starts, max(args.threads, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        native = pim["stat"] / (pim["nvalid"] - 7)
+    seconds = pim["wall"] * max(args.threads, 1)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, params=pim["params"], seconds=seconds, native_chi2nu=native)
+    return {"params": pim["params"], "seconds": seconds, "native_chi2nu": native, "cached": False}
 
 
 def _frac(a, b):
@@ -169,26 +212,29 @@ def _frac(a, b):
         return (a - b) / b
 
 
-def summarise(st: dict, res: dict, chi: dict, baseline: str) -> dict:
-    """Per-method figures (see the module docstring)."""
+def summarise(st: dict, res: dict, chi: dict, baseline: str, rows: np.ndarray | None = None) -> dict:
+    """Per-method figures (see the module docstring), over ``rows`` (default all)."""
     from galnet.params import index
 
     b = len(st["ids"])
-    base = chi[baseline]
-    ref = res["fitter"]["params"]
+    rows = np.arange(b) if rows is None else rows
+    base = chi[baseline][rows]
+    ref = res["fitter"]["params"][rows]
     out = {}
     for name, r in res.items():
-        c = chi[name]
+        c = chi[name][rows]
+        params = r["params"][rows]
         both = np.isfinite(c) & np.isfinite(base)
         ratio = c[both] / base[both]
         agree = {}
         for p in ("mag", "re_pix", "n", "q"):
             j = index("re" if p == "re_pix" else p)
-            d = (r["params"][:, j] - ref[:, j]) if p == "mag" else _frac(r["params"][:, j], ref[:, j])
+            d = (params[:, j] - ref[:, j]) if p == "mag" else _frac(params[:, j], ref[:, j])
             d = d[np.isfinite(d)]
             agree[p] = float(1.4826 * np.median(np.abs(d - np.median(d)))) if d.size else float("nan")
         out[name] = {
             "n": int(np.isfinite(c).sum()),
+            "n_rows": int(len(rows)),
             "median_chi2nu": float(np.nanmedian(c)),
             "mean_chi2nu": float(np.nanmean(c)),
             "median_ratio_to_baseline": float(np.median(ratio)) if ratio.size else float("nan"),
@@ -251,23 +297,21 @@ def mosaic(
     plt.close(fig)
 
 
-def markdown(summary: dict, baseline: str, n: int, threads: int) -> str:
+def markdown(summary: dict, title: str) -> str:
+    """One markdown table of :func:`summarise`'s figures under a ``##`` title."""
     lines = [
-        f"# Real HSC galaxies: {n} even-id HSC COSMOS scenes (brightest peak each), threads {threads}",
+        f"## {title}",
         "",
-        "Same pixels (valid minus galnet's neighbour mask), same σ, same renderer and PSF for every method.",
-        f"Baseline: `{baseline}`.",
-        "",
-        "| method | median χ²ν | mean χ²ν | mean vs baseline | median ratio to baseline | χ²ν ≤ baseline |"
-        " NMAD vs fitter mag / re / n / q | ms / galaxy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | n | median χ²ν | mean χ²ν | mean vs baseline | median ratio to baseline "
+        "| χ²ν ≤ baseline | NMAD vs fitter mag / re / n / q | ms / galaxy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         a = s["nmad_vs_fitter"]
         mv = "—" if s["mean_chi2nu_vs_baseline"] is None else f"{100 * s['mean_chi2nu_vs_baseline']:+.1f} %"
         fl = "—" if s["frac_le_baseline"] is None else f"{100 * s['frac_le_baseline']:.0f} %"
         lines.append(
-            f"| {name} | {s['median_chi2nu']:.3f} | {s['mean_chi2nu']:.2f} | {mv} | "
+            f"| {name} | {s['n']}/{s['n_rows']} | {s['median_chi2nu']:.3f} | {s['mean_chi2nu']:.2f} | {mv} | "
             f"{s['median_ratio_to_baseline']:.3f} | {fl} | "
             f"{a['mag']:.3f} / {a['re_pix']:.3f} / {a['n']:.3f} / {a['q']:.3f} | {s['ms_per_galaxy']:.1f} |"
         )
@@ -277,8 +321,23 @@ def markdown(summary: dict, baseline: str, n: int, threads: int) -> str:
 def main(argv=None) -> int:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--scenes", default=str(HERE / ".cache" / "hsc_cosmos"))
+    p.add_argument("--n", type=int, default=None, help="only the first N scenes")
     p.add_argument("--refine", type=int, nargs="*", default=[1, 2])
     p.add_argument("--model", default="hsc-r")
+    p.add_argument(
+        "--compare-model",
+        action="append",
+        default=[],
+        metavar="CARD",
+        help="another network to run (with its own refine rows), e.g. a candidate model card",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (>= 3)")
+    p.add_argument(
+        "--groups",
+        action="store_true",
+        help="also report the scenes with id %% 4 == 2 alone (no background of theirs is used "
+        "for training: data/bg_train.h5 holds id %% 4 == 0)",
+    )
     p.add_argument("--no-pyimfit", action="store_true")
     p.add_argument("--out", default=str(HERE / "results" / "real_hsc"))
     args = p.parse_args(argv)
@@ -292,15 +351,38 @@ def main(argv=None) -> int:
     if not scenes.is_dir() or not any(scenes.glob("*.npz")):
         fetch_scenes(scenes, parity="even")
     files = list_scenes(scenes, parity="even")
-    if args.quick:
-        files = files[:12]
+    if args.quick or args.n:
+        files = files[: args.n or 12]
     st = load_stamps(files)
     mask = common_mask(st)
     res = run_methods(st, mask, args)
     chi = {name: chi2nu(st, mask, r["params"]) for name, r in res.items()}
+    if "pyimfit" in res:  # the baseline's own model (Imfit's renderer) against the image, same pixels and σ
+        chi["pyimfit:galnet-renderer"] = chi["pyimfit"]
+        res["pyimfit:galnet-renderer"] = res["pyimfit"]
+        chi["pyimfit"] = res["pyimfit"]["native_chi2nu"]
     baseline = "pyimfit" if "pyimfit" in res else "fitter"
     summary = summarise(st, res, chi, baseline)
-    md = markdown(summary, baseline, len(files), args.threads)
+    md = "\n".join(
+        [
+            f"# Real HSC galaxies: {len(files)} even-id HSC COSMOS scenes (brightest peak each)",
+            "",
+            "Same pixels (valid minus galnet's neighbour mask), same σ for every method; χ²ν of galnet's "
+            "renderer with the scene's 41×41 PSF for the galnet methods, of Imfit's own model for `pyimfit` "
+            "(the same parameters drawn by galnet's renderer: `pyimfit:galnet-renderer`). Baseline: "
+            f"`{baseline}`. NMAD vs fitter: spread of each method's answer around the fitter's (fractional "
+            f"for re, n, q). Times: median of {args.repeats} interleaved repeats, {args.threads} thread(s) "
+            "(PyImfit: one run, one process per thread).",
+            "",
+            markdown(summary, "all scenes"),
+        ]
+    )
+    if args.groups:
+        held = np.flatnonzero(st["ids"] % 4 == 2)
+        summary_held = summarise(st, res, chi, baseline, held)
+        md += "\n" + markdown(
+            summary_held, f"the {len(held)} scenes with id % 4 == 2 (no training background)"
+        )
     print(md)
     out = Path(args.out)
     if not args.quick:
@@ -320,7 +402,14 @@ def main(argv=None) -> int:
             **{f"chi2nu_{k}": [None if not np.isfinite(v) else float(v) for v in c] for k, c in chi.items()},
         }
         out.with_suffix(".json").write_text(
-            json.dumps({"summary": summary, "per_galaxy": per_galaxy}, indent=1)
+            json.dumps(
+                {
+                    "summary": summary,
+                    **({"summary_id_mod4_2": summary_held} if args.groups else {}),
+                    "per_galaxy": per_galaxy,
+                },
+                indent=1,
+            )
         )
     emit(
         {
