@@ -443,7 +443,7 @@ def network_starts(stamps: Stamps, threads: int) -> tuple[np.ndarray, float, str
     (ndarray (B, 7), seconds, backend)
     """
     from galnet.models import load_model
-    from galnet.predict.runner import model_zeropoint, resolve_backend
+    from galnet.predict.core import model_zeropoint, resolve_backend
 
     backend = resolve_backend("auto")
     predictor = load_model("hsc-r", backend=backend)

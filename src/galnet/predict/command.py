@@ -140,7 +140,7 @@ def _hdu(value):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..manifest import parts_dir
+    from ..data.shards import parts_dir
     from .runner import PredictOptions, predict_catalog
 
     check_output_path(args.output, option="--output")
