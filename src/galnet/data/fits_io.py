@@ -20,6 +20,7 @@ __all__ = [
     "open_input_fits",
     "image_hdu",
     "header_meta",
+    "header_dict",
     "is_fits_name",
     "fits_stem",
 ]
@@ -51,6 +52,21 @@ def open_input_fits(path: Path, what: str):
 def image_hdu(hdul, path: Path, hdu=None, ndim: tuple[int, ...] = (2, 3)):
     """The HDU ``hdu`` of an open file, or the first image HDU whose data has one of ``ndim`` dimensions.
 
+    Parameters
+    ----------
+    hdul : astropy.io.fits.HDUList
+        The open file.
+    path : Path
+        Its path, for the messages.
+    hdu : int or str, optional
+        The HDU to use (number or name); default: the first image HDU with data of ``ndim`` dimensions.
+    ndim : tuple of int
+        Accepted numbers of dimensions.
+
+    Returns
+    -------
+    The HDU.
+
     Raises
     ------
     InputDataError
@@ -76,6 +92,16 @@ def header_meta(header, *, zeropoint=None, gain=None, pixel_scale=None) -> dict[
     Header keywords: ``MAGZPT``, ``MAGZERO``, ``ZEROPT``, ``ZP``, ``MAGZP`` (mag for 1 count); ``GAIN``,
     ``CCDGAIN`` (e- / count); ``PIXSCALE``, ``PIXSCAL`` (arcsec / pixel). Values that are not numbers are
     ignored.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header or None
+    zeropoint, gain, pixel_scale : float, optional
+        Options, which win over the header.
+
+    Returns
+    -------
+    dict with ``zeropoint`` (mag), ``gain`` (e- / count), ``pixel_scale`` (arcsec / px), each float or None.
     """
 
     def first(*keys):
@@ -91,6 +117,14 @@ def header_meta(header, *, zeropoint=None, gain=None, pixel_scale=None) -> dict[
         "gain": gain if gain is not None else first("GAIN", "CCDGAIN"),
         "pixel_scale": pixel_scale if pixel_scale is not None else first("PIXSCALE", "PIXSCAL"),
     }
+
+
+def header_dict(header) -> dict[str, Any]:
+    """The keywords of a FITS header with their values, as a plain (picklable) dict; commentary cards
+    (``COMMENT``, ``HISTORY``, blank) are left out."""
+    if header is None:
+        return {}
+    return {k: v for k, v in header.items() if k not in ("COMMENT", "HISTORY", "")}
 
 
 class FitsPlanes:

@@ -32,7 +32,7 @@ from ..catalog import unique_ids
 from ..errors import InputDataError, PSFError
 from ..flags import Flag
 from .chunk import Chunk, finish_chunk, resize_stamps
-from .fits_io import FitsPlanes, fits_stem, header_meta, image_hdu, is_fits_name, open_input_fits
+from .fits_io import FitsPlanes, fits_stem, header_dict, header_meta, image_hdu, is_fits_name, open_input_fits
 from .noise import check_sky_sigma
 from .psfs import prepare_psf, read_psf_file, shared_psf
 from .shards import file_id
@@ -84,7 +84,7 @@ class FitsCubeSource(InputSource):
             self._hdu_index = [i for i, x in enumerate(hdul) if x is h][0] if hdu is None else (hdu or 0)
         self.n_rows = 1 if len(self.shape) == 2 else self.shape[0]
         self.ids = np.arange(self.n_rows)
-        self.header = dict(header)
+        self.header = header_dict(header)
         self.meta = header_meta(header, zeropoint=zeropoint, gain=gain, pixel_scale=pixel_scale)
         sky_sigma = check_sky_sigma(sky_sigma, "sky_sigma")
         if sky_sigma is None and isinstance(header.get("SKYSIG"), (int, float)):
@@ -256,7 +256,7 @@ class CutoutDirSource(InputSource):
                 header = image_hdu(hdul, self.directory / self.files[0], None, (2,)).header.copy()
         except InputDataError:
             pass
-        self.header = {} if header is None else dict(header)
+        self.header = header_dict(header)
         self.meta = header_meta(header, zeropoint=zeropoint, gain=gain, pixel_scale=pixel_scale)
         self.sigma_planes = self.mask_planes = None
         if sigma is not None or mask is not None:

@@ -16,7 +16,7 @@ from ..errors import InputDataError
 from ..flags import Flag
 from ..params import catalog_columns
 from .chunk import Chunk, cut_stamps, finish_chunk
-from .fits_io import header_meta, image_hdu, open_input_fits
+from .fits_io import header_dict, header_meta, image_hdu, open_input_fits
 from .noise import check_sky_sigma, robust_sigma
 from .psfs import psf_from_file, read_psf_file, shared_psf
 from .shards import array_digest, file_id
@@ -142,7 +142,7 @@ class ImageCatalogSource(InputSource):
             wcs = WCS(header, naxis=2)
         self.wcs = wcs if wcs.has_celestial else None
         self.has_wcs = self.wcs is not None
-        self.header = dict(header)
+        self.header = header_dict(header)
         self.meta = header_meta(header, zeropoint=zeropoint, gain=gain, pixel_scale=pixel_scale)
         if self.meta["pixel_scale"] is None and self.wcs is not None:
             from astropy.wcs.utils import proj_plane_pixel_scales
