@@ -445,7 +445,7 @@ def network_starts(stamps: Stamps, threads: int) -> tuple[np.ndarray, float, str
     """
     from galnet.models import load_model
     from galnet.params import IX_MAG
-    from galnet.predict.runner import model_zeropoint, resolve_backend
+    from galnet.predict.core import model_zeropoint, resolve_backend
 
     backend = resolve_backend("auto")
     predictor = load_model("hsc-r", backend=backend)

@@ -105,7 +105,7 @@ def main() -> None:
     state = check_machine(args, threads=threads)
     from galnet.models import create_model, save_model
     from galnet.predict import predict_catalog
-    from galnet.predict.runner import get_predictor
+    from galnet.predict.core import get_predictor
 
     figures: dict = {"n_galaxies": n, "threads": threads, "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as td:

@@ -1726,7 +1726,7 @@ def test_evaluate_catalog_non_numeric_column(clean, clean_predict, tmp_path, cap
 def test_ctrl_c_prints_one_line_and_resume_finishes(
     cmd, clean, models, clean_predict, clean_fit, tmp_path, capsys, monkeypatch
 ):
-    import galnet.fit.command as fit_command
+    import galnet.fit.catalog as fit_command
     import galnet.predict.runner as runner
 
     target, name = (runner, "process_chunk") if cmd == "predict" else (fit_command, "_fit_batch")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from galnet.data import OnTheFlyDataset, StampDataset, read_arrays, read_meta, write_split
+from galnet.data import StampDataset, read_arrays, read_meta, write_split
 from galnet.errors import InputDataError
-from galnet.simulate import load_preset
+from galnet.simulate import OnTheFlyDataset, load_preset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -20,18 +20,17 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from galnet.catalog import read_table
+from galnet.data import border_sigma, cut_stamps, open_source, parts_dir, prepare_psfs, resize_stamps
 from galnet.errors import GalnetError, InputDataError
 from galnet.flags import Flag, any_set
 from galnet.models import create_model, load_model, save_model
 from galnet.predict import (
     PredictError,
-    open_source,
     predict_arrays,
     predict_catalog,
     training_prior,
 )
-from galnet.predict.inputs import border_sigma, cut_stamps, prepare_psfs, resize_stamps
-from galnet.predict.runner import _render_chi2, parts_dir
+from galnet.predict.core import _render_chi2
 from galnet.render import render_sersic
 
 DATA = Path(__file__).parent / "data"
@@ -340,7 +339,7 @@ def test_predict_arrays_flags(stamps, model_path):
 
 def test_chi2_of_the_truth_is_one(stamps):
     """χ²ν of the true model against the noisy stamp is 1 within 0.1 (3721 pixels: σ(χ²ν) ≈ 0.023)."""
-    from galnet.predict.inputs import _finish
+    from galnet.data import finish_chunk as _finish
 
     img, psf, truth = stamps
     chunk = _finish(

@@ -17,8 +17,8 @@ from .errors import InputDataError
 from .flags import describe as describe_flags
 from .params import IX_PA, PARAMETERS
 
-__all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS",
-           "check_table_writable", "unique_ids", "duplicate_ids", "open_fits", "raise_if_truncated"]
+__all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS", "table_format",
+           "check_table_writable", "unique_ids", "duplicate_ids", "id_key", "open_fits", "raise_if_truncated"]
 
 #: File extensions understood by :func:`write_table` / :func:`read_table` → astropy format name.
 TABLE_FORMATS = {
@@ -31,7 +31,22 @@ TABLE_FORMATS = {
 }
 
 
-def _format_for(path: Path) -> str:
+def table_format(path: Path) -> str:
+    """The astropy format name of a catalog path, from its extension (:data:`TABLE_FORMATS`).
+
+    Parameters
+    ----------
+    path : Path
+
+    Returns
+    -------
+    str, e.g. ``"fits"``, ``"ascii.ecsv"``.
+
+    Raises
+    ------
+    InputDataError
+        An unknown extension (the message lists the known ones).
+    """
     name = path.name.lower()
     for ext, fmt in sorted(TABLE_FORMATS.items(), key=lambda kv: -len(kv[0])):
         if name.endswith(ext):
@@ -124,7 +139,7 @@ def check_table_writable(path, ids=None, columns: dict | None = None) -> None:
     InputDataError
         One line naming the column, the row and the value, and suggesting an ECSV or Parquet output.
     """
-    if _format_for(Path(path)) != "fits":
+    if table_format(Path(path)) != "fits":
         return
     hint = "FITS tables hold ASCII text only; write .ecsv or .parquet instead"
     for name, values in {"id": ids, **(columns or {})}.items():
@@ -143,14 +158,25 @@ def duplicate_ids(ids) -> dict[str, list[int]]:
     arr = np.asarray(ids).ravel()
     if arr.dtype.kind in "iuU" and np.unique(arr).size == arr.size:  # fast path: no duplicates
         return {}
-    keys = [_id_key(v) for v in arr]
+    keys = [id_key(v) for v in arr]
     rows: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         rows.setdefault(k, []).append(i)
     return {k: v for k, v in rows.items() if len(v) > 1}
 
 
-def _id_key(v) -> str:
+def id_key(v) -> str:
+    """An id as the text it is compared by: bytes decoded, integral floats as integers (``7.0`` → ``"7"``),
+    surrounding spaces stripped.
+
+    Parameters
+    ----------
+    v : any scalar id
+
+    Returns
+    -------
+    str
+    """
     v = v.decode() if isinstance(v, bytes) else v
     if isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
         v = int(v)
@@ -179,7 +205,7 @@ def unique_ids(ids, *, where: str = "input") -> np.ndarray:
     dups = duplicate_ids(ids)
     if not dups:
         return ids
-    out = np.array([_id_key(v) for v in ids.ravel()], dtype=object)
+    out = np.array([id_key(v) for v in ids.ravel()], dtype=object)
     taken = set(out.tolist())
     for key, rows in dups.items():
         for k, r in enumerate(rows[1:], start=2):
@@ -279,7 +305,7 @@ def make_catalog(
 def write_table(table, path, *, overwrite: bool = True) -> Path:
     """Write a table, format from the extension (FITS default, ECSV, CSV, Parquet); atomic."""
     path = Path(path)
-    fmt = _format_for(path)
+    fmt = table_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     out = table
@@ -298,7 +324,7 @@ def read_table(path):
     path = Path(path)
     if not path.exists():
         raise InputDataError(f"{path}: no such file")
-    fmt = _format_for(path)
+    fmt = table_format(path)
     try:
         if fmt == "parquet":  # astropy's reader needs pandas; pyarrow alone suffices
             import pyarrow.parquet as pq

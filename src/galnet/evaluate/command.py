@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalog import id_key
 from ..errors import InputDataError
 from ..options import check_output_path, positive_int
 from ..params import IX_MAG, IX_N, IX_Q, IX_RE, N_PARAMS, PARAMETERS
@@ -87,12 +88,6 @@ def load_truth(path, *, limit: int | None = None):
                                 gain=gain, pixel_scale=float(meta.get("pixel_scale", HSC_PIXEL_SCALE)))
 
 
-def _key(v) -> str:
-    from ..catalog import _id_key
-
-    return _id_key(v)
-
-
 def _invalid_rows(params: np.ndarray) -> np.ndarray:
     """Rows whose parameters cannot be a measurement: re <= 0, n <= 0, q <= 0 or q > 1, or non-finite
     mag/re/n/q where the row is not all-NaN (all-NaN rows are "not measured" already)."""
@@ -155,12 +150,12 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
             raise InputDataError(f"{path}: {len(dups)} duplicated id(s), e.g. id {k} at rows "
                                  f"{', '.join(map(str, rows[:4]))}; a catalog with duplicate ids cannot be "
                                  "matched to the truth unambiguously")
-        lookup = {_key(v): i for i, v in enumerate(np.asarray(table["id"]))}
-        idx = np.array([lookup.get(_key(v), -1) for v in ids])
+        lookup = {id_key(v): i for i, v in enumerate(np.asarray(table["id"]))}
+        idx = np.array([lookup.get(id_key(v), -1) for v in ids])
         hit = idx >= 0
         if not hit.any():
-            first = _key(table["id"][0]) if len(table) else None
-            raise InputDataError(f"{path}: no catalog id matches a truth id (e.g. truth {_key(ids[0])!r}, "
+            first = id_key(table["id"][0]) if len(table) else None
+            raise InputDataError(f"{path}: no catalog id matches a truth id (e.g. truth {id_key(ids[0])!r}, "
                                  f"catalog {first!r})")
         out_p[hit], out_f[hit] = params[idx[hit]], flags[idx[hit]]
         if out_e is not None:
@@ -197,7 +192,7 @@ def load_galfit_headers(directory, ids, *, name: str = "galfit", time_per_galaxy
     files = sorted(p for p in d.iterdir() if p.name.lower().endswith((".fits", ".fits.gz", ".fit")))
     if not files:
         raise InputDataError(f"{d}: no FITS files")
-    lookup = {_key(v): i for i, v in enumerate(ids)}
+    lookup = {id_key(v): i for i, v in enumerate(ids)}
     b = len(ids)
     params, flags = np.full((b, 7), np.nan), np.zeros(b, dtype=np.int64)
     n_ok = 0

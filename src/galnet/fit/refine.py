@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..conventions import DEFAULT_ZEROPOINT
+from ..data.noise import sigma_from_data
 from ..errors import ConfigError, InputDataError
 from ..flags import Flag
-from .command import sigma_from_data
 from .masking import neighbour_mask
 from .solver import FitConfig, FitResult, fit_stamps
 

@@ -6,21 +6,16 @@ predict_catalog(input, output, *, model=, catalog=, psf=, ...) -> Table     file
 predict_arrays(images, psfs, sky_sigma, *, model=, ...) -> Table             in-memory stamps
 predict_source(source, output, options, *, resume=, workers=, dask_address=)  any reader, full control
 PredictOptions                                                               run options (dataclass)
-open_source(path, *, catalog=, psf=, ...) -> InputSource                     the input readers
 training_prior(card) -> {name: (low, high)}                                  OUT_OF_PRIOR box
+
+The input readers (``open_source``, ``HDF5Source`` ...) are :mod:`galnet.data`'s, shared with
+``galnet fit``. Modules: :mod:`.runner` (the run: shards, resume, assembly), :mod:`.core` (the model and one
+chunk, shared with the Dask workers of :mod:`.dask`), :mod:`.command` (the CLI).
 
 See ``docs/predict.md`` for the input forms, the output columns and the frames of ``x, y``.
 """
 
-from .inputs import (
-    Chunk,
-    CutoutDirSource,
-    FitsCubeSource,
-    HDF5Source,
-    ImageCatalogSource,
-    InputSource,
-    open_source,
-)
+from .core import training_prior
 from .runner import (
     PredictError,
     PredictOptions,
@@ -28,7 +23,6 @@ from .runner import (
     predict_arrays,
     predict_catalog,
     predict_source,
-    training_prior,
 )
 
 __all__ = [
@@ -37,13 +31,6 @@ __all__ = [
     "predict_source",
     "PredictOptions",
     "PredictError",
-    "open_source",
     "models_path",
     "training_prior",
-    "InputSource",
-    "HDF5Source",
-    "FitsCubeSource",
-    "CutoutDirSource",
-    "ImageCatalogSource",
-    "Chunk",
 ]

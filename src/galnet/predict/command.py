@@ -40,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default="hsc-r", help="shipped model name or model card path (default hsc-r)"
     )
-    g = parser.add_argument_group("inputs")
+    _add_input_arguments(parser.add_argument_group("inputs"))
+    _add_run_arguments(parser.add_argument_group("run"))
+
+
+def _add_input_arguments(g) -> None:
+    """Options of the input: catalog and its columns, PSF, noise, zero point, gain, pixel scale."""
     g.add_argument("--catalog", help="source catalog for an image input (FITS/CSV/ECSV/Parquet)")
     g.add_argument("--psf", help="PSF FITS: one image, or a cube with one PSF per row")
     g.add_argument("--psf-column", help="catalog column with a PSF FITS file per source")
@@ -69,7 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--pixel-scale", type=positive_float, help="arcsec/px for re_arcsec (default: meta/WCS, else 0.168)"
     )
-    r = parser.add_argument_group("run")
+
+
+def _add_run_arguments(r) -> None:
+    """Options of the run: model runtime, sizes, refinement, χ², shards, Dask, progress."""
     r.add_argument(
         "--backend",
         default="auto",
@@ -140,7 +148,7 @@ def _hdu(value):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..manifest import parts_dir
+    from ..data.shards import parts_dir
     from .runner import PredictOptions, predict_catalog
 
     check_output_path(args.output, option="--output")

@@ -4,7 +4,7 @@
 ``--dask tcp://scheduler:8786`` uses a running cluster (e.g. from dask-jobqueue on Slurm/PBS, see
 ``docs/predict.md``). The input source (paths and small arrays) is sent to the workers once; every task
 reads its own chunk, measures it with a per-process cached :class:`~galnet.models.Predictor`
-(:func:`galnet.predict.runner.get_predictor`) and writes its shard into ``<output>.parts/`` — so the output
+(:func:`galnet.predict.core.get_predictor`) and writes its shard into ``<output>.parts/`` — so the output
 directory must be on a file system that every worker sees. The main process only assembles the catalog, which
 is therefore identical to a single-process run with the same chunk size and backend.
 """
@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..data.shards import write_shard
 from ..errors import ConfigError
+from .core import card_path, chunk_kwargs, get_predictor, process_chunk, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +27,13 @@ __all__ = ["run_chunks_dask", "predict_task"]
 
 def predict_task(source, start: int, stop: int, options, pdir: str, ctx: dict[str, Any]) -> tuple[int, int]:
     """One Dask task: read rows ``start:stop``, measure them, write the shard; returns ``(start, stop)``."""
-    from .runner import _card_path, _chunk_kwargs, get_predictor, process_chunk, resolve_backend, write_shard
-
     predictor = get_predictor(
-        _card_path(options.model), resolve_backend(options.backend), options.device, options.threads or 1,
+        card_path(options.model), resolve_backend(options.backend), options.device, options.threads or 1,
         options.allow_unverified_model, options.symmetries,
     )
     source.stamp_size, source.psf_size = predictor.image_size, predictor.psf_size
     chunk = source.read_chunk(start, stop)
-    result = process_chunk(chunk, predictor, **_chunk_kwargs(options, ctx, source))
+    result = process_chunk(chunk, predictor, **chunk_kwargs(options, ctx, source))
     write_shard(Path(pdir), result)
     return start, stop
 
@@ -61,7 +61,7 @@ def run_chunks_dask(
     pdir : Path
         Shard directory (shared by all workers).
     ctx : dict
-        Zero points, gain and prior box (:func:`galnet.predict.runner._run_context`).
+        Zero points, gain and prior box (:func:`galnet.predict.core.run_context`).
     workers : int, optional
         Size of a local cluster (1 thread per worker).
     address : str, optional

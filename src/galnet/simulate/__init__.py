@@ -6,6 +6,7 @@
   which equals :func:`galnet.render.render_sersic` object by object).
 * :mod:`.writer`: :func:`simulate_dataset` writes sharded, resumable, worker-count independent
   HDF5 splits (schema: :mod:`galnet.data.h5`).
+* :mod:`.stream`: :class:`OnTheFlyDataset`, unlimited fresh simulated stamps for training.
 
 See ``docs/simulate.md``.
 """
@@ -22,6 +23,7 @@ from .config import (
     load_preset,
 )
 from .generate import draw_analytic_psfs, generate_batch, load_psf_library, recenter_psf
+from .stream import OnTheFlyDataset
 from .writer import simulate_dataset
 
 __all__ = [
@@ -39,4 +41,5 @@ __all__ = [
     "recenter_psf",
     "load_psf_library",
     "simulate_dataset",
+    "OnTheFlyDataset",
 ]

@@ -31,7 +31,7 @@ class TrainConfig:
         Directory holding ``train.h5``, ``val.h5`` (and ``test.h5``, used by ``export``).
     on_the_fly : str or None
         Simulation preset name or path: draw fresh training samples every step
-        (``galnet.data.OnTheFlyDataset``); validation uses ``data``'s val.h5 if given, else a fixed
+        (``galnet.simulate.OnTheFlyDataset``); validation uses ``data``'s val.h5 if given, else a fixed
         simulated set of ``val_size`` galaxies.
     steps_per_epoch : int or None
         Steps per epoch when training on the fly (default: ``train_size // batch_size``).

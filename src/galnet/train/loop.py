@@ -111,7 +111,7 @@ def load_split(path: str | os.PathLike, limit: int | None = None) -> dict[str, t
 
 def _otf_batches(cfg: TrainConfig, seed: int, per_rank_batch: int, n_batches: int):
     """``n_batches`` batches of fresh simulated stamps (dicts of tensors) from the data stage."""
-    from ..data import OnTheFlyDataset
+    from ..simulate import OnTheFlyDataset
     from ..simulate.config import load_preset
 
     ds = OnTheFlyDataset(load_preset(cfg.on_the_fly), seed, batch=per_rank_batch)

@@ -5,15 +5,15 @@ into ``<output>.parts/``, next to a ``manifest.json`` that records the input (fi
 option that changes a result** (zero point, sky σ, gain, pixel scale, PSF, catalog columns, model and its
 checksum, backend, χ² options, fit options ...). ``--resume`` reuses the shards only when the manifest of the
 new run is identical; otherwise it refuses with one line naming each differing option with its old and new
-value. This module holds the one implementation of that contract, used by both commands.
+value. This module holds the one implementation of that contract, used by both commands (and by
+:func:`galnet.fit.fit_catalog`, :func:`galnet.predict.predict_catalog`).
 
 Crash safety: every file here is written to a temporary name and renamed (:func:`os.replace`), so a
 process killed at any point (``kill -9``) leaves either the old file or the new one, never a truncated one;
 temporary files are ignored and overwritten. A shard is trusted only if it reads back whole with the rows
 expected. The manifest is written before the first shard and removed first when a run starts over.
 
-This module is at the bottom of the stage order (it imports only numpy, :mod:`galnet.errors` and the
-standard library).
+This module imports only numpy, :mod:`galnet.errors` and the standard library.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GalnetError
+from ..errors import GalnetError
 
 log = logging.getLogger(__name__)
 

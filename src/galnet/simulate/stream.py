@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import IterableDataset
 
+from .generate import generate_batch
+
 __all__ = ["OnTheFlyDataset"]
 
 
@@ -38,8 +40,6 @@ class OnTheFlyDataset(IterableDataset):
     def __iter__(self):
         import torch
         from torch.utils.data import get_worker_info
-
-        from ..simulate.generate import generate_batch
 
         info = get_worker_info()
         worker = 0 if info is None else info.id
