@@ -159,3 +159,16 @@ def test_background_library_errors(tmp_path):
             f[k] = np.full(shape, np.nan)
     with pytest.raises(InputDataError, match=r"masked\.h5: every pixel .* is masked"):
         read_background_library(tmp_path / "masked.h5")
+
+
+def test_predict_takes_a_cube_of_41px_psfs():
+    """HSC PSFs are 41x41: a cube of them is cropped to the network's 25x25 (PSF_FIXED), not a crash."""
+    from galnet.data import prepare_psfs
+    from galnet.render import MoffatPSF
+
+    psf = MoffatPSF(fwhm=4.0, beta=3.0).draw(41)
+    psf = psf / psf.sum()
+    out, fixed, bad = prepare_psfs(np.stack([psf, psf]), 25)
+    assert out.shape == (2, 25, 25) and fixed.all() and not bad.any()
+    np.testing.assert_allclose(out.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out[0], psf[8:33, 8:33] / psf[8:33, 8:33].sum(), atol=1e-6)

@@ -126,7 +126,8 @@ def prepare_psfs(
     if ok.all():
         out[:] = cube
         return out, fixed, bad
-    out[ok] = cube[ok]
+    if ok.any():  # a cube of another size has no row usable as is
+        out[ok] = cube[ok]
     for i in np.flatnonzero(~ok):
         name = names[i] if names is not None else f"PSF row {i}"
         if fixable[i]:
