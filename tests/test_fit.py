@@ -17,7 +17,7 @@ from galnet.fit.galfit_io import (
     write_imfit_config,
     write_imgblock,
 )
-from galnet.fit.solver import _Model
+from galnet.fit.model import GroupModel as _Model
 from galnet.flags import Flag
 from galnet.render import MoffatPSF, render_sersic
 
@@ -467,7 +467,8 @@ def test_gauss_newton_stop_and_errors_from_the_normal_matrix(psf):
     0.05 of the χ² reached with it off (its bound is 0.01 predicted; Δχ² rule only), in fewer iterations; and
     the errors taken from the LM's last normal matrix equal those of a Jacobian recomputed at the solution
     (relative 1e-6: the same float32 Jacobian, only the algebra differs)."""
-    from galnet.fit.solver import _covariance_errors, pixel_weights
+    from galnet.fit.lm import covariance_errors as _covariance_errors
+    from galnet.fit.solver import pixel_weights
 
     p = _truth(40, 21)
     rng = np.random.default_rng(21)

@@ -7,10 +7,11 @@ core), :class:`Refiner` (K steps from network answers: ``galnet predict --refine
 Imfit interoperability (:mod:`galnet.fit.galfit_io`).
 """
 
+from .config import FitConfig, FitStatus
 from .masking import neighbour_mask, segment_stamps
 from .parallel import FitPool
 from .refine import Refiner
-from .solver import FitConfig, FitResult, FitStatus, fit_multistart, fit_stamps, pixel_weights
+from .solver import FitResult, fit_multistart, fit_stamps, pixel_weights
 from .starts import catalog_start, feedme_start, moments_start, with_n
 
 __all__ = [

@@ -3,13 +3,17 @@
 * :mod:`.config`: typed configuration (:class:`SimulationConfig`) and presets (:func:`load_preset`).
 * :mod:`.generate`: :func:`generate_batch` draws stamps (target + neighbours + stars, per-stamp
   PSF, noise or a real background) with the one forward model (:func:`galnet.render.render_scene`,
-  which equals :func:`galnet.render.render_sersic` object by object).
+  which equals :func:`galnet.render.render_sersic` object by object). The PSFs (analytic, or from
+  a library) come from :mod:`galnet.render.psf`.
 * :mod:`.writer`: :func:`simulate_dataset` writes sharded, resumable, worker-count independent
   HDF5 splits (schema: :mod:`galnet.data.h5`).
 
 See ``docs/simulate.md``.
 """
 
+# TEMPORARY (issue #17): galnet.predict.inputs still imports recenter_psf from here; it now lives in
+# galnet.render.psf. Delete this import once predict's PSF checks call galnet.render directly.
+from ..render.psf import recenter_psf  # noqa: F401
 from .config import (
     BackgroundConfig,
     NeighbourConfig,
@@ -21,7 +25,7 @@ from .config import (
     list_presets,
     load_preset,
 )
-from .generate import draw_analytic_psfs, generate_batch, load_psf_library, recenter_psf
+from .generate import generate_batch
 from .writer import simulate_dataset
 
 __all__ = [
@@ -35,8 +39,5 @@ __all__ = [
     "load_preset",
     "list_presets",
     "generate_batch",
-    "draw_analytic_psfs",
-    "recenter_psf",
-    "load_psf_library",
     "simulate_dataset",
 ]
