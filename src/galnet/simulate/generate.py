@@ -261,15 +261,9 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
         index of the real background file used (-1: simulated sky); ``sigma_maps`` (n, H, W)
         float32 when backgrounds with variance planes are configured.
     """
-    import torch
-
-    from ..params import validate_parameters
-    from ..render import render_scene
-
     rng = as_generator(seed)
     cfg = config
     size = cfg.stamp_size
-    dtype = torch.float32 if cfg.render_dtype == "float32" else torch.float64
     target = draw_target_parameters(cfg, rng, n)
     psfs, fwhm = _draw_psfs(cfg, rng, n)
 
@@ -285,25 +279,7 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     else:
         nb_params, owner, n_nb = np.empty((0, 7)), np.empty(0, dtype=np.int64), np.zeros(n, dtype=np.int64)
 
-    # The target alone, then all the neighbours and stars of each stamp as one scene (looser wrap
-    # tolerance): one PSF product and one inverse DFT per stamp and DFT size, each object on the
-    # grid render_sersic would give it. Parameters are checked here; the PSFs are unit-sum images
-    # already (drawn or validated).
-    validate_parameters(target, what="target parameters")
-    psf_t = torch.as_tensor(psfs, dtype=dtype)
-    with torch.no_grad():
-        model = render_scene(
-            torch.as_tensor(target, dtype=dtype), np.arange(n), psf_t, shape=(size, size),
-            zeropoint=cfg.zeropoint, wrap_tolerance=cfg.wrap_tolerance, validate=False,
-        ).to(torch.float64)
-        scene = model.clone()
-        if len(nb_params):
-            validate_parameters(nb_params, what="neighbour parameters")
-            scene += render_scene(
-                torch.as_tensor(nb_params, dtype=dtype), owner, psf_t, n_stamps=n, shape=(size, size),
-                zeropoint=cfg.zeropoint, wrap_tolerance=cfg.neighbours.wrap_tolerance, validate=False,
-            ).to(torch.float64)
-    model, scene = model.numpy(), scene.numpy()
+    model, scene = _render_stamps(cfg, target, psfs, nb_params, owner)
 
     # noise
     sky0 = cfg.sky_sigma()
@@ -325,27 +301,8 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     want_maps = bool(bgc.files) and bgc.variance_hdu is not None
     sigma_maps = np.sqrt(sky[:, None, None] ** 2 + np.maximum(model, 0.0) / cfg.gain) if want_maps else None
     if bgc.files:
-        scale = 1.0 if bgc.zeropoint is None else 10.0 ** (0.4 * (cfg.zeropoint - bgc.zeropoint))
-        for i in np.flatnonzero(bg_idx >= 0):
-            bg = load_background(str(bgc.files[bg_idx[i]]), size, bgc.image_hdu, bgc.variance_hdu, scale)
-            cut, cvar = _cutout(bg, rng, size, bgc.max_tries)
-            src_var = np.maximum(model[i], 0.0) / cfg.gain if cfg.noise.poisson else 0.0
-            src_noise = rng.standard_normal((size, size)) * np.sqrt(src_var)
-            images[i] = cut + model[i] + (src_noise if cfg.noise.enabled else 0.0)
-            sky[i] = math.sqrt(float(np.median(cvar))) if cvar is not None else _robust_sigma(cut)
-            if sigma_maps is not None:
-                base = cvar if cvar is not None else sky[i] ** 2
-                sigma_maps[i] = np.sqrt(base + np.maximum(model[i], 0) / cfg.gain)
-
-    if sigma_maps is not None:
-        sig2 = sigma_maps.astype(np.float64) ** 2
-    else:
-        sig2 = np.maximum(model, 0.0)
-        sig2 /= cfg.gain
-        sig2 += sky[:, None, None] ** 2
-    ratio = np.square(model)
-    ratio /= sig2
-    snr = np.sqrt(ratio.sum(axis=(1, 2)))
+        _inject_backgrounds(cfg, rng, bg_idx, model, images, sky, sigma_maps)
+    snr = _optimal_snr(model, sky, sigma_maps, cfg.gain)
     out = {
         "images": images.astype(np.float32),
         "psfs": psfs.astype(np.float32),
@@ -361,6 +318,79 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     if return_models:
         out["models"] = model.astype(np.float32)
     return out
+
+
+def _render_stamps(cfg: SimulationConfig, target: np.ndarray, psfs: np.ndarray, nb_params: np.ndarray,
+                   owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free stamps (n, S, S) float64, counts: the target alone, and with its neighbours and stars.
+
+    The target alone, then all the neighbours and stars of each stamp as one scene (looser wrap
+    tolerance): one PSF product and one inverse DFT per stamp and DFT size, each object on the
+    grid render_sersic would give it. Parameters are checked here; the PSFs are unit-sum images
+    already (drawn or validated).
+    """
+    import torch
+
+    from ..params import validate_parameters
+    from ..render import render_scene
+
+    n, size = len(target), cfg.stamp_size
+    dtype = torch.float32 if cfg.render_dtype == "float32" else torch.float64
+    validate_parameters(target, what="target parameters")
+    psf_t = torch.as_tensor(psfs, dtype=dtype)
+    with torch.no_grad():
+        model = render_scene(
+            torch.as_tensor(target, dtype=dtype), np.arange(n), psf_t, shape=(size, size),
+            zeropoint=cfg.zeropoint, wrap_tolerance=cfg.wrap_tolerance, validate=False,
+        ).to(torch.float64)
+        scene = model.clone()
+        if len(nb_params):
+            validate_parameters(nb_params, what="neighbour parameters")
+            scene += render_scene(
+                torch.as_tensor(nb_params, dtype=dtype), owner, psf_t, n_stamps=n, shape=(size, size),
+                zeropoint=cfg.zeropoint, wrap_tolerance=cfg.neighbours.wrap_tolerance, validate=False,
+            ).to(torch.float64)
+    return model.numpy(), scene.numpy()
+
+
+def _inject_backgrounds(cfg: SimulationConfig, rng: np.random.Generator, bg_idx: np.ndarray,
+                        model: np.ndarray, images: np.ndarray, sky: np.ndarray,
+                        sigma_maps: np.ndarray | None) -> None:
+    """Replace the stamps with ``bg_idx >= 0`` by their target injected into a real background cutout.
+
+    ``images`` (n, S, S), ``sky`` (n,) and ``sigma_maps`` (n, S, S) are updated in place: the sky σ
+    becomes the cutout's (from its variance plane, else robust), and the σ map its variance plus the
+    target's Poisson variance.
+    """
+    bgc, size = cfg.background, cfg.stamp_size
+    scale = 1.0 if bgc.zeropoint is None else 10.0 ** (0.4 * (cfg.zeropoint - bgc.zeropoint))
+    for i in np.flatnonzero(bg_idx >= 0):
+        bg = load_background(str(bgc.files[bg_idx[i]]), size, bgc.image_hdu, bgc.variance_hdu, scale)
+        cut, cvar = _cutout(bg, rng, size, bgc.max_tries)
+        src_var = np.maximum(model[i], 0.0) / cfg.gain if cfg.noise.poisson else 0.0
+        src_noise = rng.standard_normal((size, size)) * np.sqrt(src_var)
+        images[i] = cut + model[i] + (src_noise if cfg.noise.enabled else 0.0)
+        sky[i] = math.sqrt(float(np.median(cvar))) if cvar is not None else _robust_sigma(cut)
+        if sigma_maps is not None:
+            base = cvar if cvar is not None else sky[i] ** 2
+            sigma_maps[i] = np.sqrt(base + np.maximum(model[i], 0) / cfg.gain)
+
+
+def _optimal_snr(model: np.ndarray, sky: np.ndarray, sigma_maps: np.ndarray | None, gain: float
+                 ) -> np.ndarray:
+    """Optimal S/N (n,) of noise-free targets ``model`` (n, S, S): ``sqrt(sum m^2 / sigma^2)``.
+
+    ``sigma^2`` is the σ map squared, else ``sky^2 + max(m, 0) / gain`` (in place, in that order).
+    """
+    if sigma_maps is not None:
+        sig2 = sigma_maps.astype(np.float64) ** 2
+    else:
+        sig2 = np.maximum(model, 0.0)
+        sig2 /= gain
+        sig2 += sky[:, None, None] ** 2
+    ratio = np.square(model)
+    ratio /= sig2
+    return np.sqrt(ratio.sum(axis=(1, 2)))
 
 
 def _correlate(white: np.ndarray, corr: np.ndarray, phase: np.ndarray) -> np.ndarray:
