@@ -523,3 +523,16 @@ def test_fit_with_an_analytic_psf():
     diff = r.params[0] - p[0]
     diff[6] = pa_difference(r.params[0, 6], p[0, 6])
     assert np.all(np.abs(diff) < 4 * r.errors[0]), (diff, r.errors[0])
+
+
+def test_fit_stamp_larger_than_64_compact_galaxy(psf):
+    """A compact galaxy on a 97x97 stamp (whose DFT size used to be chosen smaller than the stamp, a
+    crash): fitted from the moments, within 4 σ of the truth."""
+    p = np.array([[49.3, 48.8, 20.0, 0.6, 1.5, 0.7, 30.0]])
+    img = render_sersic(torch.as_tensor(p), psf, shape=(97, 97)).numpy()
+    img = img + np.random.default_rng(1).normal(0, 0.05, img.shape)
+    r = fit_stamps(img, psf, sigma=np.full(img.shape, 0.05))
+    assert r.status[0] >= 0 and r.flags[0] == 0 and r.fourier_size[0] >= 97
+    diff = r.params[0] - p[0]
+    diff[6] = pa_difference(r.params[0, 6], p[0, 6])
+    assert np.all(np.abs(diff) < 4 * r.errors[0]), (diff, r.errors[0])
