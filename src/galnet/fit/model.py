@@ -49,10 +49,25 @@ class GroupModel:
     An image PSF's spectrum (kx-major, see :func:`galnet.render.fourier.image_psf_spectrum`) is
     computed once per group and dtype, not at every render: the Levenberg–Marquardt loop renders the
     same galaxies tens of times. ``sel`` arguments pick rows of the group (its PSF rows and spectra).
+
+    Parameters
+    ----------
+    psf : AnalyticPSF, or Tensor (P, P) / (B, P, P)
+        Checked, unit-sum PSF(s) of the group.
+    shape : (int, int)
+        Stamp (H, W).
+    size : int
+        DFT size N of the group.
+    zeropoint, exptime : float
+        Magnitude zero point and exposure time, s.
+    fast : bool
+        Image PSFs: the Fourier-space Jacobian (else JVPs, as for analytic PSFs).
+    jacobian_dtype : torch.dtype
+        Real dtype of the Fourier-space Jacobian.
     """
 
-    def __init__(self, psf, shape, size: int, zeropoint: float, exptime: float, fast: bool = True,
-                 jacobian_dtype: torch.dtype = torch.float32):
+    def __init__(self, psf, shape: tuple[int, int], size: int, zeropoint: float, exptime: float,
+                 fast: bool = True, jacobian_dtype: torch.dtype = torch.float32):
         self.fast = fast
         self.jacobian_dtype = jacobian_dtype
         self.psf = psf

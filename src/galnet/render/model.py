@@ -204,8 +204,9 @@ def render_sersic(
         counts is ``exptime * 10**(-0.4 (mag - zeropoint))``.
     sky : float or Tensor (B,)
         Constant sky level added to every pixel, counts / pixel.
-    fourier_size : int, optional
-        Force the DFT size N (else chosen per galaxy from ``wrap_tolerance``).
+    fourier_size : int or ndarray of int (B,), optional
+        Force the DFT size N (else chosen per galaxy from ``wrap_tolerance``, never smaller than the
+        stamp). With PSF images it must be at least the stamp's H.
     wrap_tolerance : float
         Maximum fraction of the flux allowed to wrap around into the stamp.
     validate : bool

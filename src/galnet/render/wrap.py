@@ -182,10 +182,11 @@ def _bicubic_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: str) -> t
     return cols[:, 0, :, 0].T.to(dtype).contiguous()
 
 
-def grid_to_stamp(light: torch.Tensor, shape) -> torch.Tensor:
+def grid_to_stamp(light: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Bicubic interpolation (B, gh, gw) -> (B, H, W) of a :func:`near_rings_grid` (linear in it).
 
-    torch's separable bicubic kernel (``align_corners=True``) as two small matrix products.
+    torch's separable bicubic kernel (``align_corners=True``) as two small matrix products; ``shape``
+    is the stamp (H, W). Units are kept (counts per pixel).
     """
     h, w = shape
     gh, gw = light.shape[-2:]
@@ -199,6 +200,7 @@ def grid_to_stamp(light: torch.Tensor, shape) -> torch.Tensor:
 def near_rings_wrap(x0, y0, re, n, q, pa_deg, shape, size):
     """Light of the nearest rings of periodic copies of unit-flux galaxies, on the stamp (B, H, W).
 
-    :func:`near_rings_grid` interpolated bicubically (only for galaxies that need it).
+    :func:`near_rings_grid` (same arguments) interpolated bicubically by :func:`grid_to_stamp`;
+    counts per pixel of a unit-flux galaxy. Only for galaxies that need it.
     """
     return grid_to_stamp(near_rings_grid(x0, y0, re, n, q, pa_deg, shape, size), shape)
