@@ -204,10 +204,10 @@ def run_galnet(stamps: Stamps, init: np.ndarray, pool=None) -> tuple[Any, float,
         including the renders they call), when the solver exposes them (else it is empty).
     """
     from galnet.fit import fit_stamps
-    from galnet.fit import solver as solver_mod
+    from galnet.fit import model as model_mod
 
     clock: dict[str, float] = {}
-    model_cls = getattr(solver_mod, "_Model", None)  # private: the accounting is skipped if it changes
+    model_cls = getattr(model_mod, "GroupModel", None)  # the accounting is skipped if it changes
     attrs = {"render": "render", "jacobian": "jacobian"}
     originals = {name: getattr(model_cls, attr) for name, attr in attrs.items() if hasattr(model_cls, attr)}
 

@@ -288,6 +288,109 @@ def test_bad_psf_images_are_rejected():
         render_sersic(p.repeat(2, 1), np.stack([good] * 3))
 
 
+def test_large_stamp_of_compact_galaxy_holds_the_stamp():
+    """A compact galaxy on a 97x97 stamp with a PSF image: the DFT size chosen from the wrap-around
+    alone (64) would be smaller than the stamp, which the FFT of the inverse DFT cannot hold (it used
+    to crash); the renderer now takes the smallest size that holds the stamp (128). The stamp's
+    central 61x61 equals a 61x61 render of the same galaxy to 1e-5 of the total flux per pixel (the
+    61x61 one is exact to its wrap tolerance), and holds its flux to 2e-4."""
+    from galnet.render import required_fourier_size
+
+    psf = MoffatPSF(fwhm=3.5, beta=3.0).draw(25)
+    flux = 10 ** (0.4 * (27 - 20))
+    for re, n, q, pa in ((0.4, 1.5, 0.7, 30.0), (0.8, 4.0, 0.5, -20.0)):
+        big = torch.tensor([[49.3, 48.8, 20.0, re, n, q, pa]], dtype=torch.float64)
+        small = big.clone()
+        small[0, :2] -= 18
+        assert required_fourier_size(big.numpy(), (97, 97), 25)[0] == 128
+        assert required_fourier_size(small.numpy(), (61, 61), 25)[0] == 64
+        a = render_sersic(big, psf, shape=(97, 97))[0]
+        b = render_sersic(small, psf, shape=(61, 61))[0]
+        assert float((a[18:79, 18:79] - b).abs().max()) < 1e-5 * flux
+        assert float(a.sum()) == pytest.approx(flux, rel=2e-4)
+    with pytest.raises(ParameterRangeError, match="DFT size of at least 97"):
+        render_sersic(big, psf, shape=(97, 97), fourier_size=64)
+
+
+def test_check_psf_rules_and_status():
+    """check_psf raises on the first rule broken, naming the PSF (and row); psf_status flags the same
+    rules per row, vectorised: usable as given (sum within 1e-3 of 1), or after renormalisation."""
+    from galnet.render import check_psf, psf_status
+
+    good = MoffatPSF(fwhm=4.0).draw(25).numpy()
+    np.testing.assert_array_equal(check_psf(good * 3.0), good * 3.0 / (good * 3.0).sum())
+    bad_rows = {
+        "NaN or infinite": np.where(np.arange(625).reshape(25, 25) == 7, np.nan, good),
+        "sum is 0": np.zeros((25, 25)),
+        "negative pixels": good - 0.02 * good.max() * (np.arange(625).reshape(25, 25) == 0),
+        "centroid": np.roll(good, 3, axis=1),
+    }
+    cube = np.stack([good, good * 1.0005, good * 1.2, *bad_rows.values()])
+    ok, usable = psf_status(cube)
+    assert ok.tolist() == [True, True, False, False, False, False, False]
+    assert usable.tolist() == [True, True, True, False, False, False, False]
+    assert psf_status(cube, 27)[1].tolist() == [False] * 7  # the wrong size
+    assert psf_status(cube.astype(np.float32))[1].tolist() == usable.tolist()
+    for i, (what, row) in enumerate(bad_rows.items()):
+        with pytest.raises(PSFError, match=f"^p: .*{what}"):
+            check_psf(row, name="p")
+        with pytest.raises(PSFError, match=rf"^c\[{i + 3}\]: .*{what}"):
+            check_psf(cube, name="c")
+        cube[i + 3] = good
+    with pytest.raises(PSFError, match="sums to 1.2, not 1"):
+        check_psf(good * 1.2, renormalise=False)
+    assert check_psf(good * 1.02, renormalise=False).sum() == pytest.approx(1.0)
+    with pytest.raises(PSFError, match="odd size"):
+        check_psf(good[:24, :24])
+    with pytest.raises(PSFError, match="square"):
+        check_psf(good[:, :23])
+    with pytest.raises(PSFError, match="must be 27x27"):
+        check_psf(good, size=27)
+
+
+def test_repair_psfs_keeps_renormalises_or_recentres():
+    """repair_psfs: PSFs usable as given are copied (float32), those off unit sum renormalised, other
+    sizes or off-centre ones re-centred (all flagged repaired), unrepairable rows a central delta
+    with the reason."""
+    from galnet.render import psf_centroid, repair_psf, repair_psfs
+
+    good = MoffatPSF(fwhm=4.0).draw(25).numpy()
+    bad = np.full((25, 25), np.nan)
+    cube = np.stack([good, good * 2.0, np.roll(good, 2, axis=0), bad])
+    out, repaired, broken, messages = repair_psfs(cube, 25, names=["a", "b", "c", "d"])
+    assert out.dtype == np.float32 and out.shape == (4, 25, 25)
+    assert repaired.tolist() == [False, True, True, False] and broken.tolist() == [False, False, False, True]
+    np.testing.assert_array_equal(out[0], good.astype(np.float32))
+    np.testing.assert_array_equal(out[1], (good * 2.0 / (good * 2.0).sum()).astype(np.float32))
+    assert max(abs(c - 12) for c in psf_centroid(out[2])) < 0.05
+    assert messages[:3] == ["", "", ""] and messages[3].startswith("d: ") and "NaN" in messages[3]
+    assert out[3].sum() == 1.0 and out[3, 12, 12] == 1.0
+    wide, fixed = repair_psf(np.pad(good, 3), 25)  # 31x31: re-centred and cropped
+    assert fixed and wide.shape == (25, 25)
+    np.testing.assert_allclose(wide, good, atol=1e-6)
+
+
+def test_ellipse_geometry_convention_and_flavours():
+    """pa is counter-clockwise from +y: the major axis of pa = 0 is +y, of pa = 90 is -x. numpy,
+    torch and float inputs give the same numbers."""
+    from galnet.render import ellipse_axes, pa_rotation
+
+    s, c = pa_rotation(0.0)
+    assert ellipse_axes(0.0, 1.0, s, c) == (1.0, 0.0)
+    s, c = pa_rotation(90.0)
+    major, minor = ellipse_axes(-1.0, 0.0, s, c)
+    assert major == pytest.approx(1.0) and minor == pytest.approx(0.0, abs=1e-15)
+    pa = np.array([-80.0, -10.0, 33.0, 89.0])
+    s_np, c_np = pa_rotation(pa)
+    s_t, c_t = pa_rotation(torch.as_tensor(pa))
+    np.testing.assert_allclose(s_np, s_t.numpy(), rtol=1e-15)
+    np.testing.assert_allclose(c_np, c_t.numpy(), rtol=1e-15)
+    np.testing.assert_allclose(s_np, [pa_rotation(float(v))[0] for v in pa], rtol=1e-15)
+    dx, dy = np.array([1.0, 2.0, -1.0, 0.5]), np.array([0.5, -1.0, 2.0, 3.0])
+    major, minor = ellipse_axes(dx, dy, s_np, c_np, inv_q=2.0)
+    np.testing.assert_allclose(major ** 2 + (minor / 2.0) ** 2, dx**2 + dy**2, rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------- scenes
 def _scene_objects(rng, count, stamps):
     """Galaxies over the stamp and an 8-px margin (neighbours centred outside included), 1/5 points;

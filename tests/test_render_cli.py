@@ -74,8 +74,8 @@ def test_render_rejects_even_psf(tmp_path):
 
 
 def test_render_stamp_larger_than_64(tmp_path, psf_file):
-    """A compact galaxy on a 101x101 stamp: the renderer's automatic DFT size (64) is smaller than
-    the stamp; the command raises it to the smallest size that holds the stamp (it used to crash)."""
+    """A compact galaxy on a 101x101 stamp: the renderer's DFT size holds the stamp (a size chosen
+    from the wrap-around alone, 64, would be smaller; it used to crash)."""
     table = tmp_path / "p.ecsv"
     _table(x=[51.0, 50.2], y=[51.0, 52.5], re_pix=[0.5, 5.0]).write(table)
     out = tmp_path / "big.fits"
@@ -86,19 +86,20 @@ def test_render_stamp_larger_than_64(tmp_path, psf_file):
     assert cube[0].sum() == pytest.approx(10 ** (0.4 * 7), rel=0.01)
 
 
-def test_render_fourier_sizes_unchanged_where_auto_suffices():
-    """On 61x61 stamps the command's DFT sizes are the renderer's own: images are bit-identical."""
+def test_render_fourier_sizes_unchanged_where_auto_suffices(tmp_path, psf_file):
+    """On 61x61 stamps the command's images are the renderer's own (its automatic DFT sizes, which
+    already hold the stamp): bit-identical to render_sersic."""
     import torch
 
-    from galnet.render import render_sersic
-    from galnet.render.command import fourier_sizes_for
-    from galnet.render.model import required_fourier_size
+    from galnet.render import check_psf, render_sersic, required_fourier_size
 
+    table = tmp_path / "p.ecsv"
     t = _table()
+    t.write(table)
+    out = tmp_path / "cube.fits"
+    assert main(["render", str(table), "--psf", str(psf_file), "--out", str(out)]) == 0
     params = np.stack([np.asarray(t[c], dtype=float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
-    sizes = fourier_sizes_for(params, (61, 61), 25)
-    assert np.array_equal(sizes, required_fourier_size(params, (61, 61), 25))
-    psf = MoffatPSF(fwhm=4.0, beta=3.0).draw(25)
-    a = render_sersic(torch.as_tensor(params), psf)
-    b = render_sersic(torch.as_tensor(params), psf, fourier_size=sizes)
-    assert torch.equal(a, b)
+    assert np.all(required_fourier_size(params, (61, 61), 25) >= 61)
+    psf = torch.as_tensor(check_psf(fits.getdata(psf_file)))
+    ref = render_sersic(torch.as_tensor(params), psf, validate=False).numpy().astype(np.float32)
+    assert np.array_equal(fits.getdata(out), ref)

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 
 from galnet.errors import ConfigError, InputDataError, PSFError
-from galnet.simulate import (
-    SimulationConfig,
-    draw_analytic_psfs,
-    generate_batch,
-    load_preset,
-    load_psf_library,
-    recenter_psf,
-    simulate_dataset,
-)
+from galnet.render import draw_analytic_psfs, load_psf_library, recenter_psf
+from galnet.simulate import SimulationConfig, generate_batch, load_preset, simulate_dataset
 
 DATA = Path(__file__).parent / "data"
 HST_IMAGE = DATA / "abell_2744_group_of_galaxies_f105w.fits.gz"
@@ -219,7 +212,7 @@ def test_fast_psfs_match_render_psfs(kind):
 
 def _direct_psfs(model, fwhm, beta, q, pa, size, oversample=5):
     """Reference for draw_analytic_psfs: every sub-pixel of the full stamp, in float64."""
-    from galnet.simulate.generate import _kolmogorov_table
+    from galnet.render.psf import _kolmogorov_table
 
     s = size * oversample
     u = (np.arange(s) - (s - 1) / 2) / oversample

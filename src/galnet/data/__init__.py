@@ -9,7 +9,7 @@
   :mod:`~galnet.data.inputs`), with :func:`finish_chunk` (:mod:`~galnet.data.chunk`);
 * noise (:mod:`~galnet.data.noise`: :func:`robust_sigma`, :func:`border_sigma`, :func:`sigma_from_data`) and
   PSFs of the inputs (:mod:`~galnet.data.psfs`: :func:`prepare_psf`, :func:`prepare_psfs`,
-  :func:`repair_psfs`, :func:`read_psf_file`);
+  :func:`prepare_fit_psfs`, :func:`read_psf_file`);
 * sharded, resumable runs (:mod:`~galnet.data.shards`): the parts directory, its shards and its manifest.
 
 Simulated training streams are the simulate stage's (:class:`galnet.simulate.OnTheFlyDataset`).
@@ -22,7 +22,7 @@ from .h5 import CHUNK_STAMPS, OPTIONAL_KEYS, REQUIRED_KEYS, StampDataset, read_a
 from .image_catalog import ImageCatalogSource
 from .inputs import open_source
 from .noise import border_sigma, robust_sigma, sigma_from_data
-from .psfs import PSF_SIZE, prepare_psf, prepare_psfs, read_psf_file, repair_psfs
+from .psfs import PSF_SIZE, prepare_fit_psfs, prepare_psf, prepare_psfs, read_psf_file
 from .shards import ResumeError, parts_dir
 from .sources import ArraySource, HDF5Source, InputSource
 
@@ -54,7 +54,7 @@ __all__ = [
     "sigma_from_data",
     "prepare_psf",
     "prepare_psfs",
-    "repair_psfs",
+    "prepare_fit_psfs",
     "read_psf_file",
     "parts_dir",
     "ResumeError",

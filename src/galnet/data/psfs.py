@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError, PSFError
+from ..render.psf import repair_psf, repair_psfs
 from .fits_io import image_hdu, open_input_fits
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ __all__ = [
     "PSF_SIZE",
     "prepare_psf",
     "prepare_psfs",
-    "repair_psfs",
+    "prepare_fit_psfs",
     "read_psf_file",
     "psf_from_file",
     "shared_psf",
@@ -32,20 +33,12 @@ __all__ = [
 
 #: PSF size (pixels) of the network's input unless the model card says otherwise.
 PSF_SIZE = 25
-#: Tolerances of the fast PSF check (same as :func:`galnet.render.validate_psf_image`).
-_PSF_SUM_TOL = 1e-3
-_PSF_CENTROID_TOL = 0.25
-
-
-def _recenter(psf: np.ndarray, size: int, name: str) -> np.ndarray:
-    """Re-centre and crop/pad a PSF to ``size`` (the one place that calls the PSF recentring code)."""
-    from ..simulate import recenter_psf
-
-    return recenter_psf(psf, size, name=name)
 
 
 def prepare_psf(psf: np.ndarray, size: int = PSF_SIZE, *, name: str = "PSF") -> tuple[np.ndarray, bool]:
     """A usable ``size × size`` PSF from a PSF image, and whether it had to be repaired.
+
+    The rules and repairs are :func:`galnet.render.psf.repair_psf`'s (the one PSF check of galnet).
 
     Parameters
     ----------
@@ -66,42 +59,13 @@ def prepare_psf(psf: np.ndarray, size: int = PSF_SIZE, *, name: str = "PSF") -> 
     PSFError
         The PSF cannot be repaired (NaN, non-positive sum, no light left); the message names ``name``.
     """
-    arr = np.asarray(psf, dtype=float)
-    if arr.ndim != 2:
-        raise PSFError(f"{name}: a PSF must be a 2-D image, got shape {arr.shape}")
-    ok, fixable = _psf_status(arr[None], size)
-    if ok[0]:
-        return arr.astype(np.float32), False
-    if fixable[0]:
-        return (arr / arr.sum()).astype(np.float32), True
-    return _recenter(arr, size, name).astype(np.float32), True
-
-
-def _psf_status(cube: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(usable as is, usable after renormalisation) for each PSF of a (B, P, P) cube (vectorised)."""
-    b = cube.shape[0]
-    if cube.shape[1:] != (size, size):
-        return np.zeros(b, bool), np.zeros(b, bool)
-    flat = cube.reshape(b, -1)
-    finite = np.isfinite(flat).all(axis=1)
-    c = np.where(finite[:, None], flat, 0.0)
-    total = c.sum(axis=1)
-    peak = c.max(axis=1)
-    nonneg = c.min(axis=1) >= -0.01 * peak
-    safe = np.where(total > 0, total, 1.0)
-    coords = np.arange(size, dtype=float) - (size - 1) / 2
-    img = c.reshape(b, size, size)
-    cx = (img.sum(axis=1) * coords).sum(axis=1) / safe
-    cy = (img.sum(axis=2) * coords).sum(axis=1) / safe
-    centred = np.hypot(cx, cy) <= _PSF_CENTROID_TOL
-    fixable = finite & (total > 0) & nonneg & centred
-    return fixable & (np.abs(total - 1) <= _PSF_SUM_TOL), fixable
+    return repair_psf(psf, size, name=name)
 
 
 def prepare_psfs(
     cube: np.ndarray, size: int = PSF_SIZE, *, names: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised :func:`prepare_psf` for a (B, P, P) cube of per-row PSFs.
+    """Vectorised :func:`prepare_psf` for a (B, P, P) cube of per-row PSFs; unusable rows are logged.
 
     Parameters
     ----------
@@ -117,34 +81,13 @@ def prepare_psfs(
     fixed : ndarray, shape (B,), bool: repaired (→ ``PSF_FIXED``)
     bad : ndarray, shape (B,), bool: unusable (→ ``BAD_INPUT``; the reason is logged)
     """
-    cube = np.asarray(cube)
-    b = cube.shape[0]
-    ok, fixable = _psf_status(cube, size)
-    out = np.empty((b, size, size), dtype=np.float32)
-    fixed = np.zeros(b, bool)
-    bad = np.zeros(b, bool)
-    if ok.all():
-        out[:] = cube
-        return out, fixed, bad
-    if ok.any():  # a cube of another size has no row usable as is
-        out[ok] = cube[ok]
-    for i in np.flatnonzero(~ok):
-        name = names[i] if names is not None else f"PSF row {i}"
-        if fixable[i]:
-            out[i] = cube[i] / cube[i].sum()
-            fixed[i] = True
-            continue
-        try:
-            out[i], fixed[i] = prepare_psf(cube[i], size, name=name)
-        except PSFError as exc:
-            log.error("%s; row flagged BAD_INPUT", exc)
-            bad[i] = True
-            out[i] = 0.0
-            out[i, size // 2, size // 2] = 1.0
-    return out, fixed, bad
+    psfs, fixed, bad, messages = repair_psfs(cube, size, names=names)
+    for i in np.flatnonzero(bad):
+        log.error("%s; row flagged BAD_INPUT", messages[i])
+    return psfs, fixed, bad
 
 
-def repair_psfs(psf, b: int, ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def prepare_fit_psfs(psf, b: int, ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Make a batch's PSF(s) usable at their own (odd) size, as the fitter needs them.
 
     The checks and repairs are those of :func:`prepare_psf` / :func:`prepare_psfs`, at the PSF's own size

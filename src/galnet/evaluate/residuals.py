@@ -222,15 +222,16 @@ def galaxy_aperture(params, shape: tuple[int, int] = (61, 61)) -> np.ndarray:
     -------
     ndarray of bool (B, H, W); all False for rows with non-finite parameters.
     """
+    from ..render.geometry import ellipse_axes, pa_rotation
+
     p = np.asarray(params, dtype=np.float64)
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     dx = xx[None] - (p[:, 0, None, None] - 1.0)
     dy = yy[None] - (p[:, 1, None, None] - 1.0)
-    pa = np.deg2rad(p[:, 6])[:, None, None]
-    # PA counter-clockwise from +y: major-axis unit vector (-sin pa, cos pa)
-    u = -dx * np.sin(pa) + dy * np.cos(pa)
-    v = dx * np.cos(pa) + dy * np.sin(pa)
+    # PA counter-clockwise from +y: u along the major axis, v along the minor one
+    sin_pa, cos_pa = pa_rotation(p[:, 6])
+    u, v = ellipse_axes(dx, dy, sin_pa[:, None, None], cos_pa[:, None, None])
     a = np.minimum(2.0 * p[:, 3] + 4.0, _MAX_APERTURE)[:, None, None]
     bax = np.minimum(2.0 * p[:, 3] * p[:, 5] + 4.0, _MAX_APERTURE)[:, None, None]
     with np.errstate(invalid="ignore"):

@@ -10,10 +10,11 @@ See ``docs/fit.md``. Public API: :func:`fit_catalog` (files in, catalog out, res
 """
 
 from .catalog import FitOptions, fit_catalog, fit_source
+from .config import FitConfig, FitStatus
 from .masking import neighbour_mask, segment_stamps
 from .parallel import FitPool
 from .refine import Refiner
-from .solver import FitConfig, FitResult, FitStatus, fit_multistart, fit_stamps, pixel_weights
+from .solver import FitResult, fit_multistart, fit_stamps, pixel_weights
 from .starts import catalog_start, feedme_start, moments_start, with_n
 
 __all__ = [

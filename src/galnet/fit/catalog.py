@@ -39,7 +39,7 @@ from ..catalog import (
     write_table,
 )
 from ..conventions import DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE
-from ..data import Chunk, InputSource, border_sigma, open_source, repair_psfs, sigma_from_data
+from ..data import Chunk, InputSource, border_sigma, open_source, prepare_fit_psfs, sigma_from_data
 from ..data.shards import (
     MANIFEST_VERSION,
     chunk_bounds,
@@ -512,7 +512,7 @@ def _fit_batch(batch: _Batch, options: FitOptions, ctx: _Context, fitter, masker
     pre = np.asarray(batch.flags, dtype=np.int64).copy()
     skip = np.asarray(batch.bad, dtype=bool).copy()
     pre[skip] |= int(Flag.BAD_INPUT)
-    psf, psf_fixed, psf_bad, msgs = repair_psfs(batch.psf, b, batch.ids)
+    psf, psf_fixed, psf_bad, msgs = prepare_fit_psfs(batch.psf, b, batch.ids)
     pre[psf_fixed] |= int(Flag.PSF_FIXED)
     pre[psf_bad] |= int(Flag.BAD_INPUT)
     skip |= psf_bad

@@ -14,6 +14,7 @@ import numpy as np
 from ..conventions import DEFAULT_ZEROPOINT, flux_to_mag, wrap_pa
 from ..errors import InputDataError
 from ..params import PARAMETERS
+from ..render.geometry import ellipse_axes
 
 __all__ = ["moments_start", "moments_one", "catalog_start", "feedme_start", "with_n"]
 
@@ -103,11 +104,10 @@ def moments_one(image, *, sigma=None, threshold: float = 2.0, subtract_backgroun
     q = float(np.clip(math.sqrt(lam2 / lam1), 0.05, 1.0))
     theta = 0.5 * math.degrees(math.atan2(2 * mxy, mxx - myy))  # major axis, CCW from +x
     pa = float(wrap_pa(theta - 90.0))  # galnet: CCW from +y
-    # elliptical radius (semi-major) of every pixel
+    # elliptical radius (semi-major) of every pixel; pa = theta - 90 deg, whose sine and cosine are
+    # -cos(theta) and sin(theta) exactly
     t = math.radians(theta)
-    dx, dy = xx - x0, yy - y0
-    u = dx * math.cos(t) + dy * math.sin(t)
-    v = -dx * math.sin(t) + dy * math.cos(t)
+    u, v = ellipse_axes(xx - x0, yy - y0, -math.cos(t), math.sin(t))
     a = np.sqrt(u**2 + (v / q) ** 2)
     # Kron radius from the object pixels, flux inside 2.5 Kron radii over the whole stamp
     r1 = max((wts * a).sum() / tot, 1.0)

@@ -115,33 +115,6 @@ def _check_ids(ids: np.ndarray, path: Path) -> np.ndarray:
     return text
 
 
-def fourier_sizes_for(params: np.ndarray, shape: tuple[int, int], psf_size: int) -> np.ndarray:
-    """Per-row DFT sizes for :func:`~galnet.render.render_sersic`: its own choice, but never below the stamp.
-
-    The renderer's automatic choice can be smaller than a stamp larger than 64 pixels (a compact
-    galaxy), which it cannot draw; such rows get the smallest size of
-    :data:`~galnet.render.model.FOURIER_SIZES` that holds the stamp. Rows whose automatic size
-    already holds it keep it, so their images are unchanged.
-
-    Parameters
-    ----------
-    params : ndarray, shape (B, 7)
-    shape : (int, int)
-        Stamp (H, W), pixels.
-    psf_size : int
-        PSF side, pixels.
-
-    Returns
-    -------
-    ndarray of int, shape (B,)
-    """
-    from .model import FOURIER_SIZES, required_fourier_size
-
-    auto = required_fourier_size(params, shape, psf_size)
-    floor = next((s for s in FOURIER_SIZES if s >= max(shape)), FOURIER_SIZES[-1])
-    return np.maximum(auto, floor)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``galnet render``; returns the exit status."""
     import torch
@@ -149,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..params import validate_parameters
     from .model import render_sersic
-    from .psf import validate_psf_image
+    from .psf import check_psf
 
     check_output_path(args.out, option="--out")
     ids, params = read_parameter_table(args.table)
@@ -157,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputDataError(f"{args.table}: the parameter table has no rows")
     validate_parameters(params, what=str(args.table))
     ids = _check_ids(ids, args.table)
-    psf = validate_psf_image(_read_psf(args.psf), name=str(args.psf))
+    psf = check_psf(_read_psf(args.psf), name=str(args.psf))
     if psf.ndim == 3 and len(psf) != len(params):
         raise InputDataError(f"{args.psf}: PSF cube has {len(psf)} stamps for {len(params)} rows")
     shape = (int(args.shape[0]), int(args.shape[1]))
@@ -167,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputDataError(f"--shape {shape[0]} {shape[1]} x {len(params)} rows needs "
                              f"{need / 2**30:.1f} GiB for the output cube, more than half of this "
                              f"machine's {avail / 2**30:.1f} GiB")
-    sizes = fourier_sizes_for(params, shape, psf.shape[-1])
     rng = np.random.default_rng(args.seed)
     cube = np.empty((len(params), *shape), dtype=np.float32)
     for start in range(0, len(params), args.batch_size):
@@ -175,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         psf_b = psf[sl] if psf.ndim == 3 else psf
         img = render_sersic(torch.as_tensor(params[sl]), torch.as_tensor(psf_b), shape=shape,
                             zeropoint=args.zeropoint, exptime=args.exptime, sky=args.sky,
-                            fourier_size=sizes[sl], validate=False).numpy()
+                            validate=False).numpy()
         if args.gain:
             img = rng.poisson(np.clip(img, 0, None) * args.gain) / args.gain
         if args.noise > 0:

@@ -35,6 +35,7 @@ __all__ = [
     "sersic_bn",
     "sersic_fourier",
     "sersic_fourier_columns",
+    "sersic_fourier_kappa2",
     "sersic_fourier_grad",
     "sersic_profile",
     "sersic_log_norm",
@@ -298,6 +299,41 @@ def _row_lookup(rows: torch.Tensor, local: torch.Tensor, *, inplace: bool) -> to
     frac = local.sub_(j) if inplace else local - j
     pair = torch.view_as_real(torch.gather(rows, 1, j))  # (B, E, 2)
     return torch.addcmul(pair[..., 0], frac, pair[..., 1])
+
+
+def sersic_fourier_kappa2(n: torch.Tensor, kappa2: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """:func:`sersic_fourier` from the squared elliptical wavenumber, with fewer passes.
+
+    The table column of ``ln kappa`` is one multiply-add of ``ln kappa^2``; each galaxy reads only
+    the column window its own wavenumbers reach (:func:`_galaxy_rows`). Used by the renderer on the
+    whole DFT grid.
+
+    Parameters
+    ----------
+    n : Tensor, shape (B,)
+        Sérsic indices in [0.2, 10].
+    kappa2 : Tensor, shape (B, M), > 0
+        ``kappa^2 = re^2 (k_major^2 + q^2 k_minor^2)`` (k in radians / pixel, re in pixels).
+    inplace : bool
+        Overwrite ``kappa2`` with intermediates (only where autograd does not need them).
+
+    Returns
+    -------
+    Tensor, shape (B, M): ``T``.
+    """
+    tab = sersic_fourier_table()
+    table_cols = _table_tensors(kappa2.dtype, str(kappa2.device))[0].shape[1]
+    # table column of ln kappa = 0.5 ln kappa^2; each galaxy's window starts at column lo
+    scale, offset = 0.5 / tab.u_step, tab.u0 / tab.u_step
+    with torch.no_grad():
+        pos_min = torch.log(kappa2.amin(1)) * scale - offset
+        pos_max = torch.log(kappa2.amax(1)) * scale - offset
+        lo, span = _column_window(pos_min, pos_max, table_cols)
+    ln_k2 = kappa2.log_() if inplace else kappa2.log()
+    local = torch.add(-(offset + lo)[:, None], ln_k2, alpha=scale)  # columns from lo
+    if not bool((pos_min > 1).all() and (pos_max < table_cols - 2).all()):  # beyond the table
+        local = torch.clamp(local, min=torch.zeros_like(lo)[:, None], max=(table_cols - 1 - lo)[:, None])
+    return _row_lookup(_galaxy_rows(n, lo, span), local, inplace=inplace)
 
 
 def sersic_fourier_grad(n: torch.Tensor, ln_kappa: torch.Tensor

@@ -3,7 +3,8 @@
 * :mod:`.config`: typed configuration (:class:`SimulationConfig`) and presets (:func:`load_preset`).
 * :mod:`.generate`: :func:`generate_batch` draws stamps (target + neighbours + stars, per-stamp
   PSF, noise or a real background) with the one forward model (:func:`galnet.render.render_scene`,
-  which equals :func:`galnet.render.render_sersic` object by object).
+  which equals :func:`galnet.render.render_sersic` object by object). The PSFs (analytic, or from
+  a library) come from :mod:`galnet.render.psf`.
 * :mod:`.writer`: :func:`simulate_dataset` writes sharded, resumable, worker-count independent
   HDF5 splits (schema: :mod:`galnet.data.h5`).
 * :mod:`.stream`: :class:`OnTheFlyDataset`, unlimited fresh simulated stamps for training.
@@ -22,7 +23,7 @@ from .config import (
     list_presets,
     load_preset,
 )
-from .generate import draw_analytic_psfs, generate_batch, load_psf_library, recenter_psf
+from .generate import generate_batch
 from .stream import OnTheFlyDataset
 from .writer import simulate_dataset
 
@@ -37,9 +38,6 @@ __all__ = [
     "load_preset",
     "list_presets",
     "generate_batch",
-    "draw_analytic_psfs",
-    "recenter_psf",
-    "load_psf_library",
     "simulate_dataset",
     "OnTheFlyDataset",
 ]

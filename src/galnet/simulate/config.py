@@ -459,7 +459,7 @@ class SimulationConfig:
         """
         if self.noise.sky_sigma is not None:
             return float(self.noise.sky_sigma)
-        from .generate import draw_analytic_psfs
+        from ..render.psf import draw_analytic_psfs
 
         fwhm = self.noise.depth_seeing_arcsec / self.pixel_scale
         psf = draw_analytic_psfs(

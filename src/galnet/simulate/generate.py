@@ -21,14 +21,12 @@ import numpy as np
 
 from ..catalog import raise_if_truncated
 from ..conventions import mag_to_flux, stamp_center, wrap_pa
-from ..errors import InputDataError, PSFError
+from ..errors import InputDataError
+from ..render.psf import draw_analytic_psfs, load_psf_library
 from .config import SimulationConfig
 
 __all__ = [
     "generate_batch",
-    "draw_analytic_psfs",
-    "recenter_psf",
-    "load_psf_library",
     "load_background",
     "as_generator",
     "BATCH_KEYS",
@@ -38,7 +36,6 @@ __all__ = [
 BATCH_KEYS = ("images", "psfs", "sky_sigma", "params", "snr", "n_neighbours", "psf_fwhm", "background")
 #: ``re`` (pixels) given to stars so that they are point sources through the Sérsic renderer.
 STAR_RE_PIX = 0.01
-_MOFFAT, _KOLMOGOROV = 0, 1
 
 
 def as_generator(seed) -> np.random.Generator:
@@ -49,218 +46,6 @@ def as_generator(seed) -> np.random.Generator:
 
 
 # ============================================================================ PSFs
-@functools.lru_cache(maxsize=1)
-def _kolmogorov_table() -> tuple[np.ndarray, np.ndarray]:
-    """Radial profile of a unit-FWHM Kolmogorov PSF on r in [0, 12] FWHM (arbitrary normalisation).
-
-    Hankel transform of GalSim's ``exp(-(k/k0)^(5/3))`` (as :class:`galnet.render.KolmogorovPSF`).
-    """
-    from scipy.special import j0
-
-    k0 = 2.992939911888651 * 0.975865
-    k = np.linspace(0.0, 14.0 * k0, 4001)
-    w = k * np.exp(-((k / k0) ** (5.0 / 3.0)))
-    r = np.linspace(0.0, 12.0, 1201)
-    prof = np.empty_like(r)
-    for s in range(0, r.size, 200):
-        prof[s : s + 200] = np.trapezoid(w[None, :] * j0(np.outer(r[s : s + 200], k)), k, axis=1)
-    prof = np.maximum(prof, 0.0)
-    return r, prof / prof[0]
-
-
-def draw_analytic_psfs(model, fwhm_pix, beta, q, pa, size: int, *, oversample: int = 5) -> np.ndarray:
-    """Effective (pixel-integrated) analytic PSF images, vectorised over a batch.
-
-    Each PSF is evaluated on ``oversample x oversample`` sub-pixels per pixel and summed (the
-    pixel response), then normalised to unit sum over the stamp. The profiles are point-symmetric,
-    so only the first ``size // 2 + 1`` rows are evaluated. Agrees with
-    :meth:`galnet.render.MoffatPSF.draw` / :meth:`~galnet.render.KolmogorovPSF.draw` to
-    ~1e-3 of the peak for FWHM >= 3 px (tested); the image returned *is* the PSF the stamp is
-    rendered with, so this small difference from the analytic model does not bias anything.
-
-    Parameters
-    ----------
-    model : ndarray (B,) of int
-        0 = Moffat, 1 = Kolmogorov.
-    fwhm_pix : ndarray (B,)
-        FWHM along the major axis, pixels.
-    beta : ndarray (B,)
-        Moffat ``beta`` (ignored for Kolmogorov).
-    q : ndarray (B,)
-        PSF axis ratio.
-    pa : ndarray (B,)
-        PSF position angle, degrees CCW from +y.
-    size : int
-        Odd stamp size, pixels.
-    oversample : int
-        Odd number of sub-pixels per pixel per axis.
-
-    Returns
-    -------
-    ndarray, shape (B, size, size), float64, unit sum, centred on the central pixel.
-    """
-    import torch
-
-    n = len(fwhm_pix)
-    s = size * oversample
-    half = size // 2 + 1  # pixel rows drawn; the others follow from the point symmetry
-    u = (torch.arange(s, dtype=torch.float32) - (s - 1) / 2) / oversample
-    yy, xx = torch.meshgrid(u[: half * oversample], u, indexing="ij")
-    # r^2 = x_major^2 + x_minor^2 = A x^2 + C y^2 + B x y: one (b, 3) @ (3, sub-pixels) product
-    basis = torch.stack([xx * xx, yy * yy, xx * yy]).reshape(3, -1)
-
-    def f32(a):
-        return torch.as_tensor(np.asarray(a, dtype=np.float32))
-
-    ang = torch.deg2rad(f32(pa))
-    sn, cs = torch.sin(ang), torch.cos(ang)
-    iq2 = 1.0 / f32(q) ** 2
-    # x_major = -x sin + y cos, x_minor = (x cos + y sin) / q
-    coef = torch.stack([sn * sn + cs * cs * iq2, cs * cs + sn * sn * iq2, 2 * sn * cs * (iq2 - 1)], -1)
-    fw = f32(fwhm_pix)
-    model = np.asarray(model)
-    moffat = model == _MOFFAT
-    bt = f32(beta)
-    # Moffat: (1 + r^2 / alpha^2)^-beta; Kolmogorov: tabulated profile of r / fwhm
-    alpha2 = (fw / (2 * torch.sqrt(2 ** (1 / bt) - 1))) ** 2
-    scale = torch.where(torch.as_tensor(moffat), 1.0 / alpha2, 1.0 / (fw * fw))
-    coef = coef * scale[:, None]
-    out = np.empty((n, size, size))
-    if not moffat.all():
-        r_tab, p_tab = _kolmogorov_table()
-        step, r_max = float(r_tab[1] - r_tab[0]), float(r_tab[-1])
-        table = torch.as_tensor(p_tab, dtype=torch.float32)
-    chunk = max(1, 2**17 // basis.shape[1])  # PSFs per chunk: temporaries stay in cache
-    for kind in (_MOFFAT, _KOLMOGOROV):
-        of_kind = np.flatnonzero(moffat if kind == _MOFFAT else ~moffat)
-        for start in range(0, of_kind.size, chunk):
-            idx = of_kind[start : start + chunk]
-            r2 = coef[idx] @ basis  # (b, sub-pixels): r^2 / alpha^2 (Moffat) or (r / fwhm)^2
-            if kind == _MOFFAT:
-                img = torch.exp(torch.log1p(r2) * -bt[idx][:, None])
-            else:  # linear interpolation of the uniform table (as np.interp), 0 beyond its end
-                rr = torch.sqrt(r2)
-                pos = (rr * (1.0 / step)).clamp_(max=table.shape[0] - 1)
-                j = pos.floor().clamp_(max=table.shape[0] - 2)
-                img = torch.lerp(table[j.long()], table[j.long() + 1], pos - j)
-                img = torch.where(rr > r_max, 0.0, img)
-            top = img.reshape(-1, half, oversample, size, oversample).sum(2).sum(-1).double()
-            full = torch.cat([top, top[:, : half - 1].flip(1, 2)], 1)  # row size-1-i = row i reversed
-            out[idx] = (full / full.sum(dim=(1, 2), keepdim=True)).numpy()
-    return out
-
-
-def recenter_psf(psf, size: int, *, name: str = "PSF") -> np.ndarray:
-    """Make a usable effective PSF of odd ``size`` from an arbitrary PSF image.
-
-    The light centroid (measured in a window around the peak) is moved onto the nearest pixel
-    centre by a cubic-spline sub-pixel shift, then the image is cropped (or zero-padded) to
-    ``size x size`` around it, tiny negative spline ringing is clipped, and it is normalised to
-    unit sum. Even-sized or off-centre PSF stamps (e.g. the 50x50 HST F105W PSF) are fixed this way.
-
-    Parameters
-    ----------
-    psf : array_like, shape (P, Q)
-        PSF image, any size >= 3.
-    size : int
-        Output size (odd), pixels.
-    name : str
-        Used in error messages (file name and index).
-
-    Returns
-    -------
-    ndarray, shape (size, size), float64, unit sum.
-
-    Raises
-    ------
-    PSFError
-        Not 2-D, too small, NaN/inf pixels, non-positive sum.
-    """
-    from scipy import ndimage
-
-    from ..render import validate_psf_image
-
-    arr = np.asarray(psf, dtype=float)
-    if arr.ndim != 2 or min(arr.shape) < 3:
-        raise PSFError(f"{name}: a PSF must be a 2-D image at least 3x3, got shape {arr.shape}")
-    if size % 2 == 0:
-        raise PSFError(f"{name}: the output PSF size must be odd, got {size}")
-    if not np.all(np.isfinite(arr)):
-        raise PSFError(f"{name}: PSF contains {int((~np.isfinite(arr)).sum())} NaN or infinite pixels")
-    total = arr.sum()
-    if not total > 0:
-        raise PSFError(f"{name}: PSF sum is {total:g}; it must be positive")
-    arr = arr / total
-    pos = np.clip(arr, 0, None)
-    cy, cx = np.unravel_index(np.argmax(pos), pos.shape)
-    half = max(2, min(size, *arr.shape) // 2)
-    for _ in range(3):  # iterate the windowed centroid
-        y0, y1 = max(0, int(round(cy)) - half), min(arr.shape[0], int(round(cy)) + half + 1)
-        x0, x1 = max(0, int(round(cx)) - half), min(arr.shape[1], int(round(cx)) + half + 1)
-        win = pos[y0:y1, x0:x1]
-        yy, xx = np.indices(win.shape)
-        cy, cx = y0 + (win * yy).sum() / win.sum(), x0 + (win * xx).sum() / win.sum()
-    iy, ix = int(round(cy)), int(round(cx))
-    if abs(cy - iy) > 1e-3 or abs(cx - ix) > 1e-3:
-        arr = ndimage.shift(arr, (iy - cy, ix - cx), order=3, mode="constant")
-    h = size // 2
-    padded = np.pad(arr, h)
-    out = padded[iy : iy + size, ix : ix + size]  # centre (iy + h, ix + h) in padded coordinates
-    out = np.clip(out, 0.0, None)
-    if not out.sum() > 0:
-        raise PSFError(f"{name}: no positive light left after re-centring")
-    return validate_psf_image(out / out.sum(), name=name)
-
-
-@functools.lru_cache(maxsize=8)
-def load_psf_library(path: str, size: int, hdu: int | str | None = None) -> np.ndarray:
-    """Read a PSF library FITS file into a validated (N, size, size) cube of effective PSFs.
-
-    Accepted layouts: a (N, P, P) cube in one HDU, a 2-D PSF, or one 2-D PSF per image HDU
-    (``hdu`` selects one HDU). Each PSF goes through :func:`recenter_psf`.
-
-    Raises
-    ------
-    InputDataError
-        The file is missing, unreadable or has no image data.
-    PSFError
-        A PSF is unusable; the message names the file and the index.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputDataError(f"PSF library {path}: file not found")
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
-            warnings.simplefilter("always")
-            stamps = _read_psf_stamps(p, path, hdu)
-        raise_if_truncated(caught)
-    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
-        if isinstance(exc, PSFError):
-            raise
-        raise InputDataError(f"PSF library {path}: cannot read ({exc})") from exc
-    if not stamps:
-        raise InputDataError(f"PSF library {path}: no image data found")
-    return np.stack([recenter_psf(s, size, name=f"PSF library {path}[{i}]") for i, s in enumerate(stamps)])
-
-
-def _read_psf_stamps(p: Path, path: str, hdu: int | str | None) -> list[np.ndarray]:
-    """The 2-D PSF images of a library file (see :func:`load_psf_library`)."""
-    from astropy.io import fits
-
-    stamps: list[np.ndarray] = []
-    with fits.open(p, memmap=False) as hdul:
-        hdus = [hdul[hdu]] if hdu is not None else [h for h in hdul if h.data is not None and h.is_image]
-        for h in hdus:
-            data = np.asarray(h.data, dtype=float)
-            if data.ndim == 2:
-                stamps.append(data)
-            elif data.ndim == 3:
-                stamps.extend(data)
-            else:
-                raise PSFError(f"PSF library {path}: HDU {h.name!r} has {data.ndim} dimensions; need 2 or 3")
-    return stamps
-
-
 def _draw_psfs(config: SimulationConfig, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-stamp PSF images (n, P, P) float64 and their FWHM in pixels (NaN for library PSFs)."""
     pc = config.psf
@@ -476,15 +261,9 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
         index of the real background file used (-1: simulated sky); ``sigma_maps`` (n, H, W)
         float32 when backgrounds with variance planes are configured.
     """
-    import torch
-
-    from ..params import validate_parameters
-    from ..render import render_scene
-
     rng = as_generator(seed)
     cfg = config
     size = cfg.stamp_size
-    dtype = torch.float32 if cfg.render_dtype == "float32" else torch.float64
     target = draw_target_parameters(cfg, rng, n)
     psfs, fwhm = _draw_psfs(cfg, rng, n)
 
@@ -500,25 +279,7 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     else:
         nb_params, owner, n_nb = np.empty((0, 7)), np.empty(0, dtype=np.int64), np.zeros(n, dtype=np.int64)
 
-    # The target alone, then all the neighbours and stars of each stamp as one scene (looser wrap
-    # tolerance): one PSF product and one inverse DFT per stamp and DFT size, each object on the
-    # grid render_sersic would give it. Parameters are checked here; the PSFs are unit-sum images
-    # already (drawn or validated).
-    validate_parameters(target, what="target parameters")
-    psf_t = torch.as_tensor(psfs, dtype=dtype)
-    with torch.no_grad():
-        model = render_scene(
-            torch.as_tensor(target, dtype=dtype), np.arange(n), psf_t, shape=(size, size),
-            zeropoint=cfg.zeropoint, wrap_tolerance=cfg.wrap_tolerance, validate=False,
-        ).to(torch.float64)
-        scene = model.clone()
-        if len(nb_params):
-            validate_parameters(nb_params, what="neighbour parameters")
-            scene += render_scene(
-                torch.as_tensor(nb_params, dtype=dtype), owner, psf_t, n_stamps=n, shape=(size, size),
-                zeropoint=cfg.zeropoint, wrap_tolerance=cfg.neighbours.wrap_tolerance, validate=False,
-            ).to(torch.float64)
-    model, scene = model.numpy(), scene.numpy()
+    model, scene = _render_stamps(cfg, target, psfs, nb_params, owner)
 
     # noise
     sky0 = cfg.sky_sigma()
@@ -540,27 +301,8 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     want_maps = bool(bgc.files) and bgc.variance_hdu is not None
     sigma_maps = np.sqrt(sky[:, None, None] ** 2 + np.maximum(model, 0.0) / cfg.gain) if want_maps else None
     if bgc.files:
-        scale = 1.0 if bgc.zeropoint is None else 10.0 ** (0.4 * (cfg.zeropoint - bgc.zeropoint))
-        for i in np.flatnonzero(bg_idx >= 0):
-            bg = load_background(str(bgc.files[bg_idx[i]]), size, bgc.image_hdu, bgc.variance_hdu, scale)
-            cut, cvar = _cutout(bg, rng, size, bgc.max_tries)
-            src_var = np.maximum(model[i], 0.0) / cfg.gain if cfg.noise.poisson else 0.0
-            src_noise = rng.standard_normal((size, size)) * np.sqrt(src_var)
-            images[i] = cut + model[i] + (src_noise if cfg.noise.enabled else 0.0)
-            sky[i] = math.sqrt(float(np.median(cvar))) if cvar is not None else _robust_sigma(cut)
-            if sigma_maps is not None:
-                base = cvar if cvar is not None else sky[i] ** 2
-                sigma_maps[i] = np.sqrt(base + np.maximum(model[i], 0) / cfg.gain)
-
-    if sigma_maps is not None:
-        sig2 = sigma_maps.astype(np.float64) ** 2
-    else:
-        sig2 = np.maximum(model, 0.0)
-        sig2 /= cfg.gain
-        sig2 += sky[:, None, None] ** 2
-    ratio = np.square(model)
-    ratio /= sig2
-    snr = np.sqrt(ratio.sum(axis=(1, 2)))
+        _inject_backgrounds(cfg, rng, bg_idx, model, images, sky, sigma_maps)
+    snr = _optimal_snr(model, sky, sigma_maps, cfg.gain)
     out = {
         "images": images.astype(np.float32),
         "psfs": psfs.astype(np.float32),
@@ -576,6 +318,79 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     if return_models:
         out["models"] = model.astype(np.float32)
     return out
+
+
+def _render_stamps(cfg: SimulationConfig, target: np.ndarray, psfs: np.ndarray, nb_params: np.ndarray,
+                   owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free stamps (n, S, S) float64, counts: the target alone, and with its neighbours and stars.
+
+    The target alone, then all the neighbours and stars of each stamp as one scene (looser wrap
+    tolerance): one PSF product and one inverse DFT per stamp and DFT size, each object on the
+    grid render_sersic would give it. Parameters are checked here; the PSFs are unit-sum images
+    already (drawn or validated).
+    """
+    import torch
+
+    from ..params import validate_parameters
+    from ..render import render_scene
+
+    n, size = len(target), cfg.stamp_size
+    dtype = torch.float32 if cfg.render_dtype == "float32" else torch.float64
+    validate_parameters(target, what="target parameters")
+    psf_t = torch.as_tensor(psfs, dtype=dtype)
+    with torch.no_grad():
+        model = render_scene(
+            torch.as_tensor(target, dtype=dtype), np.arange(n), psf_t, shape=(size, size),
+            zeropoint=cfg.zeropoint, wrap_tolerance=cfg.wrap_tolerance, validate=False,
+        ).to(torch.float64)
+        scene = model.clone()
+        if len(nb_params):
+            validate_parameters(nb_params, what="neighbour parameters")
+            scene += render_scene(
+                torch.as_tensor(nb_params, dtype=dtype), owner, psf_t, n_stamps=n, shape=(size, size),
+                zeropoint=cfg.zeropoint, wrap_tolerance=cfg.neighbours.wrap_tolerance, validate=False,
+            ).to(torch.float64)
+    return model.numpy(), scene.numpy()
+
+
+def _inject_backgrounds(cfg: SimulationConfig, rng: np.random.Generator, bg_idx: np.ndarray,
+                        model: np.ndarray, images: np.ndarray, sky: np.ndarray,
+                        sigma_maps: np.ndarray | None) -> None:
+    """Replace the stamps with ``bg_idx >= 0`` by their target injected into a real background cutout.
+
+    ``images`` (n, S, S), ``sky`` (n,) and ``sigma_maps`` (n, S, S) are updated in place: the sky σ
+    becomes the cutout's (from its variance plane, else robust), and the σ map its variance plus the
+    target's Poisson variance.
+    """
+    bgc, size = cfg.background, cfg.stamp_size
+    scale = 1.0 if bgc.zeropoint is None else 10.0 ** (0.4 * (cfg.zeropoint - bgc.zeropoint))
+    for i in np.flatnonzero(bg_idx >= 0):
+        bg = load_background(str(bgc.files[bg_idx[i]]), size, bgc.image_hdu, bgc.variance_hdu, scale)
+        cut, cvar = _cutout(bg, rng, size, bgc.max_tries)
+        src_var = np.maximum(model[i], 0.0) / cfg.gain if cfg.noise.poisson else 0.0
+        src_noise = rng.standard_normal((size, size)) * np.sqrt(src_var)
+        images[i] = cut + model[i] + (src_noise if cfg.noise.enabled else 0.0)
+        sky[i] = math.sqrt(float(np.median(cvar))) if cvar is not None else _robust_sigma(cut)
+        if sigma_maps is not None:
+            base = cvar if cvar is not None else sky[i] ** 2
+            sigma_maps[i] = np.sqrt(base + np.maximum(model[i], 0) / cfg.gain)
+
+
+def _optimal_snr(model: np.ndarray, sky: np.ndarray, sigma_maps: np.ndarray | None, gain: float
+                 ) -> np.ndarray:
+    """Optimal S/N (n,) of noise-free targets ``model`` (n, S, S): ``sqrt(sum m^2 / sigma^2)``.
+
+    ``sigma^2`` is the σ map squared, else ``sky^2 + max(m, 0) / gain`` (in place, in that order).
+    """
+    if sigma_maps is not None:
+        sig2 = sigma_maps.astype(np.float64) ** 2
+    else:
+        sig2 = np.maximum(model, 0.0)
+        sig2 /= gain
+        sig2 += sky[:, None, None] ** 2
+    ratio = np.square(model)
+    ratio /= sig2
+    return np.sqrt(ratio.sum(axis=(1, 2)))
 
 
 def _correlate(white: np.ndarray, corr: np.ndarray, phase: np.ndarray) -> np.ndarray:
