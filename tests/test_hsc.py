@@ -172,3 +172,84 @@ def test_predict_takes_a_cube_of_41px_psfs():
     assert out.shape == (2, 25, 25) and fixed.all() and not bad.any()
     np.testing.assert_allclose(out.sum(axis=(1, 2)), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out[0], psf[8:33, 8:33] / psf[8:33, 8:33].sum(), atol=1e-6)
+
+
+def _hsc_coadd_with_galaxy(path, *, variance_hdu=True, bad_variance=False):
+    """A 90x90 HSC-layout coadd: one Sérsic galaxy at (45, 45) 1-based, σ 0.05, a saturated pixel block."""
+    import torch
+
+    from galnet.render import MoffatPSF, render_sersic
+
+    rng = np.random.default_rng(1)
+    psf = np.asarray(MoffatPSF(fwhm=4.0, beta=3.0).draw(25), dtype=np.float64)
+    psf = psf / psf.sum()
+    model = render_sersic(torch.tensor([[45.0, 45.0, 20.0, 4.0, 1.5, 0.7, 30.0]], dtype=torch.float64),
+                          torch.as_tensor(psf), shape=(90, 90)).numpy()[0]
+    img = (model + rng.normal(0, 0.05, model.shape)).astype(np.float32)
+    var = np.full(img.shape, 0.05**2, np.float32)
+    mask = np.zeros(img.shape, np.int32)
+    img[10:14, 70:74] = 1e4
+    mask[10:14, 70:74] = 1 << 1  # SAT
+    if bad_variance:
+        var[44, 40:43] = [0.0, -1.0, np.nan]  # on the galaxy
+    mh = fits.Header()
+    for name, bit in (("BAD", 0), ("SAT", 1), ("DETECTED", 5), ("NO_DATA", 8)):
+        mh[f"HIERARCH MP_{name}"] = bit
+    hdus = [fits.PrimaryHDU(header=fits.Header({"FLUXMAG0": 10 ** (0.4 * 27.0)})),
+            fits.ImageHDU(img, name="IMAGE"), fits.ImageHDU(mask, header=mh, name="MASK")]
+    if variance_hdu:
+        hdus.append(fits.ImageHDU(var, name="VARIANCE"))
+    fits.HDUList(hdus).writeto(path)
+    fits.writeto(path.with_name("psf.fits"), psf.astype(np.float32))
+    from astropy.table import Table
+
+    Table({"id": [7, 8], "x": [45.0, 72.0], "y": [45.0, 12.0]}).write(path.with_name("cat.ecsv"))
+
+
+def test_predict_reads_an_hsc_coadd_with_variance_and_mask(tmp_path):
+    """IMAGE/MASK/VARIANCE are used: σ from the variance (sky σ 0.05), SAT pixels masked, zero point 27."""
+    from galnet.data import open_source
+
+    _hsc_coadd_with_galaxy(tmp_path / "calexp.fits", bad_variance=True)
+    src = open_source(tmp_path / "calexp.fits", catalog=tmp_path / "cat.ecsv", psf=tmp_path / "psf.fits")
+    ch = src.read_chunk(0, 2)
+    np.testing.assert_allclose(ch.sky_sigma, 0.05, rtol=1e-5)
+    assert src.meta["zeropoint"] == pytest.approx(27.0)
+    from galnet.flags import Flag
+
+    # row 0: the three bad variances are masked (set to 0, never divided by) and flagged BAD_SIGMA
+    assert ch.flags[0] & int(Flag.BAD_SIGMA) and ch.mask[0].sum() == 3
+    assert np.all(ch.images[0][ch.mask[0]] == 0)
+    # row 1: centred on the saturated block: its 16 pixels masked, not BAD_SIGMA
+    assert ch.mask[1].sum() >= 16 and not ch.flags[1] & int(Flag.BAD_SIGMA)
+    assert np.all(ch.images[1][ch.mask[1]] == 0) and ch.images[1].max() < 100
+    # without the mask planes the saturated pixels stay
+    src2 = open_source(tmp_path / "calexp.fits", catalog=tmp_path / "cat.ecsv", psf=tmp_path / "psf.fits",
+                       mask_planes=["BAD"])
+    assert src2.read_chunk(0, 2).images[1].max() > 100
+
+
+def test_predict_hsc_coadd_cli_and_errors(tmp_path):
+    import subprocess
+    import sys
+
+    from astropy.table import Table
+
+    _hsc_coadd_with_galaxy(tmp_path / "calexp.fits")
+    run = [sys.executable, "-m", "galnet", "predict", str(tmp_path / "calexp.fits"), "--catalog",
+           str(tmp_path / "cat.ecsv"), "--psf", str(tmp_path / "psf.fits"), "--no-progress"]
+    r = subprocess.run([*run, "-o", str(tmp_path / "out.fits"), "--chi2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    t = Table.read(tmp_path / "out.fits")
+    assert t["mag"][0] == pytest.approx(20.0, abs=0.3) and t["chi2nu"][0] < 2.0
+    # a mask of the wrong shape, a missing variance HDU: one line naming the file
+    fits.writeto(tmp_path / "small_mask.fits", np.zeros((5, 5), np.int16))
+    r = subprocess.run([*run, "-o", str(tmp_path / "o2.fits"), "--mask", str(tmp_path / "small_mask.fits")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "small_mask.fits" in r.stderr and "shape" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "novar").mkdir()
+    _hsc_coadd_with_galaxy(tmp_path / "novar" / "calexp.fits", variance_hdu=False)
+    r = subprocess.run([*run[:4], str(tmp_path / "novar" / "calexp.fits"), *run[5:], "-o",
+                        str(tmp_path / "o3.fits"), "--variance", "VARIANCE"], capture_output=True, text=True)
+    assert r.returncode == 2 and "calexp.fits" in r.stderr and "no variance HDU" in r.stderr, r.stderr

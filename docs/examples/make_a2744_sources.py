@@ -7,7 +7,6 @@ clipped MAD sky and keeping connected regions of at least 5 pixels, as any detec
 
 from __future__ import annotations
 
-import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table

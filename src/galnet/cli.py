@@ -80,12 +80,17 @@ def _compose(args: argparse.Namespace) -> None:
     """Hand a command the later stages it uses (the stages themselves only import earlier ones).
 
     ``galnet predict --refine K`` refines the network's answers with the fitter: a
-    :class:`galnet.fit.Refiner` is passed to predict as ``args.refiner``.
+    :class:`galnet.fit.Refiner` is passed to predict as ``args.refiner``. ``galnet predict --chi2`` judges the
+    network's model on ``galnet fit``'s pixels and σ: a :class:`galnet.fit.FitPixels` as ``args.pixels``.
     """
     if args.command == "predict" and getattr(args, "refine", 0) > 0:
         from .fit import Refiner
 
         args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours))
+    elif args.command == "predict" and (getattr(args, "chi2", False) or getattr(args, "save_models", False)):
+        from .fit import FitPixels
+
+        args.pixels = FitPixels(mask_neighbours=bool(args.mask_neighbours))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -170,6 +170,7 @@ def finish_chunk(
     psf_fixed: np.ndarray | None = None,
     padded_mask: np.ndarray | None = None,
     sigma_maps: np.ndarray | None = None,
+    input_mask: np.ndarray | None = None,
     offset: np.ndarray | None = None,
     columns: dict | None = None,
     stamp_size: int = STAMP_SIZE,
@@ -197,7 +198,11 @@ def finish_chunk(
         Row names for the log.
     flags, bad, padded_mask, sigma_maps, offset, columns
         Flags and unreadable rows so far, pixels beyond an image edge (B, H, W), per-pixel σ (B, H, W),
-        ``(dx, dy)`` per row (B, 2), carried columns.
+        ``(dx, dy)`` per row (B, 2), carried columns. Pixels whose σ is zero, negative or not finite are
+        masked (never divided by) and their rows flagged ``BAD_SIGMA``; the sky σ of a row without a given one
+        is then the median σ of its valid pixels.
+    input_mask : ndarray, shape (B, H, W), bool, optional
+        The input's bad-pixel mask (True = bad: ``--mask``, an HSC coadd's mask planes): masked, set to 0.
     stamp_size, psf_size : int
         Model input sizes, pixels.
 
@@ -216,10 +221,13 @@ def finish_chunk(
             f"{names[0] if names else 'input'}: stamps must be (N, H, W), got {images.shape}"
         )
     if images.shape[1:] != (stamp_size, stamp_size):
-        images, padded_mask, sigma_maps = _to_stamp_size(images, padded_mask, sigma_maps, offset, flags,
-                                                         stamp_size, names)
+        images, padded_mask, sigma_maps, input_mask = _to_stamp_size(
+            images, padded_mask, sigma_maps, input_mask, offset, flags, stamp_size, names)
     images = np.array(images, dtype=np.float32)  # own copy
-    mask = _mask_pixels(images, padded_mask, flags, bad, names, stamp_size)
+    extra, bad_sig_rows = _excluded_pixels(images, sigma_maps, input_mask, padded_mask)
+    mask = _mask_pixels(images, padded_mask, flags, bad, names, stamp_size, extra=extra)
+    if sigma_maps is not None:
+        sky = _sky_from_sigma_maps(sky, sky_given, sigma_maps, mask)
     sky = _sky_per_row(sky, sky_given, images, mask, flags, bad, names)
     psfs = np.asarray(psfs)
     if psfs.ndim == 2:
@@ -230,10 +238,7 @@ def finish_chunk(
     flags[psf_fixed] |= int(Flag.PSF_FIXED)
     if sigma_maps is not None:
         sigma_maps = np.asarray(sigma_maps, dtype=np.float32)
-        bad_sig = ~(np.isfinite(sigma_maps) & (sigma_maps > 0))
-        if mask is not None:
-            bad_sig &= ~mask
-        flags[bad_sig.reshape(b, -1).any(axis=1)] |= int(Flag.BAD_SIGMA)
+        flags[bad_sig_rows] |= int(Flag.BAD_SIGMA)
     flags[bad] |= int(Flag.BAD_INPUT)
     return Chunk(
         start=start,
@@ -250,9 +255,9 @@ def finish_chunk(
     )
 
 
-def _to_stamp_size(images, padded_mask, sigma_maps, offset, flags, stamp_size, names):
-    """Crop/pad stamps (and their padded mask and σ maps) to ``stamp_size``; ``offset`` and ``flags`` in
-    place (``RESAMPLED``)."""
+def _to_stamp_size(images, padded_mask, sigma_maps, input_mask, offset, flags, stamp_size, names):
+    """Crop/pad stamps (and their padded mask, σ maps and input mask) to ``stamp_size``; ``offset`` and
+    ``flags`` in place (``RESAMPLED``)."""
     log.warning(
         "%s...: stamps are %dx%d, cropped/padded to %dx%d (flag RESAMPLED; no pixel-scale resampling)",
         names[0] if names else "input",
@@ -266,14 +271,57 @@ def _to_stamp_size(images, padded_mask, sigma_maps, offset, flags, stamp_size, n
         padded_mask, _, _ = resize_stamps(padded_mask, stamp_size, fill=True)
     if sigma_maps is not None:
         sigma_maps, _, _ = resize_stamps(np.asarray(sigma_maps, np.float32), stamp_size, fill=np.inf)
+    if input_mask is not None:
+        input_mask, _, _ = resize_stamps(np.asarray(input_mask, bool), stamp_size, fill=True)
     offset += (ox, oy)
     flags |= int(Flag.RESAMPLED)
-    return images, padded_mask, sigma_maps
+    return images, padded_mask, sigma_maps, input_mask
 
 
-def _mask_pixels(images, padded_mask, flags, bad, names, stamp_size) -> np.ndarray | None:
-    """Mask of the pixels without data (NaN/inf, padded), set to 0 in ``images``; ``flags`` (``EDGE``,
-    ``NAN_PIXELS``, ``FEW_GOOD_PIXELS``) and ``bad`` (no valid pixel) in place."""
+def _excluded_pixels(images, sigma_maps, input_mask, padded_mask) -> tuple[np.ndarray | None, np.ndarray]:
+    """Pixels to mask besides NaN/padded ones: the input's mask and σ ≤ 0 / not finite (``extra``, or None
+    when there are none), and the rows with such σ on otherwise valid pixels (→ ``BAD_SIGMA``)."""
+    b = len(images)
+    extra = None if input_mask is None else np.asarray(input_mask, bool).copy()
+    bad_rows = np.zeros(b, bool)
+    if sigma_maps is not None:
+        sig = np.asarray(sigma_maps)
+        with np.errstate(invalid="ignore"):
+            bad_sig = ~(np.isfinite(sig) & (sig > 0))
+        unused = ~np.isfinite(images)  # pixels masked anyway: their σ does not matter
+        if padded_mask is not None:
+            unused |= padded_mask
+        if input_mask is not None:
+            unused |= input_mask
+        bad_sig &= ~unused
+        bad_rows = bad_sig.reshape(b, -1).any(axis=1)
+        if bad_rows.any():
+            extra = bad_sig if extra is None else extra | bad_sig
+    if extra is not None and not extra.any():
+        extra = None
+    return extra, bad_rows
+
+
+def _sky_from_sigma_maps(sky, sky_given, sigma_maps, mask) -> np.ndarray:
+    """Rows without a given sky σ take the median σ of their valid pixels (the network's noise input)."""
+    b = len(sigma_maps)
+    sky = np.broadcast_to(np.asarray(np.nan if sky is None else sky, dtype=np.float64), (b,)).copy()
+    given = np.broadcast_to(np.asarray(sky_given, dtype=bool), (b,))
+    need = ~given & ~(np.isfinite(sky) & (sky > 0))
+    if need.any():
+        sig = np.asarray(sigma_maps[need], dtype=np.float64)
+        ok = np.isfinite(sig) & (sig > 0)
+        if mask is not None:
+            ok &= ~mask[need]
+        with np.errstate(all="ignore"):
+            sky[need] = np.nanmedian(np.where(ok, sig, np.nan).reshape(len(sig), -1), axis=1)
+    return sky
+
+
+def _mask_pixels(images, padded_mask, flags, bad, names, stamp_size, *, extra=None) -> np.ndarray | None:
+    """Mask of the pixels without data (NaN/inf, padded) or excluded (``extra``: input mask, bad σ), set to 0
+    in ``images``; ``flags`` (``EDGE``, ``NAN_PIXELS``, ``FEW_GOOD_PIXELS``) and ``bad`` (no valid pixel) in
+    place."""
     b = len(images)
     finite = np.isfinite(images)
     pad = padded_mask if padded_mask is not None else np.zeros(images.shape, bool)
@@ -287,8 +335,8 @@ def _mask_pixels(images, padded_mask, flags, bad, names, stamp_size) -> np.ndarr
             "%s: %d NaN/inf pixel(s) masked (flag NAN_PIXELS)", names[i], int((~finite[i] & ~pad[i]).sum())
         )
     mask = None
-    if not finite.all():
-        mask = ~finite | pad
+    if not finite.all() or extra is not None:
+        mask = ~finite | pad if extra is None else ~finite | pad | extra
         images[mask] = 0.0
         good = (~mask).reshape(b, -1).sum(axis=1)
         few = good < 0.5 * stamp_size * stamp_size

@@ -139,7 +139,8 @@ class FitsPlanes:
     ----------
     path : path
     what : str
-        ``"sigma"`` or ``"mask"``, for the messages.
+        ``"sigma"``, ``"variance"`` (read as σ = √variance; zero, negative or non-finite variances give NaN,
+        masked later) or ``"mask"``.
     shape3 : tuple (N, H, W)
         Shape of the stamps the planes go with.
 
@@ -182,4 +183,7 @@ class FitsPlanes:
             except OSError as exc:
                 raise InputDataError(f"{self.path}: cannot read {self.what}: {exc}") from exc
             del data
+        if self.what == "variance":
+            with np.errstate(invalid="ignore"):
+                out = np.sqrt(np.where(out > 0, out, np.nan))
         return out

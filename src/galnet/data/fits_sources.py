@@ -43,6 +43,15 @@ log = logging.getLogger(__name__)
 __all__ = ["FitsCubeSource", "CutoutDirSource"]
 
 
+def sigma_planes(sigma, variance, shape3) -> FitsPlanes | None:
+    """The σ planes of a stamp input: a σ-map file, or a variance file read as σ; at most one of them."""
+    if sigma is not None and variance is not None:
+        raise InputDataError("give a sigma map or a variance map, not both")
+    if sigma is not None:
+        return FitsPlanes(sigma, "sigma", shape3)
+    return None if variance is None else FitsPlanes(variance, "variance", shape3)
+
+
 class FitsCubeSource(InputSource):
     """A FITS cube of stamps (N, H, W) (or one 2-D stamp), read in row ranges through a memory map.
 
@@ -55,8 +64,9 @@ class FitsCubeSource(InputSource):
     sky_sigma : float or ndarray (N,), optional
         Sky σ in counts / pixel; if omitted, the header keyword ``SKYSIG``, else the MAD of each stamp's
         border.
-    sigma, mask : path, optional
-        σ-map (counts) and bad-pixel mask (non-zero = bad) files with one plane per stamp.
+    sigma, variance, mask : path, optional
+        σ-map (counts) or variance (counts²) and bad-pixel mask (non-zero = bad) files with one plane per
+        stamp.
     zeropoint, gain, pixel_scale : float, optional
         Override the header (``MAGZPT``/``ZEROPT``, ``GAIN``, ``PIXSCALE``).
     hdu : int or str, optional
@@ -72,7 +82,7 @@ class FitsCubeSource(InputSource):
 
     def __init__(
         self, path, *, psf, sky_sigma=None, sigma=None, mask=None, zeropoint=None, gain=None,
-        pixel_scale=None, hdu=None
+        pixel_scale=None, hdu=None, variance=None
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -96,7 +106,7 @@ class FitsCubeSource(InputSource):
         )
         self._set_psf(psf)
         shape3 = (self.n_rows, *self.shape[-2:])
-        self.sigma_planes = None if sigma is None else FitsPlanes(sigma, "sigma", shape3)
+        self.sigma_planes = sigma_planes(sigma, variance, shape3)
         self.mask_planes = None if mask is None else FitsPlanes(mask, "mask", shape3)
 
     def _set_psf(self, psf) -> None:
@@ -194,6 +204,7 @@ class FitsCubeSource(InputSource):
             names=[f"{self.path.name}[{i}]" for i in range(start, stop)],
             psf_fixed=fixed,
             sigma_maps=raw.sigma_maps,
+            input_mask=raw.mask,
             stamp_size=self.stamp_size,
             psf_size=self.psf_size,
             sky_given=self.sky_sigma is not None,
@@ -229,7 +240,7 @@ class CutoutDirSource(InputSource):
 
     def __init__(
         self, directory, *, psf=None, sky_sigma=None, sigma=None, mask=None, zeropoint=None, gain=None,
-        pixel_scale=None
+        pixel_scale=None, variance=None
     ) -> None:
         super().__init__()
         self.directory = Path(directory)
@@ -259,9 +270,9 @@ class CutoutDirSource(InputSource):
         self.header = header_dict(header)
         self.meta = header_meta(header, zeropoint=zeropoint, gain=gain, pixel_scale=pixel_scale)
         self.sigma_planes = self.mask_planes = None
-        if sigma is not None or mask is not None:
+        if sigma is not None or variance is not None or mask is not None:
             shape3 = (self.n_rows, *(self.native_sizes()[0],) * 2)
-            self.sigma_planes = None if sigma is None else FitsPlanes(sigma, "sigma", shape3)
+            self.sigma_planes = sigma_planes(sigma, variance, shape3)
             self.mask_planes = None if mask is None else FitsPlanes(mask, "mask", shape3)
 
     def _file_ids(self) -> np.ndarray:
@@ -448,6 +459,7 @@ class CutoutDirSource(InputSource):
             flags=raw.flags,
             bad=raw.bad,
             psf_fixed=(raw.flags & int(Flag.PSF_FIXED)) != 0,
+            input_mask=raw.mask,
             offset=raw.offset,
             stamp_size=self.stamp_size,
             psf_size=self.psf_size,

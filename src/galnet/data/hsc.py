@@ -45,6 +45,7 @@ __all__ = [
     "read_scene",
     "read_hsc_coadd",
     "cut_stamp",
+    "mask_plane_bits",
     "fetch_scenes",
     "background_stamps",
     "write_background_library",
@@ -198,7 +199,7 @@ def read_scene(path: str | os.PathLike, band: str = "r") -> HSCScene:
                     band=band, path=p)
 
 
-def _mask_plane_bits(header) -> dict[str, int]:
+def mask_plane_bits(header) -> dict[str, int]:
     """``{plane name: bit}`` from the ``MP_<NAME> = bit`` cards of an HSC / LSST mask HDU header."""
     return {k[3:]: int(v) for k, v in header.items() if k.startswith("MP_")}
 
@@ -251,7 +252,7 @@ def read_hsc_coadd(path: str | os.PathLike, *, mask_planes: tuple[str, ...] | No
         header = planes["image"].header.copy()
         primary = hdul[0].header
         fluxmag0 = primary.get("FLUXMAG0", header.get("FLUXMAG0"))
-        plane_bits = _mask_plane_bits(planes["mask"].header)
+        plane_bits = mask_plane_bits(planes["mask"].header)
     excluded = np.zeros(image.shape, bool)
     if mask_planes:
         value = 0

@@ -60,6 +60,18 @@ class ImageCatalogSource(InputSource):
     image_hdu : int or str, optional
     zeropoint, gain, pixel_scale : float, optional
         Override the header (pixel scale default: from the WCS).
+    sigma, variance, mask : path, int or str, optional
+        Per-pixel σ (counts) or variance (counts²), and bad pixels (non-zero = bad, or mask bit planes with
+        ``mask_planes``), each an image of the image's shape: a FITS file, or the name or number of an HDU of
+        the image file. Stamps of them are cut with the galaxy stamps: σ is used for the sky σ, the χ² and
+        the refinement; pixels with a zero, negative or non-finite variance and masked pixels are excluded.
+    mask_planes : sequence of str, optional
+        When the mask HDU names its bit planes (``MP_<NAME>`` cards, HSC / LSST pipelines): the planes that
+        exclude a pixel (default :data:`galnet.data.hsc.DEFAULT_MASK_PLANES`). Otherwise any non-zero value.
+
+    An **HSC pipeline coadd** (HDUs ``IMAGE``, ``MASK``, ``VARIANCE``) is recognised: unless given otherwise,
+    the image is ``IMAGE``, the σ map √``VARIANCE``, the mask the ``mask_planes`` of ``MASK``, and the zero
+    point ``2.5 log10(FLUXMAG0)``.
 
     Raises
     ------
@@ -88,12 +100,22 @@ class ImageCatalogSource(InputSource):
         zeropoint=None,
         gain=None,
         pixel_scale=None,
+        sigma=None,
+        variance=None,
+        mask=None,
+        mask_planes=None,
     ) -> None:
         super().__init__()
         self.image_path = Path(image)
         self.image_hdu = image_hdu
+        if sigma is not None and variance is not None:
+            raise InputDataError("give a sigma map or a variance map, not both")
+        sigma, variance, mask, zeropoint = self._survey_layout(sigma, variance, mask, zeropoint)
+        self.planes = {"sigma": sigma, "variance": variance, "mask": mask}
+        self.mask_plane_names = tuple(mask_planes) if mask_planes is not None else None
         self._open_image(check_sky_sigma(sky_sigma, "sky_sigma"), zeropoint=zeropoint, gain=gain,
                          pixel_scale=pixel_scale)
+        self._check_planes()
         table = self._read_catalog(catalog)
         cols = list(table.colnames)
         where = self.catalog_path or "table"
@@ -109,6 +131,77 @@ class ImageCatalogSource(InputSource):
         self.psf_column = psf_column
         self.columns = _carried(table)
         self._set_psf(psf, psf_column, table, where)
+
+    def _survey_layout(self, sigma, variance, mask, zeropoint):
+        """An HSC / LSST pipeline coadd (HDUs ``IMAGE``, ``MASK``, ``VARIANCE``): its planes and zero point
+        where the options do not say otherwise."""
+        with open_input_fits(self.image_path, "image") as hdul:
+            names = {h.name.upper() for h in hdul}
+            if not {"IMAGE", "MASK", "VARIANCE"} <= names or self.image_hdu not in (None, "IMAGE"):
+                return sigma, variance, mask, zeropoint
+            fluxmag0 = hdul[0].header.get("FLUXMAG0", hdul["IMAGE"].header.get("FLUXMAG0"))
+        log.info("%s: HSC coadd layout (IMAGE, MASK, VARIANCE HDUs)", self.image_path)
+        self.image_hdu = "IMAGE"
+        if sigma is None and variance is None:
+            variance = "VARIANCE"
+        if mask is None:
+            mask = "MASK"
+        if zeropoint is None and isinstance(fluxmag0, (int, float)) and fluxmag0 > 0:
+            zeropoint = 2.5 * float(np.log10(fluxmag0))
+        return sigma, variance, mask, zeropoint
+
+    def _plane(self, what: str) -> np.ndarray | None:
+        """The whole σ (from σ or variance) or bad-pixel (bool) plane, read once, or None."""
+        cache = self.__dict__.setdefault("_plane_cache", {})
+        key = "mask" if what == "mask" else "sigma"
+        if key in cache:
+            return cache[key]
+        if key == "mask":
+            kind = "mask"
+        else:
+            kind = "sigma" if self.planes["sigma"] is not None else "variance"
+        spec = self.planes[kind]
+        if spec is None:
+            return None
+        is_file = isinstance(spec, (str, os.PathLike)) and Path(spec).exists()
+        path = Path(spec) if is_file else self.image_path
+        with open_input_fits(path, kind) as hdul:
+            if is_file:
+                h = image_hdu(hdul, path, None, (2,))
+            else:
+                try:
+                    h = hdul[int(spec) if str(spec).lstrip("-").isdigit() else spec]
+                except (KeyError, IndexError):
+                    raise InputDataError(f"{self.image_path}: no {kind} HDU {spec!r} (and no such file)"
+                                         ) from None
+            if h.data is None or tuple(h.data.shape) != self.image_shape:
+                shape = None if h.data is None else tuple(h.data.shape)
+                raise InputDataError(f"{path}: {kind} plane {spec!r} has shape {shape}, the image "
+                                     f"{self.image_shape}")
+            data = np.asarray(h.data)
+            header = h.header
+        if kind == "mask":
+            from .hsc import DEFAULT_MASK_PLANES, mask_plane_bits
+
+            bits = mask_plane_bits(header)
+            if bits:
+                wanted = self.mask_plane_names if self.mask_plane_names is not None else DEFAULT_MASK_PLANES
+                value = sum(1 << bits[n] for n in wanted if n in bits)
+                plane = (data.astype(np.int64) & value) != 0
+            else:
+                plane = data != 0
+        elif kind == "variance":
+            with np.errstate(invalid="ignore"):
+                plane = np.sqrt(np.where(data > 0, data, np.nan)).astype(np.float32)
+        else:
+            plane = np.asarray(data, dtype=np.float32)
+        cache[key] = plane
+        return plane
+
+    def _check_planes(self) -> None:
+        """Read the σ / mask planes once now, so that a wrong shape or a missing HDU fails before any work."""
+        self._plane("sigma")
+        self._plane("mask")
 
     def _open_image(self, sky_sigma, *, zeropoint, gain, pixel_scale) -> None:
         """The image's HDU, shape, header, sky σ (option, ``SKYSIG`` or the image's clipped MAD), WCS and
@@ -127,7 +220,7 @@ class ImageCatalogSource(InputSource):
                 if not (np.isfinite(sky_sigma) and sky_sigma > 0):
                     log.warning("%s: header SKYSIG = %r is not a positive number; every row is flagged "
                                 "BAD_SIGMA and uses its stamp-border estimate", self.image_path, sky_sigma)
-            if sky_sigma is None:
+            if sky_sigma is None and self.planes["sigma"] is None and self.planes["variance"] is None:
                 data = h.data
                 step = max(1, int(np.sqrt(data.size / 1e6)))
                 sky_sigma = robust_sigma(np.asarray(data[::step, ::step]))
@@ -270,7 +363,18 @@ class ImageCatalogSource(InputSource):
         return {**super().settings(), "positions": self.position_from, "xy_origin": self.xy_origin,
                 "id_column": self.id_column, "image_hdu": self.image_hdu,
                 "sky_sigma": sky_setting(self.sky_sigma),
-                "psf": psf, "psf_column": self.psf_column}
+                "psf": psf, "psf_column": self.psf_column, **self._plane_settings()}
+
+    def _plane_settings(self) -> dict[str, Any]:
+        """Manifest entries of the σ / variance / mask planes (file ids or HDU names) and mask planes."""
+        out: dict[str, Any] = {}
+        for k, v in self.planes.items():
+            if v is not None:
+                out[k] = file_id(v) if isinstance(v, (str, os.PathLike)) and Path(v).exists() else str(v)
+        if self.planes["mask"] is not None:
+            names = self.mask_plane_names
+            out["mask_planes"] = list(names) if names is not None else "default"
+        return out
 
     def carried_columns(self) -> dict[str, np.ndarray]:
         return self.columns
@@ -313,12 +417,23 @@ class ImageCatalogSource(InputSource):
                     chunk.flags[k] |= int(Flag.PSF_FIXED)
 
     def read_rows(self, start: int, stop: int) -> Chunk:
+        return self._read(start, stop)[0]
+
+    def _read(self, start: int, stop: int) -> tuple[Chunk, np.ndarray, np.ndarray | None]:
+        """Rows as read, with the padded pixels and the input mask's pixels apart."""
         b = stop - start
         x, y = self.x_in[start:stop], self.y_in[start:stop]
         outside = self.outside[start:stop]
-        stamps, pad_mask, dx, dy = self._cut(np.where(outside, 1.0, x), np.where(outside, 1.0, y))
+        xs, ys = np.where(outside, 1.0, x), np.where(outside, 1.0, y)
+        stamps, pad_mask, dx, dy = self._cut(xs, ys)
         stamps[outside] = 0.0
         pad_mask[outside] = False
+        sig_plane, mask_plane = self._plane("sigma"), self._plane("mask")
+        sigma_maps = None if sig_plane is None else cut_stamps(sig_plane, xs, ys, self.stamp_size)[0]
+        input_mask = None
+        if mask_plane is not None:
+            input_mask = cut_stamps(mask_plane.astype(np.float32), xs, ys, self.stamp_size)[0] > 0
+            input_mask[outside] = False
         if self.psf_files is not None:
             psfs = np.zeros((b, self.psf_size, self.psf_size), np.float32)
         else:
@@ -334,17 +449,19 @@ class ImageCatalogSource(InputSource):
             sky_sigma=np.full(b, np.nan if self.sky_sigma is None else self.sky_sigma),
             flags=np.zeros(b, np.int64),
             bad=outside.copy(),
-            mask=pad_mask,
+            mask=pad_mask if input_mask is None else pad_mask | input_mask,
+            sigma_maps=sigma_maps,
             offset=np.stack([dx, dy], axis=1),
             columns=cols,
             sky_given=np.full(b, self.sky_sigma is not None),
         )
+
         if self.psf_files is not None:
             self._psfs_from_files(chunk, self._row_names(start, stop))
-        return chunk
+        return chunk, pad_mask, input_mask
 
     def read_chunk(self, start: int, stop: int) -> Chunk:
-        raw = self.read_rows(start, stop)
+        raw, padded, input_mask = self._read(start, stop)
         psfs, fixed = raw.psfs, (raw.flags & int(Flag.PSF_FIXED)) != 0
         if self.psf_cube is not None:
             fixed = None
@@ -360,7 +477,9 @@ class ImageCatalogSource(InputSource):
             names=self._row_names(start, stop),
             bad=raw.bad,
             psf_fixed=fixed,
-            padded_mask=raw.mask,
+            padded_mask=padded,
+            sigma_maps=raw.sigma_maps,
+            input_mask=input_mask,
             offset=raw.offset,
             columns=raw.columns,
             stamp_size=self.stamp_size,

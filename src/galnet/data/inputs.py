@@ -24,6 +24,8 @@ def open_source(
     sky_sigma=None,
     sigma=None,
     mask=None,
+    variance=None,
+    mask_planes=None,
     stamp_size: int = STAMP_SIZE,
     psf_size: int = PSF_SIZE,
     **kwargs,
@@ -43,8 +45,13 @@ def open_source(
         PSF image or cube (FITS inputs).
     sky_sigma : float, optional
         Sky σ, counts / pixel, where the input gives none (default: estimated from the stamp borders).
-    sigma, mask : path, optional
-        σ-map and bad-pixel mask files, one plane per stamp (FITS cube and cutout inputs).
+    sigma, variance, mask : path, optional
+        σ-map (counts), variance (counts², read as σ) and bad-pixel mask (non-zero = bad) files: one plane per
+        stamp for FITS cube and cutout inputs; one image of the image's shape (a file, or the name or number
+        of an HDU of the image file, e.g. ``VARIANCE``) for an image input.
+    mask_planes : sequence of str, optional
+        For an image input whose mask is a bit-plane image (HSC / LSST pipelines): the planes whose pixels are
+        excluded (default :data:`galnet.data.hsc.DEFAULT_MASK_PLANES`).
     stamp_size, psf_size : int
         Sizes of the stamps and PSFs of :meth:`~galnet.data.InputSource.read_chunk` (the model's).
     **kwargs
@@ -67,14 +74,19 @@ def open_source(
         raise InputDataError(f"{p}: no such input file or directory")
     sky_sigma = check_sky_sigma(sky_sigma, "--sky-sigma")
     common = {k: kwargs.pop(k) for k in ("zeropoint", "gain", "pixel_scale") if k in kwargs}
-    planes = {"sigma": sigma, "mask": mask}
+    planes = {"sigma": sigma, "mask": mask, "variance": variance}
     if p.is_dir():
         src: InputSource = CutoutDirSource(p, psf=psf, sky_sigma=sky_sigma, **planes, **common)
     elif p.suffix.lower() in (".h5", ".hdf5"):
+        given = [k for k, v in planes.items() if v is not None]
+        if given:
+            raise InputDataError(f"{p}: an HDF5 split carries its own σ maps (sigma_maps); --{given[0]} is "
+                                 "for FITS inputs")
         src = HDF5Source(p, sky_sigma=sky_sigma, **common)
     elif is_fits_name(p.name):
         if catalog is not None:
-            src = ImageCatalogSource(p, catalog, psf=psf, sky_sigma=sky_sigma, **common, **kwargs)
+            src = ImageCatalogSource(p, catalog, psf=psf, sky_sigma=sky_sigma, **planes,
+                                     mask_planes=mask_planes, **common, **kwargs)
         else:
             src = FitsCubeSource(p, psf=psf, sky_sigma=sky_sigma, hdu=kwargs.get("image_hdu"), **planes,
                                  **common)

@@ -140,7 +140,7 @@ def plane_settings(sigma, mask) -> dict[str, Any]:
     """Manifest entries of the σ-map and mask files (:class:`~galnet.data.FitsPlanes`), when given."""
     out: dict[str, Any] = {}
     if sigma is not None:
-        out["sigma"] = file_id(sigma.path)
+        out[sigma.what] = file_id(sigma.path)  # "sigma" or "variance"
     if mask is not None:
         out["mask"] = file_id(mask.path)
     return out

@@ -13,7 +13,7 @@ from .catalog import FitOptions, fit_catalog, fit_source
 from .config import FitConfig, FitStatus
 from .masking import neighbour_mask, segment_stamps
 from .parallel import FitPool
-from .refine import Refiner
+from .refine import FitPixels, Refiner
 from .solver import FitResult, fit_multistart, fit_stamps, pixel_weights
 from .starts import catalog_start, feedme_start, moments_start, with_n
 
@@ -25,6 +25,7 @@ __all__ = [
     "fit_multistart",
     "FitPool",
     "Refiner",
+    "FitPixels",
     "FitResult",
     "FitConfig",
     "FitStatus",

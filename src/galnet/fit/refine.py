@@ -33,7 +33,66 @@ from .solver import FitConfig, FitResult, fit_stamps
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Refiner"]
+__all__ = ["Refiner", "FitPixels"]
+
+
+@dataclass
+class FitPixels:
+    """The σ map and the mask ``galnet fit`` judges a model on: given σ (else sky σ and, with a gain, the
+    source's Poisson noise from the data), the given bad pixels, and the neighbours' mask.
+
+    ``galnet predict --chi2`` gets one from the command line so that its ``chi2nu`` is computed on the same
+    pixels, with the same σ, as ``galnet fit``'s and ``--refine``'s.
+
+    Attributes
+    ----------
+    mask_neighbours : bool
+        Mask other sources (:func:`galnet.fit.neighbour_mask`, around ``centre``).
+    """
+
+    mask_neighbours: bool = True
+
+    def __call__(self, images: np.ndarray, psfs: np.ndarray, centre: np.ndarray | None = None, *,
+                 sky_sigma: np.ndarray | None = None, sigma: np.ndarray | None = None,
+                 mask: np.ndarray | None = None, gain: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """σ map (B, H, W), mask (B, H, W) bool or None, and neighbours masked per stamp (B,).
+
+        Parameters
+        ----------
+        images : ndarray, shape (B, H, W), counts (sky-subtracted)
+        psfs : ndarray, shape (B, P, P) or (P, P)
+        centre : ndarray, shape (B, 2), optional
+            Target ``x, y`` (1-based stamp pixels; non-finite rows: the stamp centre). Default: the centre.
+        sky_sigma : ndarray, shape (B,), counts / pixel, optional
+            Used where ``sigma`` is not given.
+        sigma : ndarray, shape (B, H, W), optional
+        mask : ndarray of bool, shape (B, H, W), optional
+        gain : float, optional
+            e- / count, for the Poisson term of a σ map built from ``sky_sigma``.
+        """
+        images = np.asarray(images, dtype=np.float64)
+        b = len(images)
+        if sigma is None:
+            if sky_sigma is None:
+                raise InputDataError("a sky sigma or a sigma map is needed")
+            sky = np.asarray(sky_sigma, dtype=np.float64)
+            if gain:
+                sigma = sigma_from_data(images, gain=float(gain), sky_sigma=sky)
+            else:
+                sigma = np.broadcast_to(sky.reshape(-1, 1, 1), images.shape)
+        n_masked = np.zeros(b, dtype=np.int64)
+        if self.mask_neighbours and b:
+            mid = (images.shape[-1] + 1) / 2.0
+            centre = np.full((b, 2), mid) if centre is None else np.asarray(centre, dtype=np.float64)
+            centre = np.where(np.isfinite(centre), centre, mid)
+            try:
+                nb, n_masked = neighbour_mask(images, sigma, mask=mask, centre=centre, psf=psfs)
+            except InputDataError as exc:
+                log.error("neighbour masking skipped for this batch: %s", exc)
+            else:
+                mask = nb if mask is None else (np.asarray(mask) != 0) | nb
+        return sigma, mask, n_masked
 
 
 @dataclass
@@ -103,25 +162,10 @@ class Refiner:
             Neighbouring sources masked per stamp.
         """
         images = np.asarray(images, dtype=np.float64)
-        b = len(images)
-        if sigma is None:
-            if sky_sigma is None:
-                raise InputDataError("refine needs sky_sigma or a sigma map")
-            sky = np.asarray(sky_sigma, dtype=np.float64)
-            if gain:
-                sigma = sigma_from_data(images, gain=float(gain), sky_sigma=sky)
-            else:
-                sigma = np.broadcast_to(sky.reshape(-1, 1, 1), images.shape)
-        n_masked = np.zeros(b, dtype=np.int64)
         start = np.asarray(start, dtype=np.float64)
-        if self.mask_neighbours and b:
-            centre = np.where(np.isfinite(start[:, :2]), start[:, :2], (images.shape[-1] + 1) / 2.0)
-            try:
-                nb, n_masked = neighbour_mask(images, sigma, mask=mask, centre=centre, psf=psfs)
-            except InputDataError as exc:
-                log.error("refine: neighbour masking skipped for this batch: %s", exc)
-            else:
-                mask = nb if mask is None else (np.asarray(mask) != 0) | nb
+        sigma, mask, n_masked = FitPixels(self.mask_neighbours)(
+            images, psfs, start[:, :2], sky_sigma=sky_sigma, sigma=sigma, mask=mask, gain=gain
+        )
         res = fit_stamps(images, psfs, sigma=sigma, mask=mask, init=start, zeropoint=zeropoint,
                          config=self.config)
         res.flags[n_masked > 0] |= int(Flag.NEIGHBOURS_MASKED)

@@ -52,6 +52,30 @@ def _add_input_arguments(g) -> None:
     g.add_argument(
         "--sky-sigma", type=positive_float, help="sky noise, counts/px (default: input, else robust estimate)"
     )
+    g.add_argument(
+        "--sigma",
+        metavar="FILE|HDU",
+        help="per-pixel sigma, counts: a FITS cube (one plane per stamp) for a stamp cube or cutout "
+        "folder; an image of the image's shape, or an HDU of the image file, with --catalog",
+    )
+    g.add_argument(
+        "--variance",
+        metavar="FILE|HDU",
+        help="per-pixel variance, counts^2 (instead of --sigma); zero, negative or NaN variances are masked",
+    )
+    g.add_argument(
+        "--mask",
+        metavar="FILE|HDU",
+        help="bad pixels (non-zero = bad), as --sigma; a bit-plane mask "
+        "with MP_* plane names uses --mask-planes",
+    )
+    g.add_argument(
+        "--mask-planes",
+        metavar="LIST",
+        help="comma-separated mask planes that exclude a pixel (HSC/LSST coadds; default "
+        "NO_DATA,BAD,SAT,INTRP,EDGE,CR,SUSPECT). An HSC coadd (IMAGE, MASK, VARIANCE HDUs) is "
+        "read with its variance and mask planes and FLUXMAG0 zero point automatically",
+    )
     g.add_argument("--ra-col", help="catalog RA column (degrees; needs a WCS)")
     g.add_argument("--dec-col", help="catalog Dec column (degrees)")
     g.add_argument("--x-col", help="catalog x column (pixels)")
@@ -109,24 +133,33 @@ def _add_run_arguments(r) -> None:
         "--mask-neighbours",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with --refine: mask other sources on the stamp first (default: yes)",
+        help="with --refine or --chi2: mask other sources on the stamp first, as galnet fit (default: yes)",
     )
     r.add_argument("--chi2", action="store_true", help="add chi2nu of the predicted model (renders it)")
-    r.add_argument("--high-chi2", type=nonnegative_float, default=1.5,
-                   help="chi2nu above which HIGH_CHI2 is set")
-    r.add_argument("--detect-snr", type=nonnegative_float, default=3.0,
-                   help="rows whose detection S/N near the stamp centre is below this get NO_SOURCE and NaN "
-                   "values (galnet.detection; default 3; 0: no test)")
-    r.add_argument("--allow-unverified-model", action="store_true",
-                   help="accept a model card without a weights sha256 checksum")
+    r.add_argument(
+        "--high-chi2", type=nonnegative_float, default=1.5, help="chi2nu above which HIGH_CHI2 is set"
+    )
+    r.add_argument(
+        "--detect-snr",
+        type=nonnegative_float,
+        default=3.0,
+        help="rows whose detection S/N near the stamp centre is below this get NO_SOURCE and NaN "
+        "values (galnet.detection; default 3; 0: no test)",
+    )
+    r.add_argument(
+        "--allow-unverified-model",
+        action="store_true",
+        help="accept a model card without a weights sha256 checksum",
+    )
     r.add_argument(
         "--save-models",
         action="store_true",
         help="write model and residual cubes to <output stem>.models.fits (implies --chi2)",
     )
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from <output>.parts/")
-    r.add_argument("--max-chunks", type=positive_int,
-                   help="stop after this many new chunks (continue with --resume)")
+    r.add_argument(
+        "--max-chunks", type=positive_int, help="stop after this many new chunks (continue with --resume)"
+    )
     r.add_argument(
         "--keep-parts", action="store_true", help="keep <output>.parts/ after the catalog is written"
     )
@@ -172,6 +205,12 @@ def run(args: argparse.Namespace) -> int:
             "gain": args.gain,
             "pixel_scale": args.pixel_scale,
             "image_hdu": _hdu(args.image_hdu),
+            "sigma": _hdu(args.sigma),
+            "variance": _hdu(args.variance),
+            "mask": _hdu(args.mask),
+            "mask_planes": None
+            if args.mask_planes is None
+            else [p for p in args.mask_planes.split(",") if p],
         }.items()
         if v is not None
     }
@@ -194,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         keep_parts=args.keep_parts,
         refiner=getattr(args, "refiner", None),
+        pixels=getattr(args, "pixels", None),
         symmetries=args.symmetries,
         detect_snr=args.detect_snr,
         allow_unverified_model=args.allow_unverified_model,

@@ -186,8 +186,14 @@ def _render_chi2(
     zeropoint: float,
     gain: float | None,
     want_models: bool,
+    pixels=None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """chi2nu (B,), model cube (B, S, S) or None, BAD_SIGMA rows (B,) for the rows ``ok``."""
+    """chi2nu (B,), model cube (B, S, S) or None, BAD_SIGMA rows (B,) for the rows ``ok``.
+
+    With ``pixels`` (:attr:`PredictOptions.pixels`) σ and the mask are ``galnet fit``'s (neighbours masked
+    around the predicted position); else σ is the sky σ (plus the model's Poisson noise with a gain) or the
+    input's σ map, on every valid pixel.
+    """
     import torch
 
     from ..params import bad_parameter_rows
@@ -212,7 +218,16 @@ def _render_chi2(
         if models is not None:
             models[r] = m
         img = chunk.images[r].astype(np.float64)
-        if chunk.sigma_maps is not None:
+        pix_mask = None if chunk.mask is None else chunk.mask[r]
+        if pixels is not None:
+            sig, pix_mask, _ = pixels(
+                img, chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[r], params[r, :2],
+                sky_sigma=chunk.sky_sigma[r].astype(np.float64),
+                sigma=None if chunk.sigma_maps is None else chunk.sigma_maps[r].astype(np.float64),
+                mask=pix_mask, gain=gain,
+            )
+            sig = np.asarray(sig, dtype=np.float64)
+        elif chunk.sigma_maps is not None:
             sig = chunk.sigma_maps[r].astype(np.float64)
         else:
             var = chunk.sky_sigma[r].astype(np.float64)[:, None, None] ** 2
@@ -220,8 +235,8 @@ def _render_chi2(
                 var = var + np.maximum(m, 0.0) / float(gain)
             sig = np.sqrt(np.broadcast_to(var, img.shape))
         good = np.isfinite(sig) & (sig > 0)
-        if chunk.mask is not None:
-            good &= ~chunk.mask[r]
+        if pix_mask is not None:
+            good &= ~np.asarray(pix_mask, bool)
         bad_sig[r] = (~(np.isfinite(sig) & (sig > 0))).reshape(len(r), -1).any(axis=1)
         resid2 = np.where(good, (img - m) / np.where(good, sig, 1.0), 0.0) ** 2
         ndof = good.reshape(len(r), -1).sum(axis=1) - params.shape[1]
@@ -284,6 +299,7 @@ def process_chunk(
     source: InputSource | None = None,
     detect_snr: float = 3.0,
     refiner=None,
+    pixels=None,
 ) -> dict[str, Any]:
     """Measure one chunk.
 
@@ -301,6 +317,8 @@ def process_chunk(
         Converts positions to RA/Dec when it has a WCS.
     refiner : callable, optional
         :attr:`PredictOptions.refiner`.
+    pixels : callable, optional
+        :attr:`PredictOptions.pixels` (the σ and mask of ``chi2nu``).
     detect_snr : float
         ``NO_SOURCE`` threshold of :func:`galnet.detection.no_source` (0: no test).
 
@@ -327,7 +345,7 @@ def process_chunk(
                            high_chi2=high_chi2))
     if (chi2 and refiner is None) or save_models:
         chi2nu, models, bad_sig = _render_chi2(
-            chunk, params, ok, zeropoint=zp_model, gain=gain, want_models=save_models
+            chunk, params, ok, zeropoint=zp_model, gain=gain, want_models=save_models, pixels=pixels
         )
         if refiner is None:
             flags[bad_sig] |= int(Flag.BAD_SIGMA)
@@ -456,5 +474,6 @@ def chunk_kwargs(options, ctx: dict, source: InputSource) -> dict[str, Any]:
         "source": source,
         "detect_snr": options.detect_snr,
         "refiner": options.refiner,
+        "pixels": options.pixels,
     }
 

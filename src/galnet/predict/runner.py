@@ -105,6 +105,12 @@ class PredictOptions:
         ``(FitResult, n_masked)``. The refined rows get the fit's parameters, covariance errors and
         ``chi2nu`` (over the unmasked pixels, σ as ``galnet fit``'s). None: the network alone, whose errors
         are its own predicted ones (NaN for a network without an uncertainty head).
+    pixels : callable, optional
+        The σ map and mask ``chi2nu`` is computed on (without ``refiner``): ``galnet.fit.FitPixels()``, the
+        pixels and σ of ``galnet fit`` (neighbours masked), which the command line passes with ``--chi2``, so
+        that predict's and fit's ``chi2nu`` compare. Called as ``pixels(images, psfs, centre, sky_sigma=,
+        sigma=, mask=, gain=)`` → ``(sigma, mask, n_masked)``. None: σ from the sky σ (and the model's
+        Poisson noise with a gain) on every valid pixel.
     symmetries : {1, 4, 8}
         Test-time symmetry averaging of the network (:class:`galnet.models.Predictor`): that many network
         passes per galaxy.
@@ -132,6 +138,7 @@ class PredictOptions:
     allow_unverified_model: bool = False
     refiner: Any = None
     symmetries: int = 1
+    pixels: Any = None
 
     @property
     def refine(self) -> int:
@@ -182,6 +189,7 @@ def _manifest(source: InputSource, options: PredictOptions, card: dict, card_fil
         "save_models": bool(options.save_models),
         "detect_snr": float(options.detect_snr),
         "refine": options.refine,
+        "chi2_pixels": None if options.pixels is None else repr(options.pixels),
         "symmetries": options.symmetries,
         "output": output.name,
     }
