@@ -253,3 +253,35 @@ def test_predict_hsc_coadd_cli_and_errors(tmp_path):
     r = subprocess.run([*run[:4], str(tmp_path / "novar" / "calexp.fits"), *run[5:], "-o",
                         str(tmp_path / "o3.fits"), "--variance", "VARIANCE"], capture_output=True, text=True)
     assert r.returncode == 2 and "calexp.fits" in r.stderr and "no variance HDU" in r.stderr, r.stderr
+
+
+def test_evaluate_report_on_real_galaxies_without_truth(tmp_path):
+    """A stamp file whose params are NaN (real galaxies): no accuracy metrics, but chi2nu and mosaics."""
+    import subprocess
+    import sys
+
+    from galnet.data import read_arrays, write_split
+    from galnet.simulate import generate_batch, load_preset
+
+    cfg = load_preset("hsc-r")
+    arr = generate_batch(cfg, 6, seed=2)
+    arr["params"] = np.full_like(arr["params"], np.nan)
+    arr["ids"] = np.arange(6)
+    write_split(tmp_path / "real.h5", arr, {"zeropoint": 27.0, "pixel_scale": 0.168})
+    run = [sys.executable, "-m", "galnet"]
+    r = subprocess.run([*run, "fit", str(tmp_path / "real.h5"), "-o", str(tmp_path / "fit.fits")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*run, "evaluate", "--truth", str(tmp_path / "real.h5"), "--catalog",
+                        f"fit={tmp_path / 'fit.fits'}", "--out", str(tmp_path / "rep"), "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    text = json.dumps(m)
+    assert "chi2nu" in text
+    assert (tmp_path / "rep" / "figures" / "mosaic_worst_fit.png").exists()
+    assert len(read_arrays(tmp_path / "real.h5")["ids"]) == 6
+    # no outlier fraction is reported against a NaN truth (it was 1.0: every row an "outlier")
+    assert "out any" in r.stdout and " 1.00 " not in r.stdout.splitlines()[-2]

@@ -213,6 +213,9 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
                      progress: bool = False) -> Evaluation:
     """Metrics, model images, χ²ν and residual statistics of every method against the truth.
 
+    Rows whose true parameters are NaN (real galaxies: a "truth" file of real stamps) get no accuracy metrics;
+    their χ²ν, residual statistics and mosaics are computed as for the others.
+
     Parameters
     ----------
     truth : TruthSet
@@ -243,6 +246,7 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
             raise InputDataError(f"method {m.name!r}: params shape {np.shape(m.params)}, "
                                  f"expected ({b}, {N_PARAMS})")
     shape = truth.images.shape[1:]
+    has_truth = np.isfinite(np.asarray(truth.params, dtype=np.float64)).all(1)
     rows = {m.name: np.isfinite(np.asarray(m.params, dtype=np.float64)).all(1) for m in methods}
     common = np.logical_and.reduce(list(rows.values())) if methods else np.zeros(b, dtype=bool)
     truth_models = render_models(truth.params, truth.psfs, shape=shape, zeropoint=truth.zeropoint)
@@ -255,18 +259,20 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
         stats = residual_statistics(truth.images, models, truth.sigma, p)
         rflags = residual_flags(stats, thresholds)
         t, q = truth.params, p
+        rt = r & has_truth  # accuracy needs a truth: real galaxies have none (χ²ν and residuals only)
+        ct = common & has_truth
         out[m.name] = MethodEvaluation(
             name=m.name, params=p, rows=r,
-            metrics=regression_metrics(t[r], q[r]) if r.any() else {},
-            metrics_common=regression_metrics(t[common], q[common]) if common.any() else {},
-            binned_mag=binned_metrics(t[r], q[r], t[r, IX_MAG], MAG_BINS) if r.any() else [],
-            binned_snr=binned_metrics(t[r], q[r], truth.snr[r], SNR_BINS)
-            if r.any() and np.isfinite(truth.snr).all() else [],
+            metrics=regression_metrics(t[rt], q[rt]) if rt.any() else {},
+            metrics_common=regression_metrics(t[ct], q[ct]) if ct.any() else {},
+            binned_mag=binned_metrics(t[rt], q[rt], t[rt, IX_MAG], MAG_BINS) if rt.any() else [],
+            binned_snr=binned_metrics(t[rt], q[rt], truth.snr[rt], SNR_BINS)
+            if rt.any() and np.isfinite(truth.snr[rt]).all() else [],
             stats=stats, residual_flags=rflags,
             method_flags=np.zeros(b, dtype=np.int64) if m.flags is None
             else np.asarray(m.flags, dtype=np.int64),
             time_per_galaxy=m.time_per_galaxy, source=m.source, models=models,
-            coverage=_coverage(t, q, m.errors, r),
+            coverage=_coverage(t, q, m.errors, rt),
         )
     return Evaluation(truth=truth, methods=out, common_rows=common, truth_stats=truth_stats,
                       thresholds=thresholds)
@@ -688,7 +694,8 @@ def _plot_mosaic(ev: Evaluation, m: MethodEvaluation, path: Path, *, kind: str, 
                                interpolation="nearest")
         t, q = ev.truth.params[i], m.params[i]
         axes[r, 0].set_ylabel(f"id {ev.truth.ids[i]}", fontsize=8)
-        axes[r, 0].set_title(f"image  mag {t[IX_MAG]:.2f} re {t[IX_RE]:.1f} n {t[IX_N]:.2f}", fontsize=7)
+        axes[r, 0].set_title(f"image  mag {t[IX_MAG]:.2f} re {t[IX_RE]:.1f} n {t[IX_N]:.2f}"
+                             if np.isfinite(t).all() else "image (no truth)", fontsize=7)
         axes[r, 1].set_title(f"model  mag {q[IX_MAG]:.2f} re {q[IX_RE]:.1f} n {q[IX_N]:.2f}", fontsize=7)
         axes[r, 2].set_title(f"(image−model)/σ  χ²ν {m.stats['chi2nu'][i]:.2f}", fontsize=7)
         fig.colorbar(im, ax=axes[r, 2], shrink=0.8)
