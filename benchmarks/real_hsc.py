@@ -297,6 +297,45 @@ def mosaic(
     plt.close(fig)
 
 
+def evaluate_report(st: dict, res: dict, out: Path) -> Path:
+    """The ``galnet evaluate`` report of every method on the real stamps (no truth: χ²ν, residuals, mosaics).
+
+    Writes ``<out>_stamps.h5`` (the stamps with their σ maps and NaN true parameters), one catalog per method
+    and runs ``galnet evaluate``; returns the report folder.
+    """
+    import subprocess
+
+    from galnet.catalog import make_catalog
+    from galnet.data import write_split
+
+    b = len(st["ids"])
+    lo = (st["psfs"].shape[-1] - 25) // 2
+    psf = st["psfs"][:, lo : lo + 25, lo : lo + 25]
+    arrays = {
+        "images": st["images"].astype(np.float32),
+        "psfs": (psf / psf.sum(axis=(1, 2), keepdims=True)).astype(np.float32),
+        "sky_sigma": np.array([np.nanmedian(s) for s in st["sigma"]], np.float32),
+        "params": np.full((b, 7), np.nan),
+        "snr": np.full(b, np.nan, np.float32),
+        "ids": st["ids"].astype(np.int64),
+        "sigma_maps": np.where(np.isfinite(st["sigma"]), st["sigma"], np.inf).astype(np.float32),
+    }
+    stamps = out.parent / f"{out.name}_stamps.h5"
+    meta = {"zeropoint": 27.0, "pixel_scale": 0.168, "source": "real HSC even-id scenes"}
+    write_split(stamps, arrays, meta)
+    cmd = [sys.executable, "-m", "galnet", "evaluate", "--truth", str(stamps), "--out",
+           str(out.parent / f"{out.name}_report"), "--title", "real HSC galaxies", "--no-progress"]
+    for name, r in res.items():
+        if ":galnet-renderer" in name:
+            continue
+        cat = out.parent / f"{out.name}_{name.replace(':', '_')}.fits"
+        make_catalog(st["ids"], r["params"]).write(cat, overwrite=True)
+        cmd += ["--catalog", f"{name.replace(':', '_')}={cat}", "--time",
+                f"{name.replace(':', '_')}={r['seconds'] / b}"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out.parent / f"{out.name}_report"
+
+
 def markdown(summary: dict, title: str) -> str:
     """One markdown table of :func:`summarise`'s figures under a ``##`` title."""
     lines = [
@@ -387,6 +426,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if not args.quick:
         out.parent.mkdir(parents=True, exist_ok=True)
+        report = evaluate_report(st, res, out)
+        md += f"\nThe `galnet evaluate` report (image / model / residual mosaics): `{report}`\n"
         out.with_suffix(".md").write_text(md)
         figs = out.parent / f"{out.name}_figures"
         figs.mkdir(exist_ok=True)
