@@ -24,7 +24,10 @@ Calibration (hsc-r preset, ``galnet.simulate.generate_batch``, 800 stamps with t
 the faint end of the training prior, half of them with correlated noise, neighbours included): the
 smallest detection S/N was 3.9 (largest, flattest discs, re ≈ 15 px), so none is flagged; of 1,500 pure
 white-noise stamps 94 % are flagged, of 1,500 correlated-noise stamps 95 %; an all-zero stamp always is.
-Cost: about 0.3 ms per 61 × 61 stamp on one CPU core (two matrix products and one small Gaussian filter).
+Cost: about 0.2 ms per 61 × 61 stamp on one CPU core (two matrix products and one small Gaussian filter).
+:func:`no_source` first computes the σ = 2 px matched filter at the stamp centre only (:func:`central_snr`,
+about 0.02 ms per stamp); stamps above :data:`PRESCREEN_SNR` there (90 % of the hsc-r test split) skip the
+full test. The decisions are the same (tested on bright, mag-24 and blank stamps).
 The test is deliberately lenient: a real faint galaxy must never be lost, a blank stamp is flagged.
 """
 
@@ -35,7 +38,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["DETECTION_SNR", "DETECTION_SCALES", "detection_snr", "no_source"]
+__all__ = ["DETECTION_SNR", "DETECTION_SCALES", "PRESCREEN_SNR", "detection_snr", "central_snr", "no_source"]
 
 #: Detection threshold of the matched-filter S/N (``--detect-snr`` of predict and fit; 0 disables).
 DETECTION_SNR = 3.0
@@ -169,13 +172,69 @@ def detection_snr(images, sigma, *, mask=None, radius: float | None = None) -> n
     return np.where(np.isfinite(peak), np.maximum(peak, 0.0), 0.0) / noise_scale
 
 
+def central_snr(images, sigma, *, mask=None) -> np.ndarray:
+    """S/N of the σ = 2 px matched filter at the stamp centre alone: a cheap lower bound of the raw
+    detection S/N (one of the positions and kernels :func:`detection_snr` maximises over, before its
+    correlated-noise scaling). Arguments as :func:`detection_snr`; returns (B,) float64 (0 without pixels)."""
+    img = np.asarray(images)
+    if img.ndim == 2:
+        img = img[None]
+    b, h, w = img.shape
+    k = _central_kernel(h, w)
+    sig = np.asarray(sigma, dtype=np.float64)
+    if sig.ndim <= 1 and mask is None:  # one σ per stamp: S/N = (d · K) / (σ √ΣK²), one float32 product
+        row = np.broadcast_to(sig, (b,))
+        flat = img.reshape(b, -1).astype(np.float32, copy=False)
+        if np.isfinite(row).all() and (row > 0).all() and np.isfinite(flat).all():
+            snr = (flat @ k.astype(np.float32)).astype(np.float64) / (row * np.sqrt(np.sum(k * k)))
+            return np.maximum(snr, 0.0)
+    img = img.astype(np.float64)
+    if sig.ndim <= 1:
+        sig = np.broadcast_to(np.broadcast_to(sig, (b,))[:, None, None], img.shape)
+    good = np.isfinite(img) & np.isfinite(sig) & (sig > 0)
+    if mask is not None:
+        good &= ~np.asarray(mask, dtype=bool)
+    with np.errstate(all="ignore"):
+        wts = np.where(good, 1.0 / np.where(good, sig, 1.0) ** 2, 0.0)
+        num = (np.where(good, img, 0.0) * wts).reshape(b, -1) @ k
+        den = wts.reshape(b, -1) @ (k * k)
+        snr = np.where(den > 0, num / np.sqrt(np.where(den > 0, den, 1.0)), 0.0)
+    return np.where(np.isfinite(snr), np.maximum(snr, 0.0), 0.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _central_kernel(h: int, w: int) -> np.ndarray:
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+    k = np.exp(-d2 / 8.0)
+    k[d2 > 7.0**2] = 0.0
+    return k.reshape(-1)
+
+
+#: Central S/N (:func:`central_snr`) above which a stamp certainly holds a source: the full test is skipped.
+#: Its correlated-noise scaling would need a noise scale above ``PRESCREEN_SNR / DETECTION_SNR`` = 10 to
+#: flag such a stamp, more than the coadds, drizzled and simulated images measured here give (≤ 3).
+PRESCREEN_SNR = 30.0
+
+
 def no_source(images, sigma, *, mask=None, threshold: float = DETECTION_SNR,
               radius: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Which stamps have no detectable source: ``(detection S/N < threshold, detection S/N)``, both (B,).
 
-    ``threshold <= 0`` disables the test (nothing is flagged). Arguments as :func:`detection_snr`.
+    ``threshold <= 0`` disables the test (nothing is flagged). Arguments as :func:`detection_snr`. Stamps
+    whose central S/N (:func:`central_snr`) is at least :data:`PRESCREEN_SNR` hold a source for certain:
+    their full test is skipped and their central S/N is returned (without the correlated-noise scaling).
     """
-    snr = detection_snr(images, sigma, mask=mask, radius=radius)
     if threshold <= 0:
-        return np.zeros(len(snr), bool), snr
+        return np.zeros(len(images), bool), detection_snr(images, sigma, mask=mask, radius=radius)
+    img = np.asarray(images)
+    img = img[None] if img.ndim == 2 else img
+    sig = np.asarray(sigma)
+    snr = central_snr(img, sig, mask=mask)
+    rest = np.flatnonzero(snr < max(PRESCREEN_SNR, threshold))
+    if rest.size:
+        sub_sig = sig if sig.ndim == 0 else sig[rest]
+        snr[rest] = detection_snr(img[rest], sub_sig, mask=None if mask is None else np.asarray(mask)[rest],
+                                  radius=radius)
     return snr < threshold, snr
