@@ -46,6 +46,7 @@ from ..data.shards import (
     write_shard,
 )
 from ..errors import ConfigError, InputDataError
+from ..io import atomic_write
 from .core import card_path, chunk_kwargs, get_predictor, process_chunk, resolve_backend, run_context
 
 log = logging.getLogger(__name__)
@@ -460,10 +461,7 @@ def _write_models(pdir: Path, bounds, output: Path) -> Path:
     hdul[1].header["BUNIT"] = "counts"
     hdul[1].header["COMMENT"] = "predicted Sersic x PSF model of each stamp (row order of the catalog)"
     hdul[2].header["COMMENT"] = "stamp - model (NaN where masked)"
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    hdul.writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
 
 
 # ============================================================================== convenience API

@@ -29,6 +29,7 @@ import numpy as np
 from .. import __version__
 from ..conventions import CONVENTIONS_VERSION
 from ..errors import ConfigError
+from ..io import atomic_write, atomic_write_text
 from .config import SimulationConfig, load_preset
 
 __all__ = ["simulate_dataset", "split_counts", "SPLIT_NAMES"]
@@ -107,8 +108,6 @@ def _merge_shards(out_path: Path, parts: list[Path], meta: dict, compression: st
     chunks or filters is rewritten, and misaligned shards fall back to
     :func:`~galnet.data.h5.concatenate_files`. Written atomically.
     """
-    import os
-
     import h5py
 
     from ..data.h5 import CHUNK_STAMPS, OPTIONAL_KEYS, REQUIRED_KEYS, concatenate_files
@@ -132,27 +131,28 @@ def _merge_shards(out_path: Path, parts: list[Path], meta: dict, compression: st
     if not (keys and same_keys) or total < CHUNK_STAMPS or any(m % CHUNK_STAMPS for m in sizes[:-1]):
         return concatenate_files(out_path, parts, meta, compression=compression)
     dtypes = {**REQUIRED_KEYS, **OPTIONAL_KEYS}
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(tmp, "w") as out:
-        out.attrs["meta"] = json.dumps(meta, sort_keys=True)
-        for name in keys:
-            out.create_dataset(name, shape=(total,) + shapes[name], dtype=dtypes.get(name, "float32"),
-                               chunks=(CHUNK_STAMPS,) + shapes[name], **want)
-        row = 0
-        for p, m, as_is in zip(parts, sizes, raw):
-            with h5py.File(p, "r") as f:
-                for name in keys:
-                    if not as_is:
-                        out[name][row : row + m] = f[name][...]
-                        continue
-                    src, dst = f[name].id, out[name].id
-                    for c in range(src.get_num_chunks()):
-                        offset = src.get_chunk_info(c).chunk_offset
-                        mask, data = src.read_direct_chunk(offset)
-                        dst.write_direct_chunk((row + offset[0],) + tuple(offset[1:]), data, mask)
-            row += m
-    os.replace(tmp, out_path)
-    return out_path
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as out:
+            out.attrs["meta"] = json.dumps(meta, sort_keys=True)
+            for name in keys:
+                out.create_dataset(name, shape=(total,) + shapes[name], dtype=dtypes.get(name, "float32"),
+                                   chunks=(CHUNK_STAMPS,) + shapes[name], **want)
+            row = 0
+            for p, m, as_is in zip(parts, sizes, raw):
+                with h5py.File(p, "r") as f:
+                    for name in keys:
+                        if not as_is:
+                            out[name][row : row + m] = f[name][...]
+                            continue
+                        src, dst = f[name].id, out[name].id
+                        for c in range(src.get_num_chunks()):
+                            offset = src.get_chunk_info(c).chunk_offset
+                            mask, data = src.read_direct_chunk(offset)
+                            dst.write_direct_chunk((row + offset[0],) + tuple(offset[1:]), data, mask)
+                row += m
+
+    return atomic_write(out_path, write)
 
 
 def _init_worker(threads: int) -> None:
@@ -164,15 +164,6 @@ def _init_worker(threads: int) -> None:
     # a worker finishes its shard (written atomically) instead of printing a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _shard_ok(path: Path, fingerprint: str, count: int) -> bool:
@@ -314,7 +305,7 @@ def simulate_dataset(
                 "use a new --out directory"
             )
     else:
-        _atomic_write_text(cfg_path, json.dumps(run, indent=2, sort_keys=True))
+        atomic_write_text(cfg_path, json.dumps(run, indent=2, sort_keys=True))
     base_meta = {
         "preset": config.to_dict(), "seed": seed, "galnet_version": __version__,
         "conventions_version": CONVENTIONS_VERSION, "zeropoint": config.zeropoint,
@@ -380,7 +371,7 @@ def simulate_dataset(
             for p in paths:
                 p.unlink(missing_ok=True)
         result[name] = final
-    for tmp in [*out.glob("*.h5.tmp"), *(out / "shards").glob("*.tmp")]:  # left by a killed run
+    for tmp in [*out.glob("*.h5.*tmp"), *(out / "shards").glob("*.tmp")]:  # left by a killed run
         tmp.unlink(missing_ok=True)
     if not keep_shards:
         try:
