@@ -17,6 +17,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ..config_io import merge_overrides
 from ..errors import ConfigError
 from ..options import (
     check_output_path,
@@ -101,7 +102,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(over["model_config"], dict):
             raise ConfigError(f"--model-config must be a JSON object, e.g. '{{\"hidden\": 128}}', got "
                               f"{args.model_config!r}")
-    data = {**cfg.to_dict(), **over}
+    data = merge_overrides(cfg.to_dict(), over)  # a --model-config table overrides the file's key by key
     data["command"] = shlex.join(["galnet", *sys.argv[1:]]) if sys.argv and sys.argv[1:] else "galnet train"
     return TrainConfig.from_dict(data)
 
