@@ -261,7 +261,7 @@ def fit_source(source: InputSource, output, options: FitOptions | None = None, *
 # ============================================================================== before any work
 def _prepare(source: InputSource, output: Path, options: FitOptions) -> _Context:
     """Check the output, the options and the start before any work; the run's :class:`_Context`."""
-    from .solver import FitConfig
+    from .config import FitConfig
 
     table_format(output)  # fail early on an unknown extension, not after the fits
     check_output_path(output, option="--output")
@@ -583,7 +583,7 @@ def _fit_rows(batch: _Batch, psf: np.ndarray, init, rows: np.ndarray, options: F
 
 def _fail_nonfinite(res) -> None:
     """A fit that ends with non-finite values failed: NaN row, ``FAILED``, status ``NOT_FITTED``."""
-    from .solver import FitStatus
+    from .config import FitStatus
 
     failed = (res.status >= 0) & ~np.all(np.isfinite(res.params), axis=1)
     for i in np.flatnonzero(failed):

@@ -28,8 +28,9 @@ from ..conventions import DEFAULT_ZEROPOINT
 from ..data.noise import sigma_from_data
 from ..errors import ConfigError, InputDataError
 from ..flags import Flag
+from .config import FitConfig
 from .masking import neighbour_mask
-from .solver import FitConfig, FitResult, fit_stamps
+from .solver import FitResult, fit_stamps
 
 log = logging.getLogger(__name__)
 

@@ -195,8 +195,9 @@ def preflight(config: SimulationConfig, n_draws: int = 4096) -> None:
     import dataclasses
 
     from ..params import validate_parameters
+    from ..render import load_psf_library
     from .config import Prior
-    from .generate import draw_target_parameters, load_background, load_psf_library
+    from .generate import draw_target_parameters, load_background
 
     priors = [(f"priors.{f.name}", getattr(config.priors, f.name)) for f in dataclasses.fields(config.priors)]
     priors += [(f"psf.{k}", getattr(config.psf, k)) for k in ("fwhm_arcsec", "moffat_beta", "ellipticity")]
