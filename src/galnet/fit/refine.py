@@ -28,6 +28,7 @@ from ..conventions import DEFAULT_ZEROPOINT
 from ..data.noise import sigma_from_data
 from ..errors import ConfigError, InputDataError
 from ..flags import Flag
+from ..params import IX_X, IX_Y
 from .config import FitConfig
 from .masking import neighbour_mask
 from .solver import FitResult, fit_stamps
@@ -116,7 +117,8 @@ class Refiner:
         n_masked = np.zeros(b, dtype=np.int64)
         start = np.asarray(start, dtype=np.float64)
         if self.mask_neighbours and b:
-            centre = np.where(np.isfinite(start[:, :2]), start[:, :2], (images.shape[-1] + 1) / 2.0)
+            xy = start[:, [IX_X, IX_Y]]
+            centre = np.where(np.isfinite(xy), xy, (images.shape[-1] + 1) / 2.0)
             try:
                 nb, n_masked = neighbour_mask(images, sigma, mask=mask, centre=centre, psf=psfs)
             except InputDataError as exc:

@@ -30,6 +30,7 @@ from .. import __version__
 from ..conventions import CONVENTIONS_VERSION
 from ..errors import ConfigError
 from ..io import atomic_write, atomic_write_text
+from ..params import N_PARAMS
 from .config import SimulationConfig, load_preset
 
 __all__ = ["simulate_dataset", "split_counts", "SPLIT_NAMES"]
@@ -397,6 +398,6 @@ def _write_empty(path: Path, config: SimulationConfig, meta: dict) -> None:
     s, p = config.stamp_size, config.psf_size
     write_split(path, {
         "images": np.zeros((0, s, s), np.float32), "psfs": np.zeros((0, p, p), np.float32),
-        "sky_sigma": np.zeros(0, np.float32), "params": np.zeros((0, 7)), "snr": np.zeros(0, np.float32),
-        "ids": np.zeros(0, np.int64),
+        "sky_sigma": np.zeros(0, np.float32), "params": np.zeros((0, N_PARAMS)),
+        "snr": np.zeros(0, np.float32), "ids": np.zeros(0, np.int64),
     }, meta)
