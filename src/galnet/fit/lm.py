@@ -158,29 +158,9 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
     b, h, w = data.shape
     model = GroupModel(psf, (h, w), size, zeropoint, exptime)
     tr = BoundTransform(start, cfg.center_box, fit_sky)
-    n_free = tr.n_free
     u = tr.to_internal(start, sky0)
     fixed_sky = None if fit_sky else sky0
-    sqw = torch.sqrt(weights)
-
-    def evaluate(uu, sel, gal=None):
-        """χ² (B,), weighted residuals (B, H, W), galaxy model (B, H, W) at internal ``uu``."""
-        p, sky, _ = tr.to_external(uu, sel)
-        sk = sky if fit_sky else fixed_sky[sel]
-        if gal is None:
-            gal = model.render(p, sel)
-        r = (data[sel] - gal - sk[:, None, None]) * sqw[sel]
-        return (r * r).sum((1, 2)), r, gal
-
-    def normal_equations(uu, sel, r, gal):
-        """Jᵀ W J (B, P, P) and Jᵀ W r (B, P) in internal variables."""
-        p, sky, d = tr.to_external(uu, sel)
-        _, jac = model.jacobian(p, sky, sel, gal=gal)
-        # weighted Jacobian in internal variables: one product by d (B, P, 1) * sqrt(w) (B, 1, H W)
-        nb = sel.numel()
-        jw = jac[:, :n_free].reshape(nb, n_free, -1) * (d[:, :, None] * sqw[sel].reshape(nb, 1, -1))
-        return jw @ jw.transpose(1, 2), (jw @ r.reshape(nb, -1, 1))[..., 0]
-
+    evaluate, normal_equations = _objective(data, torch.sqrt(weights), model, tr, fixed_sky)
     all_rows = torch.arange(b)
     chi2, r, gal = evaluate(u, all_rows)
     alpha, beta = normal_equations(u, all_rows, r, gal)
@@ -205,15 +185,7 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
         better = torch.isfinite(chi2_try) & (chi2_try < chi2[idx])
         acc = idx[better]
         rej = idx[~better]
-        # rejected: more damping; stall when the damping explodes
-        lam[rej] *= cfg.lambda_up
-        # a rejection right after a converging (tiny Δχ²) step: at the minimum to working precision
-        conv = rej[small[rej] >= 1]
-        status[conv] = int(FitStatus.CONVERGED_CHI2)
-        active[conv] = False
-        stalled = rej[(lam[rej] > cfg.lambda_max) & (small[rej] < 1)]
-        status[stalled] = int(FitStatus.STALLED)
-        active[stalled] = False
+        _reject(rej, lam, small, status, active, cfg)
         if acc.numel():
             dchi = chi2[acc] - chi2_try[better]
             u[acc] = u_try[better]
@@ -243,6 +215,52 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
     cov = _final_covariance(alpha, alpha_at_u, d)
     return GroupFit(p.numpy(), (sky if fit_sky else fixed_sky).numpy(), chi2.numpy(), niter.numpy(),
                     status.numpy(), alpha_at_u.numpy(), cov, model)
+
+
+def _objective(data: torch.Tensor, sqw: torch.Tensor, model: GroupModel, tr: BoundTransform,
+               fixed_sky: torch.Tensor | None):
+    """The two functions of internal variables the LM loop evaluates (rows ``sel`` of the group).
+
+    ``sqw`` is ``sqrt(weights)`` (B, H, W); ``fixed_sky`` the sky (B,) when it is not fitted, else None.
+    Returns ``evaluate(uu, sel, gal=None) -> (χ² (B,), weighted residuals (B, H, W), galaxy model)`` and
+    ``normal_equations(uu, sel, r, gal) -> (Jᵀ W J (B, P, P), Jᵀ W r (B, P))``.
+    """
+    n_free = tr.n_free
+    fit_sky = fixed_sky is None
+
+    def evaluate(uu, sel, gal=None):
+        """χ² (B,), weighted residuals (B, H, W), galaxy model (B, H, W) at internal ``uu``."""
+        p, sky, _ = tr.to_external(uu, sel)
+        sk = sky if fit_sky else fixed_sky[sel]
+        if gal is None:
+            gal = model.render(p, sel)
+        r = (data[sel] - gal - sk[:, None, None]) * sqw[sel]
+        return (r * r).sum((1, 2)), r, gal
+
+    def normal_equations(uu, sel, r, gal):
+        """Jᵀ W J (B, P, P) and Jᵀ W r (B, P) in internal variables."""
+        p, sky, d = tr.to_external(uu, sel)
+        _, jac = model.jacobian(p, sky, sel, gal=gal)
+        # weighted Jacobian in internal variables: one product by d (B, P, 1) * sqrt(w) (B, 1, H W)
+        nb = sel.numel()
+        jw = jac[:, :n_free].reshape(nb, n_free, -1) * (d[:, :, None] * sqw[sel].reshape(nb, 1, -1))
+        return jw @ jw.transpose(1, 2), (jw @ r.reshape(nb, -1, 1))[..., 0]
+
+    return evaluate, normal_equations
+
+
+def _reject(rej: torch.Tensor, lam: torch.Tensor, small: torch.Tensor, status: torch.Tensor,
+            active: torch.Tensor, cfg: FitConfig) -> None:
+    """Rows ``rej`` whose trial step was rejected (in place): more damping; converged when the rejection
+    follows a converging (tiny Δχ²) step (at the minimum to working precision); stalled when the damping
+    explodes."""
+    lam[rej] *= cfg.lambda_up
+    conv = rej[small[rej] >= 1]
+    status[conv] = int(FitStatus.CONVERGED_CHI2)
+    active[conv] = False
+    stalled = rej[(lam[rej] > cfg.lambda_max) & (small[rej] < 1)]
+    status[stalled] = int(FitStatus.STALLED)
+    active[stalled] = False
 
 
 def damped_step(alpha: torch.Tensor, beta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

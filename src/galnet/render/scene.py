@@ -160,8 +160,7 @@ def render_scene(
     h, w = int(shape[0]), int(shape[1])
     owner_np, n_stamps, point = _scene_layout(params.shape[0], stamp_index, psf, n_stamps, point_source)
     p_np = params.detach().cpu().numpy().astype(np.float64)
-    for j, value in ((IX_RE, 0.01), (IX_N, 0.5), (IX_Q, 1.0), (IX_PA, 0.0)):  # a point source: no profile
-        p_np[point, j] = value
+    p_np[np.ix_(point, [IX_RE, IX_N, IX_Q, IX_PA])] = (0.01, 0.5, 1.0, 0.0)  # a point source: no profile
     if validate:
         validate_parameters(p_np)
     psf_t = as_psf(psf, n_stamps if len(psf.shape) == 3 else 1, dtype, device, validate=validate)

@@ -288,33 +288,48 @@ def simulate_dataset(
         raise ConfigError(f"{out}: output is a file, not a directory")
     (out / "shards").mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(config, seed, n, split, shard_size)
-    run = {"config": config.to_dict(), "seed": seed, "n": n, "split": list(map(float, split)),
-           "shard_size": shard_size, "fingerprint": fp, "galnet_version": __version__}
-    cfg_path = out / "config.json"
-    old = None
-    if cfg_path.exists():
-        try:
-            old = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"{cfg_path}: unreadable ({exc}); remove it, or use a new --out directory"
-            ) from exc
-    if old is not None:
-        if not isinstance(old, dict) or old.get("fingerprint") != fp:
-            raise ConfigError(
-                f"{out}: holds a dataset made with another config/seed/n/split/shard_size "
-                f"(fingerprint {old.get('fingerprint') if isinstance(old, dict) else None} != {fp}); "
-                "use a new --out directory"
-            )
-    else:
-        atomic_write_text(cfg_path, json.dumps(run, indent=2, sort_keys=True))
+    _claim_directory(out, {"config": config.to_dict(), "seed": seed, "n": n, "split": list(map(float, split)),
+                           "shard_size": shard_size, "fingerprint": fp, "galnet_version": __version__})
     base_meta = {
         "preset": config.to_dict(), "seed": seed, "galnet_version": __version__,
         "conventions_version": CONVENTIONS_VERSION, "zeropoint": config.zeropoint,
         "pixel_scale": config.pixel_scale, "gain": config.gain, "sky_sigma_median": config.sky_sigma(),
         "fingerprint": fp, "shard_size": shard_size,
     }
+    tasks, shard_lists, finished = _plan_shards(config, seed, out, counts, shard_size, base_meta, compression)
+    todo = sum(t[4] for t in tasks)
+    with tqdm(total=n, initial=n - todo, unit="stamp", disable=not progress, desc="simulate") as bar:
+        _run_shard_tasks(tasks, workers, threads, bar)
+    return _merge_splits(out, config, shard_lists, finished, compression, keep_shards)
 
+
+def _claim_directory(out: Path, run: dict[str, Any]) -> None:
+    """Write ``out/config.json`` (the run's config, seed, sizes and fingerprint), or check that the one there
+    is this run's (a resumed run); another dataset's raises :class:`ConfigError`."""
+    cfg_path = out / "config.json"
+    fp = run["fingerprint"]
+    if not cfg_path.exists():
+        atomic_write_text(cfg_path, json.dumps(run, indent=2, sort_keys=True))
+        return
+    try:
+        old = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{cfg_path}: unreadable ({exc}); remove it, or use a new --out directory"
+        ) from exc
+    if not isinstance(old, dict) or old.get("fingerprint") != fp:
+        raise ConfigError(
+            f"{out}: holds a dataset made with another config/seed/n/split/shard_size "
+            f"(fingerprint {old.get('fingerprint') if isinstance(old, dict) else None} != {fp}); "
+            "use a new --out directory"
+        )
+
+
+def _plan_shards(config: SimulationConfig, seed: int, out: Path, counts: list[int], shard_size: int,
+                 base_meta: dict, compression: str) -> tuple[list[tuple], dict, dict[str, bool]]:
+    """The shards of every split: the tasks still to draw (a shard already complete is skipped), the shard
+    paths and meta of each split, and whether each split file is already complete."""
+    fp = base_meta["fingerprint"]
     tasks, shard_lists, finished = [], {}, {}
     id_start = 0
     for si, (name, count) in enumerate(zip(SPLIT_NAMES, counts)):
@@ -331,37 +346,45 @@ def simulate_dataset(
                               compression))
         shard_lists[name] = (paths, meta)
         id_start += count
+    return tasks, shard_lists, finished
 
-    todo = sum(t[4] for t in tasks)
-    with tqdm(total=n, initial=n - todo, unit="stamp", disable=not progress, desc="simulate") as bar:
-        import torch
 
-        if workers == 1 or len(tasks) <= 1:
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads or before)
-            try:
-                for t in tasks:
-                    _shard_task(t)
-                    bar.update(t[4])
-            finally:
-                torch.set_num_threads(before)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+def _run_shard_tasks(tasks: list[tuple], workers: int, threads: int | None, bar) -> None:
+    """Draw the shards of ``tasks``: in this process (``workers`` 1, or a single task) or in a pool of
+    spawned processes; ``bar`` (tqdm) counts the stamps."""
+    import torch
 
-            per_worker = threads or max(1, torch.get_num_threads() // workers)
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                       initargs=(per_worker,))
-            try:
-                futures = {pool.submit(_shard_task, t): t[4] for t in tasks}
-                for fut in as_completed(futures):
-                    fut.result()
-                    bar.update(futures[fut])
-            except BaseException:  # an error or Ctrl-C: drop the queued shards, do not wait for them
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+    if workers == 1 or len(tasks) <= 1:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        try:
+            for t in tasks:
+                _shard_task(t)
+                bar.update(t[4])
+        finally:
+            torch.set_num_threads(before)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    per_worker = threads or max(1, torch.get_num_threads() // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(per_worker,))
+    try:
+        futures = {pool.submit(_shard_task, t): t[4] for t in tasks}
+        for fut in as_completed(futures):
+            fut.result()
+            bar.update(futures[fut])
+    except BaseException:  # an error or Ctrl-C: drop the queued shards, do not wait for them
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _merge_splits(out: Path, config: SimulationConfig, shard_lists: dict, finished: dict[str, bool],
+                  compression: str, keep_shards: bool) -> dict[str, Path]:
+    """Merge each unfinished split's shards into ``out/<split>.h5``, then remove the shards (unless
+    ``keep_shards``) and the temporary files a killed run left. Returns split name → Path."""
     result = {}
     for name in SPLIT_NAMES:
         final = out / f"{name}.h5"
