@@ -47,6 +47,7 @@ from ..data.shards import (
 )
 from ..errors import ConfigError, InputDataError
 from ..io import atomic_write
+from ..params import N_PARAMS
 from .core import card_path, chunk_kwargs, get_predictor, process_chunk, resolve_backend, run_context
 
 log = logging.getLogger(__name__)
@@ -390,7 +391,7 @@ def assemble(
     def cat(key):
         return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
 
-    params = cat("params").reshape(-1, 7)
+    params = cat("params").reshape(-1, N_PARAMS)
     extra: dict[str, Any] = {}
     if "ra" in parts[0]:
         extra["ra"], extra["dec"] = cat("ra"), cat("dec")
@@ -413,7 +414,7 @@ def assemble(
     table = make_catalog(
         cat("ids"),
         params,
-        errors=cat("errors").reshape(-1, 7) if "errors" in parts[0] else None,
+        errors=cat("errors").reshape(-1, N_PARAMS) if "errors" in parts[0] else None,
         flags=cat("flags"),
         pixel_scale=float(pixel_scale),
         zeropoint=ctx["zp_in"],
