@@ -1,7 +1,8 @@
 """galnet: fast, PSF-aware structural parameters of galaxies for large imaging surveys.
 
-Stages (one subpackage each, dependencies one way): conventions → render → simulate → data →
-models → train → predict → fit → evaluate → cli. Importing ``galnet`` imports nothing heavy.
+Stages (one subpackage each, dependencies one way, see docs/architecture.md): base modules → render →
+data → simulate → models → train → predict → fit → evaluate → cli. Importing ``galnet`` imports nothing
+heavy.
 """
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from . import __version__
 from .conventions import CONVENTIONS_VERSION, DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE, wrap_pa
 from .errors import InputDataError
 from .flags import describe as describe_flags
+from .io import atomic_write
 from .params import IX_PA, PARAMETERS
 
 __all__ = ["make_catalog", "write_table", "read_table", "catalog_params", "TABLE_FORMATS", "table_format",
@@ -307,14 +308,11 @@ def write_table(table, path, *, overwrite: bool = True) -> Path:
     path = Path(path)
     fmt = table_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     out = table
     if fmt in ("ascii.csv", "parquet"):
         out = table.copy(copy_data=False)
         out.meta = {k: v for k, v in table.meta.items() if isinstance(v, (str, int, float))}
-    out.write(tmp, format=fmt, overwrite=True)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: out.write(tmp, format=fmt, overwrite=True))
 
 
 def read_table(path):

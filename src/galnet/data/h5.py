@@ -40,6 +40,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import InputDataError
+from ..io import atomic_write
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -111,21 +112,22 @@ def write_split(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str,
 
     path = Path(path)
     n = _check_arrays(arrays, str(path))
-    tmp = path.with_name(path.name + ".tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     opts: dict[str, Any] = {"compression": compression, "shuffle": True}
     if compression == "gzip":
         opts["compression_opts"] = 1
-    with h5py.File(tmp, "w") as f:
-        f.attrs["meta"] = json.dumps(meta, sort_keys=True)
-        for key, dtype in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
-            if key not in arrays:
-                continue
-            arr = np.ascontiguousarray(arrays[key], dtype=dtype)
-            chunks = (max(1, min(chunk_stamps, n)),) + arr.shape[1:] if n else None
-            f.create_dataset(key, data=arr, chunks=chunks, **(opts if n else {}))
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["meta"] = json.dumps(meta, sort_keys=True)
+            for key, dtype in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
+                if key not in arrays:
+                    continue
+                arr = np.ascontiguousarray(arrays[key], dtype=dtype)
+                chunks = (max(1, min(chunk_stamps, n)),) + arr.shape[1:] if n else None
+                f.create_dataset(key, data=arr, chunks=chunks, **(opts if n else {}))
+
+    return atomic_write(path, write)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -317,7 +319,6 @@ def concatenate_files(out_path: str | Path, parts: list[str | Path], meta: dict[
     import h5py
 
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
     sizes, keys, shapes = [], None, {}
     for p in parts:
         with _open(p, h5py) as f:
@@ -333,20 +334,22 @@ def concatenate_files(out_path: str | Path, parts: list[str | Path], meta: dict[
     if compression == "gzip":
         opts["compression_opts"] = 1
     allk = {**REQUIRED_KEYS, **OPTIONAL_KEYS}
-    with h5py.File(tmp, "w") as out:
-        out.attrs["meta"] = json.dumps(meta, sort_keys=True)
-        for name in keys or []:
-            chunks = (max(1, min(chunk_stamps, total)),) + shapes[name]
-            out.create_dataset(name, shape=(total,) + shapes[name], dtype=allk.get(name, "float32"),
-                               chunks=chunks if total else None, **(opts if total else {}))
-        row = 0
-        for p, m in zip(parts, sizes):
-            with _open(p, h5py) as f:
-                for name in keys or []:
-                    out[name][row : row + m] = f[name][...]
-            row += m
-    os.replace(tmp, out_path)
-    return out_path
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as out:
+            out.attrs["meta"] = json.dumps(meta, sort_keys=True)
+            for name in keys or []:
+                chunks = (max(1, min(chunk_stamps, total)),) + shapes[name]
+                out.create_dataset(name, shape=(total,) + shapes[name], dtype=allk.get(name, "float32"),
+                                   chunks=chunks if total else None, **(opts if total else {}))
+            row = 0
+            for p, m in zip(parts, sizes):
+                with _open(p, h5py) as f:
+                    for name in keys or []:
+                        out[name][row : row + m] = f[name][...]
+                row += m
+
+    return atomic_write(out_path, write)
 
 
 __all__.append("concatenate_files")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError
+from ..io import atomic_write, atomic_write_bytes
 
 __all__ = [
     "HSC_BANDS",
@@ -338,10 +339,8 @@ def fetch_scenes(dest: str | os.PathLike, *, parity: str = "even", timeout: floa
         target = d / name
         if target.exists():
             continue
-        tmp = target.with_suffix(".part")
-        with urllib.request.urlopen(entry["download_url"], timeout=timeout) as r, open(tmp, "wb") as f:  # noqa: S310
-            f.write(r.read())
-        os.replace(tmp, target)
+        with urllib.request.urlopen(entry["download_url"], timeout=timeout) as r:  # noqa: S310
+            atomic_write_bytes(target, r.read())
     return list_scenes(d, parity=parity)
 
 
@@ -420,14 +419,15 @@ def write_background_library(path: str | os.PathLike, library: dict[str, np.ndar
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["meta"] = json.dumps({"zeropoint": zeropoint, "pixel_scale": pixel_scale, "source": source,
-                                      "kind": "galnet background library"})
-        for k in ("images", "variance", "psfs", "scene_ids"):
-            f.create_dataset(k, data=library[k], compression="gzip", compression_opts=1, shuffle=True)
-    os.replace(tmp, p)
-    return p
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["meta"] = json.dumps({"zeropoint": zeropoint, "pixel_scale": pixel_scale,
+                                          "source": source, "kind": "galnet background library"})
+            for k in ("images", "variance", "psfs", "scene_ids"):
+                f.create_dataset(k, data=library[k], compression="gzip", compression_opts=1, shuffle=True)
+
+    return atomic_write(p, write)
 
 
 def read_background_library(path: str | os.PathLike,

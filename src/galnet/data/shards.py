@@ -8,12 +8,12 @@ new run is identical; otherwise it refuses with one line naming each differing o
 value. This module holds the one implementation of that contract, used by both commands (and by
 :func:`galnet.fit.fit_catalog`, :func:`galnet.predict.predict_catalog`).
 
-Crash safety: every file here is written to a temporary name and renamed (:func:`os.replace`), so a
+Crash safety: every file here is written to a temporary name and renamed (:mod:`galnet.io`), so a
 process killed at any point (``kill -9``) leaves either the old file or the new one, never a truncated one;
 temporary files are ignored and overwritten. A shard is trusted only if it reads back whole with the rows
 expected. The manifest is written before the first shard and removed first when a run starts over.
 
-This module imports only numpy, :mod:`galnet.errors` and the standard library.
+This module imports only numpy, :mod:`galnet.errors`, :mod:`galnet.io` and the standard library.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import json
 import logging
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import GalnetError
+from ..io import atomic_savez, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,6 @@ __all__ = [
     "parts_dir",
     "chunk_bounds",
     "shard_path",
-    "atomic_savez",
-    "atomic_write_text",
     "write_shard",
     "done_chunks",
     "load_shards",
@@ -121,33 +119,6 @@ def chunk_bounds(n_rows: int, chunk_size: int) -> list[tuple[int, int]]:
 def shard_path(pdir: Path, start: int, what: str = "part") -> Path:
     """Path of the shard of the chunk starting at row ``start`` (``what``: ``part`` or ``models``)."""
     return Path(pdir) / f"{what}-{int(start):012d}.npz"
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
-def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file, then rename it over ``path`` (never a truncated file)."""
-    tmp = _tmp_name(Path(path))
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and a rename."""
-    tmp = _tmp_name(Path(path))
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_shard(pdir: Path, result: dict[str, Any]) -> None:

@@ -141,8 +141,8 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
         errors = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in err_cols])
         errors[bad] = np.nan
     b = len(ids)
-    out_p, out_f = np.full((b, 7), np.nan), np.zeros(b, dtype=np.int64)
-    out_e = None if errors is None else np.full((b, 7), np.nan)
+    out_p, out_f = np.full((b, N_PARAMS), np.nan), np.zeros(b, dtype=np.int64)
+    out_e = None if errors is None else np.full((b, N_PARAMS), np.nan)
     if "id" in table.colnames:
         dups = duplicate_ids(table["id"])
         if dups:
@@ -194,7 +194,7 @@ def load_galfit_headers(directory, ids, *, name: str = "galfit", time_per_galaxy
         raise InputDataError(f"{d}: no FITS files")
     lookup = {id_key(v): i for i, v in enumerate(ids)}
     b = len(ids)
-    params, flags = np.full((b, 7), np.nan), np.zeros(b, dtype=np.int64)
+    params, flags = np.full((b, N_PARAMS), np.nan), np.zeros(b, dtype=np.int64)
     n_ok = 0
     for f in files:
         stem = re.sub(r"\.(fits|fit)(\.gz)?$", "", f.name, flags=re.I)

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_arguments", "run", "run_demo", "DemoResult", "DEMO_SEED"]
+from ..catalog import catalog_params
+from ..params import N_PARAMS, catalog_columns
+
+__all__ = ["add_arguments", "run", "run_demo", "DemoResult", "DEMO_SEED", "FIT_COLUMNS"]
 
 #: Seed of the demo's simulated test set (fixed: every run sees the same galaxies).
 DEMO_SEED = 8
@@ -66,9 +69,19 @@ def _chunks(n: int, size: int):
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+#: Columns of the demo's fit catalogs: the parameters and their errors, χ²ν, iterations, masked sources, flags
+#: (``galnet fit`` writes these and the sky, χ², degrees of freedom and status).
+FIT_COLUMNS = (*catalog_columns(), "chi2nu", "niter", "n_masked", "flags")
+
+
 def run_demo(*, n: int = 400, fit_n: int = 100, out="galnet-demo", model: str = "hsc-r",
              seed: int = DEMO_SEED, max_iter: int = 60, progress: bool = True) -> DemoResult:
     """Simulate → predict → fit (moments and hybrid) → evaluate → report.
+
+    The stages are the library's: :func:`galnet.simulate.generate_batch`, the network's
+    :class:`~galnet.models.Predictor`, :func:`galnet.fit.fit_catalog` (from image moments, and from the
+    network catalog: the hybrid mode; σ from the data and neighbours masked, as ``galnet fit``) and
+    :func:`galnet.evaluate.evaluate_methods` / :func:`galnet.evaluate.write_report`.
 
     Parameters
     ----------
@@ -96,17 +109,11 @@ def run_demo(*, n: int = 400, fit_n: int = 100, out="galnet-demo", model: str = 
     ConfigError
         Bad sizes. (Model and data errors propagate as their galnet errors.)
     """
-    from tqdm.auto import tqdm
-
     from ..catalog import make_catalog, write_table
-    from ..data import write_split
     from ..errors import ConfigError
-    from ..fit import FitConfig, fit_stamps, neighbour_mask
-    from ..flags import Flag
     from ..models import load_model
-    from ..simulate import generate_batch, load_preset
+    from ..simulate import load_preset
     from .report import MethodResult, TruthSet, evaluate_methods, write_report
-    from .residuals import noise_sigma
 
     if n < 2:
         raise ConfigError(f"--n must be at least 2, got {n}")
@@ -117,11 +124,72 @@ def run_demo(*, n: int = 400, fit_n: int = 100, out="galnet-demo", model: str = 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-
-    # ---- simulate (chunks from one generator: reproducible for a given seed)
     cfg = load_preset("hsc-r")
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
+    data = _simulate(cfg, n, seed, out / "test.h5", progress)
+    timings["simulate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pred = _predict(predictor, data, progress)
+    timings["predict"] = time.perf_counter() - t0
+    t_net = timings["predict"] / n
+    write_table(make_catalog(data["ids"], pred, pixel_scale=cfg.pixel_scale, zeropoint=cfg.zeropoint,
+                             meta={"TPERGAL": t_net, "MODEL": str(model)}), out / "network.fits")
+    methods = [MethodResult("network", pred, None, t_net, str(out / "network.fits"))]
+
+    # fits from moments and from the network (hybrid), as galnet fit does them: σ from the data (GALFIT's),
+    # the other sources on each stamp masked; the catalogs hold only the fitted rows
+    n_masked = np.zeros(0, dtype=np.int64)
+    for name, start in (("fit", "moments"), ("hybrid", f"catalog:{out / 'network.fits'}")):
+        t0 = time.perf_counter()
+        table = _fit(out / "test.h5", out / f"{name}.fits", start, fit_n, max_iter, cfg)
+        timings[name] = time.perf_counter() - t0
+        tper = timings[name] / max(fit_n, 1)
+        table.meta = {**{k: v for k, v in table.meta.items() if k not in ("FITSTART", "FITSKY", "NBMASK",
+                                                                          "TPERGAL")},
+                      "TPERGAL": tper, "FITSTART": "moments" if name == "fit" else "network", "NBMASK": True}
+        write_table(table, out / f"{name}.fits")
+        n_masked = np.asarray(table["n_masked"])
+        if fit_n:
+            params = np.full((n, N_PARAMS), np.nan)
+            flags = np.zeros(n, dtype=np.int64)
+            params[:fit_n], flags[:fit_n] = catalog_params(table), np.asarray(table["flags"])
+            methods.append(MethodResult(name, params, flags, tper, str(out / f"{name}.fits")))
+
+    t0 = time.perf_counter()
+    truth = TruthSet.from_arrays(data, zeropoint=cfg.zeropoint, gain=cfg.gain, pixel_scale=cfg.pixel_scale,
+                                 models=data["models"])
+    ev = evaluate_methods(truth, methods, progress=progress)
+    timings["evaluate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    notes = _notes(n, fit_n, seed, model, int(np.sum(n_masked > 0)), out)
+    report = write_report(ev, out / "report", title="galnet demo", notes=notes, progress=progress)
+    timings["report"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    return DemoResult(evaluation=ev, report=report, out=out, timings=timings)
+
+
+def _notes(n: int, fit_n: int, seed: int, model: str, n_masked: int, out: Path) -> list[str]:
+    """The report's notes: what the demo ran, and the command that reproduces its evaluation."""
+    return [f"galnet demo: {n} stamps simulated with preset hsc-r (seed {seed}); network {model!r} on all, "
+            f"classical fit (moments start) and hybrid fit (network start) on the first {fit_n}, "
+            f"with neighbouring sources masked (galnet.fit.neighbour_mask: {n_masked} "
+            f"of {fit_n} stamps had sources masked).",
+            "Times are wall-clock on this machine (fit: Jacobians included; network: batched inference).",
+            f"Reproduce: galnet evaluate --truth {out / 'test.h5'} --catalog network={out / 'network.fits'} "
+            f"--catalog fit={out / 'fit.fits'} --catalog hybrid={out / 'hybrid.fits'} "
+            f"--out {out / 'report'}"]
+
+
+def _simulate(cfg, n: int, seed: int, path: Path, progress: bool) -> dict[str, np.ndarray]:
+    """``n`` stamps of ``cfg`` (with their noise-free ``models``), drawn in chunks from one generator
+    (reproducible for a given seed), written to ``path`` as a test split."""
+    from tqdm.auto import tqdm
+
+    from ..data import write_split
+    from ..simulate import generate_batch
+
+    rng = np.random.default_rng(seed)
     parts = []
     for sl in tqdm(_chunks(n, 50), desc="simulate", unit="chunk", disable=not progress):
         parts.append(generate_batch(cfg, sl.stop - sl.start, seed=rng, return_models=True))
@@ -129,80 +197,37 @@ def run_demo(*, n: int = 400, fit_n: int = 100, out="galnet-demo", model: str = 
     data["ids"] = np.arange(n, dtype=np.int64)
     meta = {"preset": cfg.to_dict(), "seed": seed, "split": "test", "zeropoint": cfg.zeropoint,
             "pixel_scale": cfg.pixel_scale, "gain": cfg.gain, "source": "galnet demo"}
-    write_split(out / "test.h5", data, meta)
-    timings["simulate"] = time.perf_counter() - t0
+    write_split(path, data, meta)
+    return data
 
-    # ---- predict
-    t0 = time.perf_counter()
-    pred = np.empty((n, 7))
+
+def _predict(predictor, data: dict[str, np.ndarray], progress: bool) -> np.ndarray:
+    """The network's parameters (n, 7) of every stamp (batches of 100)."""
+    from tqdm.auto import tqdm
+
+    n = len(data["images"])
+    pred = np.empty((n, N_PARAMS))
     for sl in tqdm(_chunks(n, 100), desc="predict", unit="chunk", disable=not progress):
         pred[sl] = predictor.predict(data["images"][sl], data["psfs"][sl], data["sky_sigma"][sl])
-    timings["predict"] = time.perf_counter() - t0
-    t_net = timings["predict"] / n
+    return pred
 
-    # ---- fit (σ from the data, as GALFIT does), from moments and from the network (hybrid), with the
-    # other sources on each stamp masked (galnet.fit.masking: detected around the stamp centre; the same
-    # mask for both fits); its time counts in the fits' time per galaxy
-    fcfg = FitConfig(max_iter=max_iter)
-    images = data["images"].astype(np.float64)
-    psfs = data["psfs"].astype(np.float64)
-    sigma = noise_sigma(images, data["sky_sigma"], cfg.gain)
-    t0 = time.perf_counter()
-    nb_mask, n_masked = neighbour_mask(images[:fit_n], sigma[:fit_n], psf=psfs[:fit_n])
-    t_mask = time.perf_counter() - t0
-    fits = {}
-    for name, init in (("fit", None), ("hybrid", pred)):
-        params = np.full((n, 7), np.nan)
-        errors = np.full((n, 7), np.nan)
-        flags = np.zeros(n, dtype=np.int64)
-        chi2nu = np.full(n, np.nan)
-        niter = np.zeros(n, dtype=np.int64)
-        t0 = time.perf_counter()
-        for sl in tqdm(_chunks(fit_n, 10), desc=name, unit="chunk", disable=not progress or fit_n == 0):
-            res = fit_stamps(images[sl], psfs[sl], sigma=sigma[sl], mask=nb_mask[sl],
-                             init=None if init is None else init[sl], zeropoint=cfg.zeropoint, config=fcfg)
-            params[sl], errors[sl], flags[sl] = res.params, res.errors, res.flags
-            flags[sl][n_masked[sl] > 0] |= int(Flag.NEIGHBOURS_MASKED)
-            chi2nu[sl], niter[sl] = res.chi2nu, res.niter
-        timings[name] = time.perf_counter() - t0 + t_mask
-        fits[name] = (params, errors, flags, chi2nu, niter, timings[name] / max(fit_n, 1))
 
-    # ---- catalogs (the fitted ones hold only the fitted rows)
-    ids = data["ids"]
-    write_table(make_catalog(ids, pred, pixel_scale=cfg.pixel_scale, zeropoint=cfg.zeropoint,
-                             meta={"TPERGAL": t_net, "MODEL": str(model)}), out / "network.fits")
-    for name, (params, errors, flags, chi2nu, niter, tper) in fits.items():
-        sl = slice(0, fit_n)
-        cat = make_catalog(ids[sl], params[sl], errors=errors[sl], flags=flags[sl],
-                           pixel_scale=cfg.pixel_scale, zeropoint=cfg.zeropoint,
-                           extra={"chi2nu": chi2nu[sl], "niter": niter[sl], "n_masked": n_masked},
-                           meta={"TPERGAL": tper, "FITSTART": "moments" if name == "fit" else "network",
-                                 "NBMASK": True})
-        write_table(cat, out / f"{name}.fits")
+def _fit(split: Path, output: Path, start: str, fit_n: int, max_iter: int, cfg):
+    """:func:`galnet.fit.fit_catalog` of the first ``fit_n`` stamps of ``split`` (batches of 10, every stamp
+    fitted: no ``NO_SOURCE`` test), as a table of :data:`FIT_COLUMNS` (empty when ``fit_n`` is 0)."""
+    from ..catalog import make_catalog
+    from ..fit import fit_catalog
 
-    # ---- evaluate + report
-    t0 = time.perf_counter()
-    truth = TruthSet.from_arrays(data, zeropoint=cfg.zeropoint, gain=cfg.gain, pixel_scale=cfg.pixel_scale,
-                                 models=data["models"])
-    methods = [MethodResult("network", pred, None, t_net, str(out / "network.fits"))]
-    if fit_n:
-        methods += [MethodResult(name, f[0], f[2], f[5], str(out / f"{name}.fits"))
-                    for name, f in fits.items()]
-    ev = evaluate_methods(truth, methods, progress=progress)
-    timings["evaluate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    notes = [f"galnet demo: {n} stamps simulated with preset hsc-r (seed {seed}); network {model!r} on all, "
-             f"classical fit (moments start) and hybrid fit (network start) on the first {fit_n}, "
-             f"with neighbouring sources masked (galnet.fit.neighbour_mask: {int(np.sum(n_masked > 0))} "
-             f"of {fit_n} stamps had sources masked).",
-             "Times are wall-clock on this machine (fit: Jacobians included; network: batched inference).",
-             f"Reproduce: galnet evaluate --truth {out / 'test.h5'} --catalog network={out / 'network.fits'} "
-             f"--catalog fit={out / 'fit.fits'} --catalog hybrid={out / 'hybrid.fits'} "
-             f"--out {out / 'report'}"]
-    report = write_report(ev, out / "report", title="galnet demo", notes=notes, progress=progress)
-    timings["report"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    return DemoResult(evaluation=ev, report=report, out=out, timings=timings)
+    if fit_n == 0:
+        empty = np.zeros(0)
+        return make_catalog(np.zeros(0, dtype=np.int64), np.zeros((0, N_PARAMS)),
+                            errors=np.zeros((0, N_PARAMS)), flags=np.zeros(0, dtype=np.int64),
+                            pixel_scale=cfg.pixel_scale, zeropoint=cfg.zeropoint,
+                            extra={"chi2nu": empty, "niter": empty.astype(np.int64),
+                                   "n_masked": empty.astype(np.int64)})
+    table = fit_catalog(split, output, start=start, max_iter=max_iter, batch_size=10, limit=fit_n,
+                        detect_snr=0.0)
+    return table[list(FIT_COLUMNS)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ import numpy as np
 from ..conventions import DEFAULT_ZEROPOINT
 from ..errors import InputDataError
 from ..flags import Flag
-from ..params import N_PARAMS
+from ..params import IX_MAG, IX_N, IX_PA, IX_Q, IX_RE, IX_X, IX_Y, N_PARAMS
 
 __all__ = [
     "ResidualThresholds",
@@ -227,13 +227,13 @@ def galaxy_aperture(params, shape: tuple[int, int] = (61, 61)) -> np.ndarray:
     p = np.asarray(params, dtype=np.float64)
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    dx = xx[None] - (p[:, 0, None, None] - 1.0)
-    dy = yy[None] - (p[:, 1, None, None] - 1.0)
+    dx = xx[None] - (p[:, IX_X, None, None] - 1.0)
+    dy = yy[None] - (p[:, IX_Y, None, None] - 1.0)
     # PA counter-clockwise from +y: u along the major axis, v along the minor one
-    sin_pa, cos_pa = pa_rotation(p[:, 6])
+    sin_pa, cos_pa = pa_rotation(p[:, IX_PA])
     u, v = ellipse_axes(dx, dy, sin_pa[:, None, None], cos_pa[:, None, None])
-    a = np.minimum(2.0 * p[:, 3] + 4.0, _MAX_APERTURE)[:, None, None]
-    bax = np.minimum(2.0 * p[:, 3] * p[:, 5] + 4.0, _MAX_APERTURE)[:, None, None]
+    a = np.minimum(2.0 * p[:, IX_RE] + 4.0, _MAX_APERTURE)[:, None, None]
+    bax = np.minimum(2.0 * p[:, IX_RE] * p[:, IX_Q] + 4.0, _MAX_APERTURE)[:, None, None]
     with np.errstate(invalid="ignore"):
         inside = (u / a) ** 2 + (v / bax) ** 2 <= 1.0
     return inside & np.isfinite(p).all(1)[:, None, None]
@@ -295,7 +295,7 @@ def residual_statistics(images, models, sigma, params, *, mask=None) -> dict[str
         excess = np.abs(r[a]).sum() - _SQRT_2_OVER_PI * sig[i][a].sum()
         out["rff"][i] = excess / flux_ap
         out["rff_sig"][i] = excess / math.sqrt(var_abs * float((sig[i][a] ** 2).sum()))
-        r180 = _rotate180(np.where(good[i], res[i], np.nan), p[i, 0] - 1.0, p[i, 1] - 1.0)
+        r180 = _rotate180(np.where(good[i], res[i], np.nan), p[i, IX_X] - 1.0, p[i, IX_Y] - 1.0)
         both = a & np.isfinite(r180)
         if both.any():
             diff = np.abs(r[both] - r180[both]).sum() - 2.0 / math.sqrt(math.pi) * sig[i][both].sum()
@@ -394,44 +394,44 @@ def calibration_set(config, n: int, kind: str, *, seed: int, mag_range=(17.0, 21
     shape = base["images"].shape[1:]
     psfs = base["psfs"].astype(np.float64)
     p = base["params"].copy()
-    p[:, 2] = rng.uniform(*mag_range, n)
-    p[:, 3] = np.exp(rng.uniform(np.log(re_range[0]), np.log(re_range[1]), n))
+    p[:, IX_MAG] = rng.uniform(*mag_range, n)
+    p[:, IX_RE] = np.exp(rng.uniform(np.log(re_range[0]), np.log(re_range[1]), n))
     zp = cfg.zeropoint
     if kind == "single":
         model = render_models(p, psfs, shape=shape, zeropoint=zp)
     elif kind == "bulge_disc":
         bt = rng.uniform(0.3, 0.7, n)
-        flux = mag_to_flux(p[:, 2], zp)
+        flux = mag_to_flux(p[:, IX_MAG], zp)
         disc, bulge = p.copy(), p.copy()
-        disc[:, 4] = 1.0
-        disc[:, 2] = flux_to_mag(flux * (1 - bt), zp)
-        bulge[:, 2] = flux_to_mag(flux * bt, zp)
-        bulge[:, 3] = p[:, 3] * rng.uniform(0.15, 0.35, n)
-        bulge[:, 4] = 4.0
-        bulge[:, 5] = rng.uniform(0.7, 1.0, n)
+        disc[:, IX_N] = 1.0
+        disc[:, IX_MAG] = flux_to_mag(flux * (1 - bt), zp)
+        bulge[:, IX_MAG] = flux_to_mag(flux * bt, zp)
+        bulge[:, IX_RE] = p[:, IX_RE] * rng.uniform(0.15, 0.35, n)
+        bulge[:, IX_N] = 4.0
+        bulge[:, IX_Q] = rng.uniform(0.7, 1.0, n)
         model = render_models(disc, psfs, shape=shape, zeropoint=zp) + render_models(
             bulge, psfs, shape=shape, zeropoint=zp)
     else:
-        p[:, 4] = rng.uniform(0.5, 1.5, n)
-        flux = mag_to_flux(p[:, 2], zp)
+        p[:, IX_N] = rng.uniform(0.5, 1.5, n)
+        flux = mag_to_flux(p[:, IX_MAG], zp)
         fc = rng.uniform(0.15, 0.35, n)
         host = p.copy()
-        host[:, 2] = flux_to_mag(flux * (1 - fc), zp)
+        host[:, IX_MAG] = flux_to_mag(flux * (1 - fc), zp)
         model = render_models(host, psfs, shape=shape, zeropoint=zp)
         nclump = rng.integers(2, 6, n)
         owner = np.repeat(np.arange(n), nclump)
         w = rng.uniform(0.5, 1.5, owner.size)
         share = w / np.bincount(owner, weights=w)[owner]
-        r = rng.uniform(0.3, 1.5, owner.size) * p[owner, 3]
+        r = rng.uniform(0.3, 1.5, owner.size) * p[owner, IX_RE]
         phi = rng.uniform(0, 2 * np.pi, owner.size)
-        cl = np.empty((owner.size, 7))
-        cl[:, 0] = p[owner, 0] + r * np.cos(phi)
-        cl[:, 1] = p[owner, 1] + r * np.sin(phi) * p[owner, 5]
-        cl[:, 2] = flux_to_mag(flux[owner] * fc[owner] * share, zp)
-        cl[:, 3] = rng.uniform(0.5, 1.5, owner.size)
-        cl[:, 4] = 0.5
-        cl[:, 5] = 1.0
-        cl[:, 6] = 0.0
+        cl = np.empty((owner.size, N_PARAMS))
+        cl[:, IX_X] = p[owner, IX_X] + r * np.cos(phi)
+        cl[:, IX_Y] = p[owner, IX_Y] + r * np.sin(phi) * p[owner, IX_Q]
+        cl[:, IX_MAG] = flux_to_mag(flux[owner] * fc[owner] * share, zp)
+        cl[:, IX_RE] = rng.uniform(0.5, 1.5, owner.size)
+        cl[:, IX_N] = 0.5
+        cl[:, IX_Q] = 1.0
+        cl[:, IX_PA] = 0.0
         clumps = render_models(cl, psfs[owner], shape=shape, zeropoint=zp)
         np.add.at(model, owner, clumps)
     sigma = noise_sigma(model, base["sky_sigma"], cfg.gain)

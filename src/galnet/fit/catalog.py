@@ -54,7 +54,7 @@ from ..data.shards import (
 from ..errors import ConfigError, InputDataError, PSFError
 from ..flags import Flag
 from ..options import check_output_path
-from ..params import PARAMETERS, index
+from ..params import IX_X, IX_Y, N_PARAMS, PARAMETERS, index
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def fit_source(source: InputSource, output, options: FitOptions | None = None, *
 # ============================================================================== before any work
 def _prepare(source: InputSource, output: Path, options: FitOptions) -> _Context:
     """Check the output, the options and the start before any work; the run's :class:`_Context`."""
-    from .solver import FitConfig
+    from .config import FitConfig
 
     table_format(output)  # fail early on an unknown extension, not after the fits
     check_output_path(output, option="--output")
@@ -380,7 +380,7 @@ def _fit_batches(source: InputSource, todo: list[tuple[int, int]], options: FitO
             t0 = time.perf_counter()
             res, n_masked = _fit_batch(batch, options, ctx, fitter, masker)
             if np.any(batch.offset):  # to the input's frame (cutouts cropped/padded to the common size)
-                res.params[:, :2] += batch.offset
+                res.params[:, [IX_X, IX_Y]] += batch.offset
             shard = {"rows": np.arange(start, stop, dtype=np.int64), "ids": np.asarray(batch.ids)}
             shard.update({k: getattr(res, k) for k in _RESULT_COLUMNS})
             shard["n_masked"] = n_masked
@@ -550,7 +550,7 @@ def _fit_rows(batch: _Batch, psf: np.ndarray, init, rows: np.ndarray, options: F
     n_masked = np.zeros(rows.size, dtype=np.int64)
     if options.mask_neighbours:
         # around the start position when there is one (hybrid / feedme), else the stamp centre
-        centre = None if sub_init is None else sub_init[:, :2]
+        centre = None if sub_init is None else sub_init[:, [IX_X, IX_Y]]
         try:
             nb, n_masked = (masker or neighbour_mask)(sub_img, sub_sig, mask=sub_mask, centre=centre,
                                                       psf=sub_psf)
@@ -583,7 +583,7 @@ def _fit_rows(batch: _Batch, psf: np.ndarray, init, rows: np.ndarray, options: F
 
 def _fail_nonfinite(res) -> None:
     """A fit that ends with non-finite values failed: NaN row, ``FAILED``, status ``NOT_FITTED``."""
-    from .solver import FitStatus
+    from .config import FitStatus
 
     failed = (res.status >= 0) & ~np.all(np.isfinite(res.params), axis=1)
     for i in np.flatnonzero(failed):
@@ -610,8 +610,9 @@ def _assemble(pdir: Path, bounds: list[tuple[int, int]], n: int, options: FitOpt
     dt = float(cat("seconds").sum())  # fitting time over all runs (reading excluded)
     extra = {k: cols[k] for k in ("sky", "sky_err", "chi2", "ndof", "chi2nu", "niter", "status")}
     extra["n_masked"] = cat("n_masked")
-    table = make_catalog(ids, cols["params"].reshape(-1, 7), errors=cols["errors"].reshape(-1, 7),
-                         flags=cols["flags"], pixel_scale=ctx.pixel_scale, zeropoint=ctx.zeropoint,
+    table = make_catalog(ids, cols["params"].reshape(-1, N_PARAMS),
+                         errors=cols["errors"].reshape(-1, N_PARAMS), flags=cols["flags"],
+                         pixel_scale=ctx.pixel_scale, zeropoint=ctx.zeropoint,
                          extra=extra,
                          meta={"FITSTART": options.start, "FITSKY": bool(options.fit_sky),
                                "NBMASK": bool(options.mask_neighbours), "TPERGAL": dt / max(len(ids), 1)})

@@ -1,11 +1,19 @@
-"""What a fit takes and why it stops: :class:`FitConfig` (tolerances and knobs) and :class:`FitStatus`."""
+"""What a fit takes and why it stops: :class:`FitConfig` (tolerances and knobs) and :class:`FitStatus`;
+:data:`IX_SKY`, the sky's column in the fitter's variable vectors."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
-__all__ = ["FitStatus", "FitConfig"]
+from ..params import N_PARAMS
+
+__all__ = ["FitStatus", "FitConfig", "IX_SKY"]
+
+#: Column of the sky (counts / px) in the fitter's variable vectors, after the seven parameters
+#: (``galnet.params.IX_X`` .. ``IX_PA``): internal variables ``u`` (B, 8) of a fit with a fitted sky, the
+#: model's Jacobian channels (B, 8, H, W) and the covariances (B, 8, 8).
+IX_SKY = N_PARAMS
 
 
 class FitStatus(enum.IntEnum):

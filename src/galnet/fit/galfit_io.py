@@ -17,6 +17,7 @@ import numpy as np
 from ..conventions import DEFAULT_ZEROPOINT, to_imfit, wrap_pa
 from ..errors import InputDataError
 from ..flags import Flag
+from ..params import IX_MAG, IX_N, IX_PA, IX_Q, IX_RE, IX_X, IX_Y, N_PARAMS, index
 
 __all__ = [
     "Feedme",
@@ -187,7 +188,7 @@ def write_feedme(path, params, *, image: str = "none", output: str = "imgblock.f
     mode : int
         ``P)``: 0 optimise, 1 model, 2 image block.
     """
-    p = np.asarray(params, dtype=float).reshape(7)
+    p = np.asarray(params, dtype=float).reshape(N_PARAMS)
     if region is None:
         if shape is None:
             raise InputDataError("write_feedme: give region=(xmin, xmax, ymin, ymax) or shape=(H, W)")
@@ -207,15 +208,16 @@ def write_feedme(path, params, *, image: str = "none", output: str = "imgblock.f
         "",
         "# Component number: 1",
         " 0) sersic                 #  Component type",
-        f" 1) {p[0]:.4f} {p[1]:.4f} {fl['x']} {fl['y']}  #  Position x, y",
-        f" 3) {p[2]:.4f}     {fl['mag']}          #  Integrated magnitude",
-        f" 4) {p[3]:.4f}     {fl['re']}          #  R_e (effective radius)   [pix]",
-        f" 5) {p[4]:.4f}     {fl['n']}          #  Sersic index n (de Vaucouleurs n=4)",
+        f" 1) {p[IX_X]:.4f} {p[IX_Y]:.4f} {fl['x']} {fl['y']}  #  Position x, y",
+        f" 3) {p[IX_MAG]:.4f}     {fl['mag']}          #  Integrated magnitude",
+        f" 4) {p[IX_RE]:.4f}     {fl['re']}          #  R_e (effective radius)   [pix]",
+        f" 5) {p[IX_N]:.4f}     {fl['n']}          #  Sersic index n (de Vaucouleurs n=4)",
         " 6) 0.0000      0          #     -----",
         " 7) 0.0000      0          #     -----",
         " 8) 0.0000      0          #     -----",
-        f" 9) {p[5]:.4f}     {fl['q']}          #  Axis ratio (b/a)",
-        f"10) {float(wrap_pa(p[6])):.4f}     {fl['pa']}          #  Position angle (PA) [deg: Up=0, Left=90]",
+        f" 9) {p[IX_Q]:.4f}     {fl['q']}          #  Axis ratio (b/a)",
+        f"10) {float(wrap_pa(p[IX_PA])):.4f}     {fl['pa']}          "
+        "#  Position angle (PA) [deg: Up=0, Left=90]",
         " Z) 0                      #  Skip this model in output image?  (yes=1, no=0)",
     ]
     if sky is not None:
@@ -307,15 +309,16 @@ def read_galfit_header(header, *, component: int | None = None, where: str = "he
     if component is None:
         component = next((int(k.split("_")[1]) for k in keys if k.startswith("COMP_")
                           and str(keys[k]).strip().lower() == "sersic"), 1)
-    params, errors = np.full(7, np.nan), np.full(7, np.nan)
+    params, errors = np.full(N_PARAMS, np.nan), np.full(N_PARAMS, np.nan)
     fixed, problem = {}, {}
-    for j, (name, suffix) in enumerate(GALFIT_KEYS.items()):
+    for name, suffix in GALFIT_KEYS.items():
+        j = index(name)
         key = f"{component}_{suffix}"
         if key not in keys:
             raise InputDataError(f"{where}: GALFIT keyword {key} missing")
         v, e, fx, pr = _parse_value(keys[key], where=f"{where}: {key}")
         params[j], errors[j], fixed[name], problem[name] = v, e, fx, pr
-    params[6] = wrap_pa(params[6])
+    params[IX_PA] = wrap_pa(params[IX_PA])
     sky = 0.0
     for k, v in keys.items():
         if k.startswith("COMP_") and str(v).strip().lower() == "sky":
@@ -342,7 +345,7 @@ def write_imfit_config(path, params, *, zeropoint: float = DEFAULT_ZEROPOINT, ex
 
     Limits are written for the centre (± ``center_box`` px) and generous ones for the shape.
     """
-    p = np.asarray(params, dtype=float).reshape(7)
+    p = np.asarray(params, dtype=float).reshape(N_PARAMS)
     d = to_imfit(*p, zeropoint=zeropoint, exptime=exptime)
     lines = ["# Imfit configuration written by galnet (galnet.conventions.to_imfit)"]
     if gain is not None:
@@ -386,7 +389,8 @@ def write_imgblock(path, image, model, params, errors, *, sigma=None, chi2nu: fl
     hdr["OBJECT"] = "model"
     hdr["COMP_1"] = "sersic"
     star = "*" if int(flags) & int(Flag.AT_BOUND) else ""
-    for j, (_name, suffix) in enumerate(GALFIT_KEYS.items()):
+    for name, suffix in GALFIT_KEYS.items():
+        j = index(name)
         hdr[f"1_{suffix}"] = f"{star}{params[j]:.4f}{star} +/- {star}{errors[j]:.4f}{star}"
     hdr["COMP_2"] = "sky"
     hdr["2_SKY"] = f"[{sky:.4f}]"

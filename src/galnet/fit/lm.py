@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..params import PARAMETERS, index
-from .config import FitConfig, FitStatus
+from ..params import IX_MAG, IX_N, IX_PA, IX_Q, IX_RE, IX_X, IX_Y, N_PARAMS, PARAMETERS, index
+from .config import IX_SKY, FitConfig, FitStatus
 from .model import GroupModel
 
 __all__ = [
@@ -64,7 +64,7 @@ class BoundTransform:
     @property
     def n_free(self) -> int:
         """Number of internal variables P."""
-        return 8 if self.fit_sky else 7
+        return N_PARAMS + 1 if self.fit_sky else N_PARAMS
 
     def to_internal(self, p: torch.Tensor, sky: torch.Tensor) -> torch.Tensor:
         """Internal variables (B, P) of external parameters ``p`` (B, 7) and ``sky`` (B,), counts / px."""
@@ -75,39 +75,39 @@ class BoundTransform:
             return torch.log(t) - torch.log1p(-t)
 
         u = torch.empty(p.shape[0], self.n_free, dtype=p.dtype)
-        u[:, 0] = torch.atanh(((p[:, 0] - self.start[:, 0]) / self.box).clamp(-1 + eps, 1 - eps))
-        u[:, 1] = torch.atanh(((p[:, 1] - self.start[:, 1]) / self.box).clamp(-1 + eps, 1 - eps))
-        u[:, 2] = p[:, 2]
+        u[:, IX_X] = torch.atanh(((p[:, IX_X] - self.start[:, IX_X]) / self.box).clamp(-1 + eps, 1 - eps))
+        u[:, IX_Y] = torch.atanh(((p[:, IX_Y] - self.start[:, IX_Y]) / self.box).clamp(-1 + eps, 1 - eps))
+        u[:, IX_MAG] = p[:, IX_MAG]
         lo, hi = self.lnre
-        u[:, 3] = logit((torch.log(p[:, 3]) - lo) / (hi - lo))
+        u[:, IX_RE] = logit((torch.log(p[:, IX_RE]) - lo) / (hi - lo))
         lo, hi = self.lnn
-        u[:, 4] = logit((torch.log(p[:, 4]) - lo) / (hi - lo))
-        u[:, 5] = torch.atanh((torch.log(p[:, 5]) / self.lq).clamp(-1 + eps, 1 - eps))
-        u[:, 6] = p[:, 6]
+        u[:, IX_N] = logit((torch.log(p[:, IX_N]) - lo) / (hi - lo))
+        u[:, IX_Q] = torch.atanh((torch.log(p[:, IX_Q]) / self.lq).clamp(-1 + eps, 1 - eps))
+        u[:, IX_PA] = p[:, IX_PA]
         if self.fit_sky:
-            u[:, 7] = sky
+            u[:, IX_SKY] = sky
         return u
 
     def to_external(self, u: torch.Tensor, sel: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """External params (B, 7), sky (B,) or None, and d(external)/d(u) (B, P); ``sel``: rows."""
         start = self.start if sel is None else self.start[sel]
-        p = torch.empty(u.shape[0], 7, dtype=u.dtype)
+        p = torch.empty(u.shape[0], N_PARAMS, dtype=u.dtype)
         d = torch.ones_like(u)
-        for j in (0, 1):
+        for j in (IX_X, IX_Y):
             t = torch.tanh(u[:, j])
             p[:, j] = start[:, j] + self.box * t
             d[:, j] = self.box * (1 - t * t)
-        p[:, 2] = u[:, 2]
-        for j, (lo, hi) in ((3, self.lnre), (4, self.lnn)):
+        p[:, IX_MAG] = u[:, IX_MAG]
+        for j, (lo, hi) in ((IX_RE, self.lnre), (IX_N, self.lnn)):
             s = torch.sigmoid(u[:, j])
             p[:, j] = torch.exp(lo + (hi - lo) * s)
             d[:, j] = p[:, j] * (hi - lo) * s * (1 - s)
-        t = torch.tanh(u[:, 5])
-        p[:, 5] = torch.exp(self.lq * t)
-        d[:, 5] = p[:, 5] * self.lq * (1 - t * t)
-        p[:, 6] = u[:, 6]
-        sky = u[:, 7] if self.fit_sky else None
+        t = torch.tanh(u[:, IX_Q])
+        p[:, IX_Q] = torch.exp(self.lq * t)
+        d[:, IX_Q] = p[:, IX_Q] * self.lq * (1 - t * t)
+        p[:, IX_PA] = u[:, IX_PA]
+        sky = u[:, IX_SKY] if self.fit_sky else None
         return p, sky, d
 
 
@@ -119,12 +119,12 @@ class BoundTransform:
         the sign of ``u``.
         """
         sat = torch.zeros(u.shape, dtype=torch.bool)
-        for j in (0, 1):
+        for j in (IX_X, IX_Y):
             sat[:, j] = torch.tanh(u[:, j]).abs() >= 1.0 - 1e-3
-        for j, (lo, hi) in ((3, self.lnre), (4, self.lnn)):
+        for j, (lo, hi) in ((IX_RE, self.lnre), (IX_N, self.lnn)):
             s = torch.sigmoid(u[:, j])
             sat[:, j] = torch.minimum(s, 1 - s) * (hi - lo) <= 1e-3
-        sat[:, 5] = (1.0 - torch.tanh(u[:, 5]).abs()) * self.lq <= 1e-3
+        sat[:, IX_Q] = (1.0 - torch.tanh(u[:, IX_Q]).abs()) * self.lq <= 1e-3
         return sat
 
 
@@ -158,29 +158,9 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
     b, h, w = data.shape
     model = GroupModel(psf, (h, w), size, zeropoint, exptime)
     tr = BoundTransform(start, cfg.center_box, fit_sky)
-    n_free = tr.n_free
     u = tr.to_internal(start, sky0)
     fixed_sky = None if fit_sky else sky0
-    sqw = torch.sqrt(weights)
-
-    def evaluate(uu, sel, gal=None):
-        """χ² (B,), weighted residuals (B, H, W), galaxy model (B, H, W) at internal ``uu``."""
-        p, sky, _ = tr.to_external(uu, sel)
-        sk = sky if fit_sky else fixed_sky[sel]
-        if gal is None:
-            gal = model.render(p, sel)
-        r = (data[sel] - gal - sk[:, None, None]) * sqw[sel]
-        return (r * r).sum((1, 2)), r, gal
-
-    def normal_equations(uu, sel, r, gal):
-        """Jᵀ W J (B, P, P) and Jᵀ W r (B, P) in internal variables."""
-        p, sky, d = tr.to_external(uu, sel)
-        _, jac = model.jacobian(p, sky, sel, gal=gal)
-        # weighted Jacobian in internal variables: one product by d (B, P, 1) * sqrt(w) (B, 1, H W)
-        nb = sel.numel()
-        jw = jac[:, :n_free].reshape(nb, n_free, -1) * (d[:, :, None] * sqw[sel].reshape(nb, 1, -1))
-        return jw @ jw.transpose(1, 2), (jw @ r.reshape(nb, -1, 1))[..., 0]
-
+    evaluate, normal_equations = _objective(data, torch.sqrt(weights), model, tr, fixed_sky)
     all_rows = torch.arange(b)
     chi2, r, gal = evaluate(u, all_rows)
     alpha, beta = normal_equations(u, all_rows, r, gal)
@@ -205,15 +185,7 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
         better = torch.isfinite(chi2_try) & (chi2_try < chi2[idx])
         acc = idx[better]
         rej = idx[~better]
-        # rejected: more damping; stall when the damping explodes
-        lam[rej] *= cfg.lambda_up
-        # a rejection right after a converging (tiny Δχ²) step: at the minimum to working precision
-        conv = rej[small[rej] >= 1]
-        status[conv] = int(FitStatus.CONVERGED_CHI2)
-        active[conv] = False
-        stalled = rej[(lam[rej] > cfg.lambda_max) & (small[rej] < 1)]
-        status[stalled] = int(FitStatus.STALLED)
-        active[stalled] = False
+        _reject(rej, lam, small, status, active, cfg)
         if acc.numel():
             dchi = chi2[acc] - chi2_try[better]
             u[acc] = u_try[better]
@@ -243,6 +215,52 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
     cov = _final_covariance(alpha, alpha_at_u, d)
     return GroupFit(p.numpy(), (sky if fit_sky else fixed_sky).numpy(), chi2.numpy(), niter.numpy(),
                     status.numpy(), alpha_at_u.numpy(), cov, model)
+
+
+def _objective(data: torch.Tensor, sqw: torch.Tensor, model: GroupModel, tr: BoundTransform,
+               fixed_sky: torch.Tensor | None):
+    """The two functions of internal variables the LM loop evaluates (rows ``sel`` of the group).
+
+    ``sqw`` is ``sqrt(weights)`` (B, H, W); ``fixed_sky`` the sky (B,) when it is not fitted, else None.
+    Returns ``evaluate(uu, sel, gal=None) -> (χ² (B,), weighted residuals (B, H, W), galaxy model)`` and
+    ``normal_equations(uu, sel, r, gal) -> (Jᵀ W J (B, P, P), Jᵀ W r (B, P))``.
+    """
+    n_free = tr.n_free
+    fit_sky = fixed_sky is None
+
+    def evaluate(uu, sel, gal=None):
+        """χ² (B,), weighted residuals (B, H, W), galaxy model (B, H, W) at internal ``uu``."""
+        p, sky, _ = tr.to_external(uu, sel)
+        sk = sky if fit_sky else fixed_sky[sel]
+        if gal is None:
+            gal = model.render(p, sel)
+        r = (data[sel] - gal - sk[:, None, None]) * sqw[sel]
+        return (r * r).sum((1, 2)), r, gal
+
+    def normal_equations(uu, sel, r, gal):
+        """Jᵀ W J (B, P, P) and Jᵀ W r (B, P) in internal variables."""
+        p, sky, d = tr.to_external(uu, sel)
+        _, jac = model.jacobian(p, sky, sel, gal=gal)
+        # weighted Jacobian in internal variables: one product by d (B, P, 1) * sqrt(w) (B, 1, H W)
+        nb = sel.numel()
+        jw = jac[:, :n_free].reshape(nb, n_free, -1) * (d[:, :, None] * sqw[sel].reshape(nb, 1, -1))
+        return jw @ jw.transpose(1, 2), (jw @ r.reshape(nb, -1, 1))[..., 0]
+
+    return evaluate, normal_equations
+
+
+def _reject(rej: torch.Tensor, lam: torch.Tensor, small: torch.Tensor, status: torch.Tensor,
+            active: torch.Tensor, cfg: FitConfig) -> None:
+    """Rows ``rej`` whose trial step was rejected (in place): more damping; converged when the rejection
+    follows a converging (tiny Δχ²) step (at the minimum to working precision); stalled when the damping
+    explodes."""
+    lam[rej] *= cfg.lambda_up
+    conv = rej[small[rej] >= 1]
+    status[conv] = int(FitStatus.CONVERGED_CHI2)
+    active[conv] = False
+    stalled = rej[(lam[rej] > cfg.lambda_max) & (small[rej] < 1)]
+    status[stalled] = int(FitStatus.STALLED)
+    active[stalled] = False
 
 
 def damped_step(alpha: torch.Tensor, beta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -312,12 +330,12 @@ def fold_errors(p_unfolded: np.ndarray, cov: np.ndarray) -> np.ndarray:
     Where ``q > 1``, ``re' = re q`` and ``q' = 1 / q``: their variances follow by the chain rule
     (``pa' = pa + 90`` keeps its error).
     """
-    var = np.diagonal(cov, axis1=1, axis2=2)[:, :7].copy()
-    re, q = p_unfolded[:, 3], p_unfolded[:, 5]
+    var = np.diagonal(cov, axis1=1, axis2=2)[:, :N_PARAMS].copy()
+    re, q = p_unfolded[:, IX_RE], p_unfolded[:, IX_Q]
     big = q > 1
-    var_re = q * q * var[:, 3] + re * re * var[:, 5] + 2 * q * re * cov[:, 3, 5]
-    var[big, 3] = var_re[big]
-    var[big, 5] = var[big, 5] / q[big] ** 4
+    var_re = q * q * var[:, IX_RE] + re * re * var[:, IX_Q] + 2 * q * re * cov[:, IX_RE, IX_Q]
+    var[big, IX_RE] = var_re[big]
+    var[big, IX_Q] = var[big, IX_Q] / q[big] ** 4
     return np.sqrt(np.clip(var, 0, None))
 
 
@@ -381,13 +399,13 @@ def covariance_errors(model: GroupModel, weights: torch.Tensor, params: np.ndarr
     sk = torch.as_tensor(sky)
     _, jac = model.jacobian(p, sk, sel)
     if not fit_sky:
-        jac = jac[:, :7]
+        jac = jac[:, :N_PARAMS]
     n = jac.shape[1]
     jw = (jac * torch.sqrt(weights)[:, None]).reshape(b, n, -1)
     cov = covariance_from_normal(jw @ jw.transpose(1, 2))
     err = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0)).numpy()
-    err7 = err[:, :7]
-    sky_err = err[:, 7] if fit_sky else np.full(b, np.nan)
+    err7 = err[:, :N_PARAMS]
+    sky_err = err[:, IX_SKY] if fit_sky else np.full(b, np.nan)
     return err7, sky_err
 
 
@@ -402,6 +420,6 @@ def at_bound(p: np.ndarray, start: np.ndarray, center_box: float) -> np.ndarray:
         v = p[:, index(name)]
         hit |= (v <= lo * 1.001) | (v >= hi / 1.001)
     hit |= p[:, index("q")] <= fit_bounds("q")[0] * 1.001
-    for j in (0, 1):
+    for j in (IX_X, IX_Y):
         hit |= np.abs(p[:, j] - start[:, j]) >= 0.999 * center_box
     return hit

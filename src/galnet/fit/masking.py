@@ -437,23 +437,7 @@ def segment_stamps(images, sigma=None, *, mask=None, centre=None, psf=None, fwhm
                              f"nthresh={nthresh} (>= 2), mincont={mincont} (in [0, 1)), "
                              f"target_radius={target_radius}, peak_radius={peak_radius} (>= 0)")
     b, h, w = img.shape
-    if fwhm is not None:
-        try:
-            fw = np.broadcast_to(np.asarray(fwhm, dtype=float), (b,))
-        except ValueError:
-            raise InputDataError(f"fwhm must be a scalar or have shape ({b},), "
-                                 f"got {np.shape(fwhm)}") from None
-        if not np.all(np.isfinite(fw) & (fw > 0)):
-            raise InputDataError(f"smoothing FWHM must be finite and > 0 px, got {fwhm}")
-    elif psf is not None:
-        fw = psf_fwhm(psf)
-        if fw.size not in (1, b):
-            raise InputDataError(f"psf cube has {fw.size} PSFs for {b} stamps")
-        # an unusable PSF row (the fit flags it) falls back to the default kernel
-        fw = np.broadcast_to(np.where(np.isfinite(fw), fw, _DEFAULT_FWHM), (b,))
-    else:
-        fw = np.full(b, _DEFAULT_FWHM)
-    fw = np.minimum(fw, max(min(h, w) / 4.0, 1.0))  # a kernel wider than the stamp detects nothing useful
+    fw = _smoothing_fwhm(fwhm, psf, b, (h, w))
     good = np.isfinite(img)
     if msk is not None:
         good &= ~msk
@@ -473,6 +457,28 @@ def segment_stamps(images, sigma=None, *, mask=None, centre=None, psf=None, fwhm
                                      peak_radius, xx, yy)
         segments[i] = seg
     return segments, target
+
+
+def _smoothing_fwhm(fwhm, psf, b: int, shape: tuple[int, int]) -> np.ndarray:
+    """FWHM (B,) of each stamp's smoothing kernel, px: ``fwhm``, else the PSF's, else 3 px; at most a
+    quarter of the stamp (a kernel wider than the stamp detects nothing useful)."""
+    if fwhm is not None:
+        try:
+            fw = np.broadcast_to(np.asarray(fwhm, dtype=float), (b,))
+        except ValueError:
+            raise InputDataError(f"fwhm must be a scalar or have shape ({b},), "
+                                 f"got {np.shape(fwhm)}") from None
+        if not np.all(np.isfinite(fw) & (fw > 0)):
+            raise InputDataError(f"smoothing FWHM must be finite and > 0 px, got {fwhm}")
+    elif psf is not None:
+        fw = psf_fwhm(psf)
+        if fw.size not in (1, b):
+            raise InputDataError(f"psf cube has {fw.size} PSFs for {b} stamps")
+        # an unusable PSF row (the fit flags it) falls back to the default kernel
+        fw = np.broadcast_to(np.where(np.isfinite(fw), fw, _DEFAULT_FWHM), (b,))
+    else:
+        fw = np.full(b, _DEFAULT_FWHM)
+    return np.minimum(fw, max(min(shape) / 4.0, 1.0))
 
 
 def _disk(radius: float) -> np.ndarray:

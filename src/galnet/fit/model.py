@@ -17,11 +17,12 @@ import torch
 import torch.autograd.forward_ad as fwad
 
 from ..conventions import fold_axis_ratio, mag_to_flux
-from ..params import index
+from ..params import IX_MAG, N_PARAMS, index
 from ..render import render_sersic, required_fourier_size
 from ..render.fourier import image_psf_spectrum
 from ..render.jacobian import fourier_jacobian
 from ..render.model import render_group
+from .config import IX_SKY
 
 __all__ = ["GroupModel", "prepare_forward_ad"]
 
@@ -114,7 +115,7 @@ class GroupModel:
         :func:`galnet.render.render_sersic` per parameter.
         """
         b = p.shape[0]
-        n_cols = 7 if sky is None else 8
+        n_cols = N_PARAMS if sky is None else N_PARAMS + 1
         jac = torch.empty((b, n_cols, *self.shape), dtype=p.dtype)
         if self.image_psf and self.fast:
             if gal is None:
@@ -135,9 +136,9 @@ class GroupModel:
                     if gal is None:
                         gal = primal.clone()
         assert gal is not None
-        jac[:, 2] = -0.4 * _LN10 * gal
+        jac[:, IX_MAG] = -0.4 * _LN10 * gal
         model = gal
         if sky is not None:
-            jac[:, 7] = 1.0
+            jac[:, IX_SKY] = 1.0
             model = gal + sky[:, None, None]
         return model, jac

@@ -28,8 +28,10 @@ from ..conventions import DEFAULT_ZEROPOINT
 from ..data.noise import sigma_from_data
 from ..errors import ConfigError, InputDataError
 from ..flags import Flag
+from ..params import IX_X, IX_Y
+from .config import FitConfig
 from .masking import neighbour_mask
-from .solver import FitConfig, FitResult, fit_stamps
+from .solver import FitResult, fit_stamps
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ class Refiner:
         images = np.asarray(images, dtype=np.float64)
         start = np.asarray(start, dtype=np.float64)
         sigma, mask, n_masked = FitPixels(self.mask_neighbours)(
-            images, psfs, start[:, :2], sky_sigma=sky_sigma, sigma=sigma, mask=mask, gain=gain
+            images, psfs, start[:, [IX_X, IX_Y]], sky_sigma=sky_sigma, sigma=sigma, mask=mask, gain=gain
         )
         res = fit_stamps(images, psfs, sigma=sigma, mask=mask, init=start, zeropoint=zeropoint,
                          config=self.config)

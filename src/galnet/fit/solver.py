@@ -58,9 +58,9 @@ import torch
 from ..conventions import DEFAULT_ZEROPOINT, fold_axis_ratio, wrap_pa
 from ..errors import InputDataError, PSFError
 from ..flags import Flag
-from ..params import index
+from ..params import IX_PA, IX_RE, N_PARAMS, index
 from ..render import FOURIER_SIZES, AnalyticPSF, check_psf, psf_status, required_fourier_size
-from .config import FitConfig, FitStatus
+from .config import IX_SKY, FitConfig, FitStatus
 from .lm import at_bound, covariance_errors, fit_bounds, fold_errors, lm_group
 
 __all__ = ["FitResult", "fit_stamps", "fit_multistart", "pixel_weights", "start_fourier_sizes"]
@@ -111,7 +111,7 @@ class FitResult:
     def empty(cls, b: int) -> FitResult:
         nan = np.full(b, np.nan)
         return cls(
-            params=np.full((b, 7), np.nan), errors=np.full((b, 7), np.nan), sky=nan.copy(),
+            params=np.full((b, N_PARAMS), np.nan), errors=np.full((b, N_PARAMS), np.nan), sky=nan.copy(),
             sky_err=nan.copy(), chi2=nan.copy(), ndof=np.zeros(b, dtype=np.int64), chi2nu=nan.copy(),
             niter=np.zeros(b, dtype=np.int64), status=np.full(b, int(FitStatus.NOT_FITTED)),
             flags=np.zeros(b, dtype=np.int64), fourier_size=np.zeros(b, dtype=np.int64),
@@ -318,7 +318,7 @@ def _starts(init, img: np.ndarray, weights: np.ndarray, sky: np.ndarray, zeropoi
         sig_for_start = np.where(weights > 0, 1 / np.sqrt(np.where(weights > 0, weights, 1)), np.inf)
         init = moments_start(np.where(weights > 0, img - sky[:, None, None], np.nan), sigma=sig_for_start,
                              zeropoint=zeropoint, exptime=exptime)
-    return np.asarray(init, dtype=float).reshape(img.shape[0], 7).copy()
+    return np.asarray(init, dtype=float).reshape(img.shape[0], N_PARAMS).copy()
 
 
 def _fit_passes(rows, img, data, weights, psf_obj, start, sky_arr, fit_sky, cfg: FitConfig, zeropoint,
@@ -360,7 +360,7 @@ def _clip_start(start: np.ndarray) -> np.ndarray:
         j = index(name)
         lo, hi = fit_bounds(name)
         start[:, j] = np.clip(start[:, j], lo * 1.01, hi / 1.01 if name != "q" else 1.0)
-    start[:, 6] = wrap_pa(start[:, 6])
+    start[:, IX_PA] = wrap_pa(start[:, IX_PA])
     return start
 
 
@@ -394,14 +394,14 @@ def start_fourier_sizes(start: np.ndarray, shape, psf, cfg: FitConfig | None = N
     grow = _clip_start(start)
     if cfg.fourier_size is not None:
         return np.full(len(grow), int(cfg.fourier_size), dtype=np.int64)
-    grow[:, 3] *= cfg.size_margin
+    grow[:, IX_RE] *= cfg.size_margin
     sizes = required_fourier_size(grow, tuple(shape), _psf_extent(psf), wrap_tolerance=cfg.wrap_tolerance)
     return np.minimum(sizes, _max_fourier_size(shape, cfg))
 
 
 def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sky, cfg, zeropoint, exptime,
                 res: FitResult) -> None:
-    n_free = 8 if fit_sky else 7
+    n_free = N_PARAMS + 1 if fit_sky else N_PARAMS
     for size in np.unique(sizes[rows]):
         grp = rows[sizes[rows] == size]
         for k in range(0, grp.size, cfg.max_batch):
@@ -415,12 +415,12 @@ def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sk
                 size=int(size), cfg=cfg, zeropoint=zeropoint, exptime=exptime)
             p, sk, chi2, niter, status = fold_axis_ratio(g.params), g.sky, g.chi2, g.niter, g.status
             # errors: from the LM's last normal matrix where it is at the solution, else a new Jacobian
-            err = np.empty((sel.size, 7))
+            err = np.empty((sel.size, N_PARAMS))
             sky_err = np.full(sel.size, np.nan)
             cov = g.cov.numpy()
             err[g.has_cov] = fold_errors(g.params[g.has_cov], cov)
             if fit_sky:
-                sky_err[g.has_cov] = np.sqrt(np.clip(cov[:, 7, 7], 0, None))
+                sky_err[g.has_cov] = np.sqrt(np.clip(cov[:, IX_SKY, IX_SKY], 0, None))
             todo = np.flatnonzero(~g.has_cov)
             if todo.size:
                 rows_t = torch.as_tensor(todo)

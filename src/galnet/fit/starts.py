@@ -13,7 +13,7 @@ import numpy as np
 
 from ..conventions import DEFAULT_ZEROPOINT, flux_to_mag, wrap_pa
 from ..errors import InputDataError
-from ..params import PARAMETERS
+from ..params import IX_N, IX_RE, IX_X, IX_Y, N_PARAMS, PARAMETERS
 from ..render.geometry import ellipse_axes
 
 __all__ = ["moments_start", "moments_one", "catalog_start", "feedme_start", "with_n"]
@@ -119,7 +119,7 @@ def moments_one(image, *, sigma=None, threshold: float = 2.0, subtract_backgroun
     cum = np.cumsum(img[ap][order])
     k = int(np.searchsorted(cum, 0.5 * flux))
     re = float(a[ap][order][min(k, order.size - 1)]) if order.size else 3.0
-    lo, hi = PARAMETERS[3].fit_bounds
+    lo, hi = PARAMETERS[IX_RE].fit_bounds
     re = float(np.clip(re, 0.5, hi / 2))
     mag = float(flux_to_mag(flux, zeropoint, exptime))
     return np.array([x0 + 1, y0 + 1, mag, re, n, q, pa])
@@ -131,7 +131,7 @@ def moments_start(images, *, sigma=None, threshold: float = 2.0, zeropoint: floa
     imgs = np.asarray(images, dtype=float)
     if imgs.ndim == 2:
         imgs = imgs[None]
-    out = np.empty((len(imgs), 7))
+    out = np.empty((len(imgs), N_PARAMS))
     for i, im in enumerate(imgs):
         s = None if sigma is None else np.asarray(sigma)[i]
         if not np.isfinite(im).any():
@@ -146,7 +146,7 @@ def moments_start(images, *, sigma=None, threshold: float = 2.0, zeropoint: floa
 def with_n(starts: np.ndarray, n: float) -> np.ndarray:
     """Copy of a (B, 7) start array with the Sérsic index set to ``n`` (for multi-start fits)."""
     s = np.array(starts, dtype=float, copy=True)
-    s[:, 4] = n
+    s[:, IX_N] = n
     return s
 
 
@@ -172,14 +172,14 @@ def catalog_start(table, ids=None, *, offset=(0.0, 0.0)) -> np.ndarray:
     if isinstance(table, (str, Path)):
         table = read_table(table)
     params = catalog_params(table)
-    params[:, 0] += offset[0]
-    params[:, 1] += offset[1]
+    params[:, IX_X] += offset[0]
+    params[:, IX_Y] += offset[1]
     if ids is None:
         return params
     if "id" not in table.colnames:
         raise InputDataError("start catalog has no 'id' column to match the stamps by")
     lookup = {str(v): i for i, v in enumerate(np.asarray(table["id"]))}
-    out = np.full((len(ids), 7), np.nan)
+    out = np.full((len(ids), N_PARAMS), np.nan)
     for k, v in enumerate(ids):
         i = lookup.get(str(v))
         if i is not None:

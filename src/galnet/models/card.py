@@ -33,6 +33,7 @@ import torch
 from .. import __version__
 from ..conventions import CONVENTIONS_VERSION, wrap_pa
 from ..errors import InputDataError, ModelCardError
+from ..io import atomic_write, atomic_write_text
 from ..params import IX_PA, IX_X, IX_Y, PARAMETER_NAMES, PARAMETERS
 from .networks import GalNet, _Decoded, count_macs, count_parameters
 from .registry import create_model
@@ -52,13 +53,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def save_model(model: GalNet, directory: str | os.PathLike, name: str, *, extra: dict | None = None) -> Path:
@@ -84,9 +78,8 @@ def save_model(model: GalNet, directory: str | os.PathLike, name: str, *, extra:
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = weights.with_suffix(".safetensors.tmp")
-    save_file(state, str(tmp), metadata={"format": CARD_FORMAT, "name": name})
-    os.replace(tmp, weights)
+    metadata = {"format": CARD_FORMAT, "name": name}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     card = {
         "format": CARD_FORMAT,
         "card_version": CARD_VERSION,
@@ -109,7 +102,7 @@ def save_model(model: GalNet, directory: str | os.PathLike, name: str, *, extra:
     }
     card.update(_finite_or_none(extra or {}))
     path = directory / f"{name}.json"
-    _atomic_write_text(path, json.dumps(card, indent=2, default=_json_default, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(card, indent=2, default=_json_default, allow_nan=False) + "\n")
     return path
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..data import Chunk, InputSource
 from ..errors import GalnetError, InputDataError, ModelCardError
 from ..flags import Flag
+from ..params import IX_MAG, IX_X, IX_Y, N_PARAMS
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def _render_chi2(
         pix_mask = None if chunk.mask is None else chunk.mask[r]
         if pixels is not None:
             sig, pix_mask, _ = pixels(
-                img, chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[r], params[r, :2],
+                img, chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[r], params[r][:, [IX_X, IX_Y]],
                 sky_sigma=chunk.sky_sigma[r].astype(np.float64),
                 sigma=None if chunk.sigma_maps is None else chunk.sigma_maps[r].astype(np.float64),
                 mask=pix_mask, gain=gain,
@@ -329,8 +330,8 @@ def process_chunk(
     ``model``/``resid`` (B, S, S), and ``col:<name>`` carried columns.
     """
     b = len(chunk)
-    params = np.full((b, 7), np.nan)
-    errors = np.full((b, 7), np.nan)
+    params = np.full((b, N_PARAMS), np.nan)
+    errors = np.full((b, N_PARAMS), np.nan)
     flags = chunk.flags.copy()
     ok = ~chunk.bad
     if detect_snr > 0 and ok.any():  # blank stamps: NO_SOURCE, not measured
@@ -356,14 +357,14 @@ def process_chunk(
             img = np.where(chunk.mask, np.nan, chunk.images) if chunk.mask is not None else chunk.images
             out["resid"] = (img - models).astype(np.float32)
     # to the output frame: position offset, zero point
-    params[:, 0] += chunk.offset[:, 0]
-    params[:, 1] += chunk.offset[:, 1]
-    params[:, 2] += zp_in - zp_model
+    params[:, IX_X] += chunk.offset[:, 0]
+    params[:, IX_Y] += chunk.offset[:, 1]
+    params[:, IX_MAG] += zp_in - zp_model
     out["params"] = params
     out["errors"] = errors
     out["flags"] = flags
     if source is not None and source.has_wcs:
-        ra, dec = source.pixel_to_world(params[:, 0], params[:, 1])
+        ra, dec = source.pixel_to_world(params[:, IX_X], params[:, IX_Y])
         out["ra"], out["dec"] = ra, dec
     for k, v in chunk.columns.items():
         out[f"col:{k}"] = v

@@ -46,6 +46,8 @@ from ..data.shards import (
     write_shard,
 )
 from ..errors import ConfigError, InputDataError
+from ..io import atomic_write
+from ..params import N_PARAMS
 from .core import card_path, chunk_kwargs, get_predictor, process_chunk, resolve_backend, run_context
 
 log = logging.getLogger(__name__)
@@ -397,7 +399,7 @@ def assemble(
     def cat(key):
         return np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
 
-    params = cat("params").reshape(-1, 7)
+    params = cat("params").reshape(-1, N_PARAMS)
     extra: dict[str, Any] = {}
     if "ra" in parts[0]:
         extra["ra"], extra["dec"] = cat("ra"), cat("dec")
@@ -420,7 +422,7 @@ def assemble(
     table = make_catalog(
         cat("ids"),
         params,
-        errors=cat("errors").reshape(-1, 7) if "errors" in parts[0] else None,
+        errors=cat("errors").reshape(-1, N_PARAMS) if "errors" in parts[0] else None,
         flags=cat("flags"),
         pixel_scale=float(pixel_scale),
         zeropoint=ctx["zp_in"],
@@ -468,10 +470,7 @@ def _write_models(pdir: Path, bounds, output: Path) -> Path:
     hdul[1].header["BUNIT"] = "counts"
     hdul[1].header["COMMENT"] = "predicted Sersic x PSF model of each stamp (row order of the catalog)"
     hdul[2].header["COMMENT"] = "stamp - model (NaN where masked)"
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    hdul.writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: hdul.writeto(tmp, overwrite=True))
 
 
 # ============================================================================== convenience API

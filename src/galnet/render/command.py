@@ -18,6 +18,7 @@ import numpy as np
 
 from ..catalog import raise_if_truncated
 from ..errors import InputDataError
+from ..io import atomic_write
 from ..options import (
     check_output_path,
     finite_float,
@@ -165,9 +166,8 @@ def run(args: argparse.Namespace) -> int:
     id_col = (fits.Column("id", format="K", array=ids) if np.issubdtype(ids.dtype, np.integer)
               else fits.Column("id", format="64A", array=ids))
     ids_hdu = fits.BinTableHDU.from_columns([id_col], name="IDS")
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    fits.HDUList([fits.PrimaryHDU(cube, header=hdr), ids_hdu]).writeto(tmp, overwrite=True)
-    os.replace(tmp, args.out)
+    hdul = fits.HDUList([fits.PrimaryHDU(cube, header=hdr), ids_hdu])
+    atomic_write(args.out, lambda tmp: hdul.writeto(tmp, overwrite=True))
     print(f"wrote {len(cube)} stamps {shape} to {args.out}")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..conventions import mag_to_flux
+from ..params import IX_PA, IX_RE, IX_X, IX_Y
 from .fourier import centre_phase, dc_floor, k_grids, stamp_inverse_dft
 from .geometry import RADIANS_PER_DEGREE, ellipse_axes, pa_rotation
 from .sersic import sersic_fourier_grad
@@ -88,6 +89,6 @@ def fourier_jacobian(p: torch.Tensor, psf_spectrum: torch.Tensor, shape: tuple[i
         torch.mul(bt, (q_ * kmin2).mul_(re2_inv), out=spec[:, 4])
         torch.mul(bt, (kmaj * kmin).mul_(re2_inv).mul_((q_ * q_ - 1) * RADIANS_PER_DEGREE), out=spec[:, 5])
         img = stamp_inverse_dft(spec.reshape(bc * 6, nk, size), shape, size).reshape(bc, 6, *shape)
-        out[sl, 0] = img[:, 0]
-        out[sl, 1] = img[:, 1]
-        out[sl, 3:7] = img[:, 2:6]
+        out[sl, IX_X] = img[:, 0]
+        out[sl, IX_Y] = img[:, 1]
+        out[sl, IX_RE:IX_PA + 1] = img[:, 2:6]  # re, n, q, pa: consecutive columns

@@ -36,7 +36,7 @@ import torch
 
 from ..conventions import DEFAULT_ZEROPOINT, mag_to_flux
 from ..errors import ParameterRangeError, PSFError
-from ..params import N_PARAMS, validate_parameters
+from ..params import IX_N, IX_PA, IX_Q, IX_RE, N_PARAMS, validate_parameters
 from .fourier import centre_phase, dc_floor, image_psf_spectrum, k_grids, stamp_inverse_dft
 from .model import sersic_spectrum
 from .psf import AnalyticPSF, as_psf
@@ -160,7 +160,7 @@ def render_scene(
     h, w = int(shape[0]), int(shape[1])
     owner_np, n_stamps, point = _scene_layout(params.shape[0], stamp_index, psf, n_stamps, point_source)
     p_np = params.detach().cpu().numpy().astype(np.float64)
-    p_np[point, 3:] = (0.01, 0.5, 1.0, 0.0)  # a point source: no profile of its own
+    p_np[np.ix_(point, [IX_RE, IX_N, IX_Q, IX_PA])] = (0.01, 0.5, 1.0, 0.0)  # a point source: no profile
     if validate:
         validate_parameters(p_np)
     psf_t = as_psf(psf, n_stamps if len(psf.shape) == 3 else 1, dtype, device, validate=validate)

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..params import IX_N, IX_Q, IX_RE, IX_X, IX_Y
 from .geometry import ellipse_axes, pa_rotation
 from .sersic import sersic_bn, sersic_log_norm
 
@@ -81,7 +82,7 @@ def required_fourier_size(
 
     p = np.asarray(params, dtype=float)
     h, w = shape
-    xc, yc, re, n, q = p[:, 0], p[:, 1], p[:, 3], p[:, 4], p[:, 5]
+    xc, yc, re, n, q = p[:, IX_X], p[:, IX_Y], p[:, IX_RE], p[:, IX_N], p[:, IX_Q]
     b = gammaincinv(2 * n, 0.5)
     log_norm = 2 * n * np.log(b) - np.log(2 * np.pi * n) - b - gammaln(2 * n) - np.log(q * re**2)
     d_far = np.max(np.stack([xc - 1, w - xc, yc - 1, h - yc]), axis=0) + psf_size // 2

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config_io import build_config, merge_overrides, read_config
 from ..errors import ConfigError
-from ..options import check_field_type
 
 __all__ = [
     "Prior",
@@ -443,8 +443,9 @@ class SimulationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:
-        """Build from a nested dict (TOML / JSON); unknown keys raise :class:`ConfigError`."""
-        return _build(cls, data, "").validate()
+        """Build from a nested dict (TOML / JSON) and validate; unknown keys raise :class:`ConfigError`
+        (:func:`galnet.config_io.build_config`)."""
+        return build_config(cls, data).validate()
 
     # ------------------------------------------------------------------ derived quantities
     def sky_sigma(self) -> float:
@@ -474,30 +475,6 @@ class SimulationConfig:
         return self.priors.re_max_fraction * (self.stamp_size - 1) / 2
 
 
-def _build(cls, data: Any, where: str):
-    """Recursively build dataclass ``cls`` from ``data`` (dict), validating keys."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a table, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(fields)}")
-    kwargs = {}
-    defaults = cls()
-    for name, value in data.items():
-        sub = getattr(defaults, name)
-        path = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(type(sub), value, path)
-        else:
-            check_field_type(value, str(fields[name].type), path)
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
 def _presets_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "presets"
 
@@ -517,7 +494,8 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         ``.json`` file written by :meth:`SimulationConfig.to_json` (e.g. a dataset's
         ``config.json``).
     overrides : dict, optional
-        Nested dict merged over the file's content before building (CLI overrides).
+        Nested dict merged over the file's content before building (CLI overrides;
+        :func:`galnet.config_io.merge_overrides`).
 
     Returns
     -------
@@ -528,8 +506,6 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     ConfigError
         Unknown preset, unreadable file or invalid content, naming the file.
     """
-    import tomllib
-
     p = Path(name_or_path)
     if not p.suffix and not p.exists():
         p = _presets_dir() / f"{name_or_path}.toml"
@@ -537,34 +513,10 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
             raise ConfigError(
                 f"unknown preset {str(name_or_path)!r}; shipped presets: {', '.join(list_presets())}"
             )
-    if not p.exists():
-        raise ConfigError(f"{p}: preset file not found")
-    if not p.is_file():
-        raise ConfigError(f"{p}: preset is not a file")
-    try:
-        if p.suffix == ".json":
-            data = json.loads(p.read_text())
-        else:
-            with open(p, "rb") as fh:
-                data = tomllib.load(fh)
-    except (ValueError, OSError) as exc:  # TOML/JSON syntax, not UTF-8 text, unreadable
-        raise ConfigError(f"{p}: cannot parse the preset ({exc})") from exc
-    if not isinstance(data, dict) or not data:
-        raise ConfigError(f"{p}: the preset is empty (or not a table); see galnet/presets/hsc-r.toml")
+    data = read_config(p, what="preset", hint="; see galnet/presets/hsc-r.toml")
     if p.suffix == ".json" and "fingerprint" in data and isinstance(data.get("config"), dict):
         data = data["config"]  # a dataset's config.json
-    if overrides:
-        data = _merge(data, overrides)
     try:
-        return SimulationConfig.from_dict(data)
-    except ConfigError as exc:
+        return SimulationConfig.from_dict(merge_overrides(data, overrides))
+    except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{p}: {exc}") from exc
-    except TypeError as exc:
-        raise ConfigError(f"{p}: {exc}") from exc
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

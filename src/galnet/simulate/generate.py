@@ -22,6 +22,7 @@ import numpy as np
 from ..catalog import raise_if_truncated
 from ..conventions import mag_to_flux, stamp_center, wrap_pa
 from ..errors import InputDataError
+from ..params import IX_MAG, IX_N, IX_PA, IX_Q, IX_RE, IX_X, IX_Y, N_PARAMS
 from ..render.psf import draw_analytic_psfs, load_psf_library
 from .config import SimulationConfig
 
@@ -194,25 +195,25 @@ def _draw_neighbours(config: SimulationConfig, rng, target: np.ndarray, use_nb: 
         return np.clip(10.0**log_re, 0.05, 3.0) / config.pixel_scale
 
     lo, hi = 1.0 - nc.margin_pix, size + nc.margin_pix
-    g = np.empty((ng, 7))
-    g[:, 0], g[:, 1] = rng.uniform(lo, hi, ng), rng.uniform(lo, hi, ng)
-    g[:, 2] = _power_law_mags(rng, ng, nc.galaxy_slope, nc.mag_min, nc.mag_max)
-    g[:, 3] = sizes(g[:, 2])
-    g[:, 4], g[:, 5] = nc.n.sample(rng, ng), nc.q.sample(rng, ng)
-    g[:, 6] = rng.uniform(-90.0, 90.0, ng)
-    s = np.empty((ns, 7))
-    s[:, 0], s[:, 1] = rng.uniform(lo, hi, ns), rng.uniform(lo, hi, ns)
-    s[:, 2] = _power_law_mags(rng, ns, nc.star_slope, nc.mag_min, nc.mag_max)
-    s[:, 3], s[:, 4], s[:, 5], s[:, 6] = STAR_RE_PIX, 0.5, 1.0, 0.0
+    g = np.empty((ng, N_PARAMS))
+    g[:, IX_X], g[:, IX_Y] = rng.uniform(lo, hi, ng), rng.uniform(lo, hi, ng)
+    g[:, IX_MAG] = _power_law_mags(rng, ng, nc.galaxy_slope, nc.mag_min, nc.mag_max)
+    g[:, IX_RE] = sizes(g[:, IX_MAG])
+    g[:, IX_N], g[:, IX_Q] = nc.n.sample(rng, ng), nc.q.sample(rng, ng)
+    g[:, IX_PA] = rng.uniform(-90.0, 90.0, ng)
+    s = np.empty((ns, N_PARAMS))
+    s[:, IX_X], s[:, IX_Y] = rng.uniform(lo, hi, ns), rng.uniform(lo, hi, ns)
+    s[:, IX_MAG] = _power_law_mags(rng, ns, nc.star_slope, nc.mag_min, nc.mag_max)
+    s[:, IX_RE], s[:, IX_N], s[:, IX_Q], s[:, IX_PA] = STAR_RE_PIX, 0.5, 1.0, 0.0
     t = target[pair]
-    c = np.empty((npair, 7))
-    dist = np.maximum(3.0, rng.uniform(1.5, 4.0, npair) * t[:, 3])
+    c = np.empty((npair, N_PARAMS))
+    dist = np.maximum(3.0, rng.uniform(1.5, 4.0, npair) * t[:, IX_RE])
     ang = rng.uniform(0, 2 * np.pi, npair)
-    c[:, 0], c[:, 1] = t[:, 0] + dist * np.cos(ang), t[:, 1] + dist * np.sin(ang)
-    c[:, 2] = np.clip(t[:, 2] + rng.uniform(-1.0, 3.0, npair), nc.mag_min, nc.mag_max)
-    c[:, 3] = sizes(c[:, 2])
-    c[:, 4], c[:, 5] = nc.n.sample(rng, npair), nc.q.sample(rng, npair)
-    c[:, 6] = rng.uniform(-90.0, 90.0, npair)
+    c[:, IX_X], c[:, IX_Y] = t[:, IX_X] + dist * np.cos(ang), t[:, IX_Y] + dist * np.sin(ang)
+    c[:, IX_MAG] = np.clip(t[:, IX_MAG] + rng.uniform(-1.0, 3.0, npair), nc.mag_min, nc.mag_max)
+    c[:, IX_RE] = sizes(c[:, IX_MAG])
+    c[:, IX_N], c[:, IX_Q] = nc.n.sample(rng, npair), nc.q.sample(rng, npair)
+    c[:, IX_PA] = rng.uniform(-90.0, 90.0, npair)
     params = np.concatenate([g, s, c])
     stamps = np.arange(n)
     owner = np.concatenate([np.repeat(stamps, n_gal), np.repeat(stamps, n_star), np.flatnonzero(pair)])
@@ -224,14 +225,15 @@ def draw_target_parameters(config: SimulationConfig, rng: np.random.Generator, n
     """Target parameters (n, 7) in catalog conventions, from the config's priors."""
     pr = config.priors
     c = stamp_center(config.stamp_size)
-    p = np.empty((n, 7))
-    p[:, 0] = c + pr.dx.sample(rng, n)
-    p[:, 1] = c + pr.dy.sample(rng, n)
-    p[:, 2] = pr.mag.sample(rng, n)
-    p[:, 3] = pr.re_arcsec.sample(rng, n, high=config.re_cap_pix() * config.pixel_scale) / config.pixel_scale
-    p[:, 4] = pr.n.sample(rng, n)
-    p[:, 5] = pr.q.sample(rng, n)
-    p[:, 6] = wrap_pa(pr.pa.sample(rng, n))
+    p = np.empty((n, N_PARAMS))
+    p[:, IX_X] = c + pr.dx.sample(rng, n)
+    p[:, IX_Y] = c + pr.dy.sample(rng, n)
+    p[:, IX_MAG] = pr.mag.sample(rng, n)
+    re_cap_arcsec = config.re_cap_pix() * config.pixel_scale
+    p[:, IX_RE] = pr.re_arcsec.sample(rng, n, high=re_cap_arcsec) / config.pixel_scale
+    p[:, IX_N] = pr.n.sample(rng, n)
+    p[:, IX_Q] = pr.q.sample(rng, n)
+    p[:, IX_PA] = wrap_pa(pr.pa.sample(rng, n))
     return p
 
 
@@ -277,7 +279,8 @@ def generate_batch(config: SimulationConfig, n: int, *, seed=None, return_models
     if nb_on:
         nb_params, owner, n_nb = _draw_neighbours(cfg, rng, target, bg_idx < 0)
     else:
-        nb_params, owner, n_nb = np.empty((0, 7)), np.empty(0, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        nb_params, owner = np.empty((0, N_PARAMS)), np.empty(0, dtype=np.int64)
+        n_nb = np.zeros(n, dtype=np.int64)
 
     model, scene = _render_stamps(cfg, target, psfs, nb_params, owner)
 

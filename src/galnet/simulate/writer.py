@@ -29,6 +29,8 @@ import numpy as np
 from .. import __version__
 from ..conventions import CONVENTIONS_VERSION
 from ..errors import ConfigError
+from ..io import atomic_write, atomic_write_text
+from ..params import N_PARAMS
 from .config import SimulationConfig, load_preset
 
 __all__ = ["simulate_dataset", "split_counts", "SPLIT_NAMES"]
@@ -107,8 +109,6 @@ def _merge_shards(out_path: Path, parts: list[Path], meta: dict, compression: st
     chunks or filters is rewritten, and misaligned shards fall back to
     :func:`~galnet.data.h5.concatenate_files`. Written atomically.
     """
-    import os
-
     import h5py
 
     from ..data.h5 import CHUNK_STAMPS, OPTIONAL_KEYS, REQUIRED_KEYS, concatenate_files
@@ -132,27 +132,28 @@ def _merge_shards(out_path: Path, parts: list[Path], meta: dict, compression: st
     if not (keys and same_keys) or total < CHUNK_STAMPS or any(m % CHUNK_STAMPS for m in sizes[:-1]):
         return concatenate_files(out_path, parts, meta, compression=compression)
     dtypes = {**REQUIRED_KEYS, **OPTIONAL_KEYS}
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(tmp, "w") as out:
-        out.attrs["meta"] = json.dumps(meta, sort_keys=True)
-        for name in keys:
-            out.create_dataset(name, shape=(total,) + shapes[name], dtype=dtypes.get(name, "float32"),
-                               chunks=(CHUNK_STAMPS,) + shapes[name], **want)
-        row = 0
-        for p, m, as_is in zip(parts, sizes, raw):
-            with h5py.File(p, "r") as f:
-                for name in keys:
-                    if not as_is:
-                        out[name][row : row + m] = f[name][...]
-                        continue
-                    src, dst = f[name].id, out[name].id
-                    for c in range(src.get_num_chunks()):
-                        offset = src.get_chunk_info(c).chunk_offset
-                        mask, data = src.read_direct_chunk(offset)
-                        dst.write_direct_chunk((row + offset[0],) + tuple(offset[1:]), data, mask)
-            row += m
-    os.replace(tmp, out_path)
-    return out_path
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as out:
+            out.attrs["meta"] = json.dumps(meta, sort_keys=True)
+            for name in keys:
+                out.create_dataset(name, shape=(total,) + shapes[name], dtype=dtypes.get(name, "float32"),
+                                   chunks=(CHUNK_STAMPS,) + shapes[name], **want)
+            row = 0
+            for p, m, as_is in zip(parts, sizes, raw):
+                with h5py.File(p, "r") as f:
+                    for name in keys:
+                        if not as_is:
+                            out[name][row : row + m] = f[name][...]
+                            continue
+                        src, dst = f[name].id, out[name].id
+                        for c in range(src.get_num_chunks()):
+                            offset = src.get_chunk_info(c).chunk_offset
+                            mask, data = src.read_direct_chunk(offset)
+                            dst.write_direct_chunk((row + offset[0],) + tuple(offset[1:]), data, mask)
+                row += m
+
+    return atomic_write(out_path, write)
 
 
 def _init_worker(threads: int) -> None:
@@ -164,15 +165,6 @@ def _init_worker(threads: int) -> None:
     # a worker finishes its shard (written atomically) instead of printing a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and :func:`os.replace`."""
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _shard_ok(path: Path, fingerprint: str, count: int) -> bool:
@@ -204,8 +196,9 @@ def preflight(config: SimulationConfig, n_draws: int = 4096) -> None:
     import dataclasses
 
     from ..params import validate_parameters
+    from ..render import load_psf_library
     from .config import Prior
-    from .generate import draw_target_parameters, load_background, load_psf_library
+    from .generate import draw_target_parameters, load_background
 
     priors = [(f"priors.{f.name}", getattr(config.priors, f.name)) for f in dataclasses.fields(config.priors)]
     priors += [(f"psf.{k}", getattr(config.psf, k)) for k in ("fwhm_arcsec", "moffat_beta", "ellipticity")]
@@ -295,33 +288,48 @@ def simulate_dataset(
         raise ConfigError(f"{out}: output is a file, not a directory")
     (out / "shards").mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(config, seed, n, split, shard_size)
-    run = {"config": config.to_dict(), "seed": seed, "n": n, "split": list(map(float, split)),
-           "shard_size": shard_size, "fingerprint": fp, "galnet_version": __version__}
-    cfg_path = out / "config.json"
-    old = None
-    if cfg_path.exists():
-        try:
-            old = json.loads(cfg_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"{cfg_path}: unreadable ({exc}); remove it, or use a new --out directory"
-            ) from exc
-    if old is not None:
-        if not isinstance(old, dict) or old.get("fingerprint") != fp:
-            raise ConfigError(
-                f"{out}: holds a dataset made with another config/seed/n/split/shard_size "
-                f"(fingerprint {old.get('fingerprint') if isinstance(old, dict) else None} != {fp}); "
-                "use a new --out directory"
-            )
-    else:
-        _atomic_write_text(cfg_path, json.dumps(run, indent=2, sort_keys=True))
+    _claim_directory(out, {"config": config.to_dict(), "seed": seed, "n": n, "split": list(map(float, split)),
+                           "shard_size": shard_size, "fingerprint": fp, "galnet_version": __version__})
     base_meta = {
         "preset": config.to_dict(), "seed": seed, "galnet_version": __version__,
         "conventions_version": CONVENTIONS_VERSION, "zeropoint": config.zeropoint,
         "pixel_scale": config.pixel_scale, "gain": config.gain, "sky_sigma_median": config.sky_sigma(),
         "fingerprint": fp, "shard_size": shard_size,
     }
+    tasks, shard_lists, finished = _plan_shards(config, seed, out, counts, shard_size, base_meta, compression)
+    todo = sum(t[4] for t in tasks)
+    with tqdm(total=n, initial=n - todo, unit="stamp", disable=not progress, desc="simulate") as bar:
+        _run_shard_tasks(tasks, workers, threads, bar)
+    return _merge_splits(out, config, shard_lists, finished, compression, keep_shards)
 
+
+def _claim_directory(out: Path, run: dict[str, Any]) -> None:
+    """Write ``out/config.json`` (the run's config, seed, sizes and fingerprint), or check that the one there
+    is this run's (a resumed run); another dataset's raises :class:`ConfigError`."""
+    cfg_path = out / "config.json"
+    fp = run["fingerprint"]
+    if not cfg_path.exists():
+        atomic_write_text(cfg_path, json.dumps(run, indent=2, sort_keys=True))
+        return
+    try:
+        old = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{cfg_path}: unreadable ({exc}); remove it, or use a new --out directory"
+        ) from exc
+    if not isinstance(old, dict) or old.get("fingerprint") != fp:
+        raise ConfigError(
+            f"{out}: holds a dataset made with another config/seed/n/split/shard_size "
+            f"(fingerprint {old.get('fingerprint') if isinstance(old, dict) else None} != {fp}); "
+            "use a new --out directory"
+        )
+
+
+def _plan_shards(config: SimulationConfig, seed: int, out: Path, counts: list[int], shard_size: int,
+                 base_meta: dict, compression: str) -> tuple[list[tuple], dict, dict[str, bool]]:
+    """The shards of every split: the tasks still to draw (a shard already complete is skipped), the shard
+    paths and meta of each split, and whether each split file is already complete."""
+    fp = base_meta["fingerprint"]
     tasks, shard_lists, finished = [], {}, {}
     id_start = 0
     for si, (name, count) in enumerate(zip(SPLIT_NAMES, counts)):
@@ -338,37 +346,45 @@ def simulate_dataset(
                               compression))
         shard_lists[name] = (paths, meta)
         id_start += count
+    return tasks, shard_lists, finished
 
-    todo = sum(t[4] for t in tasks)
-    with tqdm(total=n, initial=n - todo, unit="stamp", disable=not progress, desc="simulate") as bar:
-        import torch
 
-        if workers == 1 or len(tasks) <= 1:
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads or before)
-            try:
-                for t in tasks:
-                    _shard_task(t)
-                    bar.update(t[4])
-            finally:
-                torch.set_num_threads(before)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+def _run_shard_tasks(tasks: list[tuple], workers: int, threads: int | None, bar) -> None:
+    """Draw the shards of ``tasks``: in this process (``workers`` 1, or a single task) or in a pool of
+    spawned processes; ``bar`` (tqdm) counts the stamps."""
+    import torch
 
-            per_worker = threads or max(1, torch.get_num_threads() // workers)
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                       initargs=(per_worker,))
-            try:
-                futures = {pool.submit(_shard_task, t): t[4] for t in tasks}
-                for fut in as_completed(futures):
-                    fut.result()
-                    bar.update(futures[fut])
-            except BaseException:  # an error or Ctrl-C: drop the queued shards, do not wait for them
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+    if workers == 1 or len(tasks) <= 1:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        try:
+            for t in tasks:
+                _shard_task(t)
+                bar.update(t[4])
+        finally:
+            torch.set_num_threads(before)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    per_worker = threads or max(1, torch.get_num_threads() // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(per_worker,))
+    try:
+        futures = {pool.submit(_shard_task, t): t[4] for t in tasks}
+        for fut in as_completed(futures):
+            fut.result()
+            bar.update(futures[fut])
+    except BaseException:  # an error or Ctrl-C: drop the queued shards, do not wait for them
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _merge_splits(out: Path, config: SimulationConfig, shard_lists: dict, finished: dict[str, bool],
+                  compression: str, keep_shards: bool) -> dict[str, Path]:
+    """Merge each unfinished split's shards into ``out/<split>.h5``, then remove the shards (unless
+    ``keep_shards``) and the temporary files a killed run left. Returns split name → Path."""
     result = {}
     for name in SPLIT_NAMES:
         final = out / f"{name}.h5"
@@ -380,7 +396,7 @@ def simulate_dataset(
             for p in paths:
                 p.unlink(missing_ok=True)
         result[name] = final
-    for tmp in [*out.glob("*.h5.tmp"), *(out / "shards").glob("*.tmp")]:  # left by a killed run
+    for tmp in [*out.glob("*.h5.*tmp"), *(out / "shards").glob("*.tmp")]:  # left by a killed run
         tmp.unlink(missing_ok=True)
     if not keep_shards:
         try:
@@ -405,6 +421,6 @@ def _write_empty(path: Path, config: SimulationConfig, meta: dict) -> None:
     s, p = config.stamp_size, config.psf_size
     write_split(path, {
         "images": np.zeros((0, s, s), np.float32), "psfs": np.zeros((0, p, p), np.float32),
-        "sky_sigma": np.zeros(0, np.float32), "params": np.zeros((0, 7)), "snr": np.zeros(0, np.float32),
-        "ids": np.zeros(0, np.int64),
+        "sky_sigma": np.zeros(0, np.float32), "params": np.zeros((0, N_PARAMS)),
+        "snr": np.zeros(0, np.float32), "ids": np.zeros(0, np.int64),
     }, meta)

@@ -17,6 +17,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ..config_io import merge_overrides
 from ..errors import ConfigError
 from ..options import (
     check_output_path,
@@ -101,7 +102,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(over["model_config"], dict):
             raise ConfigError(f"--model-config must be a JSON object, e.g. '{{\"hidden\": 128}}', got "
                               f"{args.model_config!r}")
-    data = {**cfg.to_dict(), **over}
+    data = merge_overrides(cfg.to_dict(), over)  # a --model-config table overrides the file's key by key
     data["command"] = shlex.join(["galnet", *sys.argv[1:]]) if sys.argv and sys.argv[1:] else "galnet train"
     return TrainConfig.from_dict(data)
 
@@ -153,8 +154,7 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
     from ..errors import ModelCardError
     from ..models import create_model, save_model
     from ..models.scaling import OutputScalingConfig
-    from .loop import CHECKPOINT, _read_checkpoint_json, evaluate_model, load_split, read_safetensors
-    from .metrics import regression_metrics
+    from .loop import CHECKPOINT, _read_checkpoint_json, load_split, read_safetensors
 
     run_dir = Path(run_dir)
     ck = run_dir / f"{CHECKPOINT}.json"
@@ -199,26 +199,9 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
                        "error_scale_edges": oscale.error_scale_edges}
     test_path = Path(test) if test else (Path(cfg.data) / "test.h5" if cfg.data else None)
     if test_path is not None and test_path.is_file():
-        split = load_split(test_path)
-        _, pred = evaluate_model(model, split, device="cpu")
-        metrics = {"split": str(test_path), "n": len(pred),
-                   "per_parameter": regression_metrics(split["params"].double().numpy(), pred)}
-        if model.config.uncertainty:
-            from .calibrate import coverage, predict_with_errors
-
-            _, err = predict_with_errors(model, split)
-            metrics["error_coverage"] = coverage(split["params"].double().numpy(), pred, err)
+        metrics = _test_metrics(model, test_path)
     meta = state.get("meta") or {}
-    init = None
-    if cfg.init:  # fine-tuned: record which weights it started from (read before an export overwrites them)
-        from ..models import resolve_model_path
-
-        try:
-            init_card = json.loads(resolve_model_path(cfg.init).read_text())
-            init = {"card": cfg.init, "sha256": (init_card.get("weights") or {}).get("sha256"),
-                    "command": (init_card.get("training") or {}).get("command")}
-        except (OSError, ValueError, ModelCardError):
-            init = {"card": cfg.init, "sha256": None}
+    init = _init_record(cfg.init)
     extra = {
         "training": {
             **({"init": init} if init else {}),
@@ -239,3 +222,37 @@ def export_run(run_dir: str | Path, name: str, to: str | Path, *, test: str | Pa
         "metrics": {"test": metrics} if metrics else {},
     }
     return save_model(model, to, name, extra=extra)
+
+
+def _test_metrics(model, test_path: Path) -> dict:
+    """Metrics of ``model`` on a test split: regression metrics per parameter, and the coverage of its
+    predicted errors if it has an uncertainty head."""
+    from .loop import evaluate_model, load_split
+    from .metrics import regression_metrics
+
+    split = load_split(test_path)
+    _, pred = evaluate_model(model, split, device="cpu")
+    metrics = {"split": str(test_path), "n": len(pred),
+               "per_parameter": regression_metrics(split["params"].double().numpy(), pred)}
+    if model.config.uncertainty:
+        from .calibrate import coverage, predict_with_errors
+
+        _, err = predict_with_errors(model, split)
+        metrics["error_coverage"] = coverage(split["params"].double().numpy(), pred, err)
+    return metrics
+
+
+def _init_record(init: str | None) -> dict | None:
+    """Which weights a fine-tuned run started from (card, its weights' sha256 and training command), read
+    before an export overwrites them; None for a run trained from scratch."""
+    if not init:
+        return None
+    from ..errors import ModelCardError
+    from ..models import resolve_model_path
+
+    try:
+        init_card = json.loads(resolve_model_path(init).read_text())
+        return {"card": init, "sha256": (init_card.get("weights") or {}).get("sha256"),
+                "command": (init_card.get("training") or {}).get("command")}
+    except (OSError, ValueError, ModelCardError):
+        return {"card": init, "sha256": None}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..config_io import build_config, load_config
 from ..errors import ConfigError
 from ..models.scaling import N_OUTPUTS, TARGET_NAMES, target_columns
 from ..options import check_field_type
@@ -220,41 +220,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a dict; unknown keys or values of the wrong type raise :class:`ConfigError`."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"a training config must be a table of keys, got {type(data).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        bad = sorted(set(data) - set(known))
-        if bad:
-            raise ConfigError(f"unknown training config key(s) {bad}; known: {sorted(known)}")
-        for name, value in data.items():
-            check_field_type(value, str(known[name].type), name)
-        return cls(**data)
+        """Build from a dict; unknown keys or values of the wrong type raise :class:`ConfigError`
+        (:func:`galnet.config_io.build_config`; values are checked by :meth:`validate`)."""
+        return build_config(cls, data)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> TrainConfig:
-        """Read a ``.json`` or ``.toml`` file (a ``[train]`` table in TOML is accepted too).
+    def from_file(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """Read a ``.json`` or ``.toml`` file (a ``[train]`` table in it is accepted too).
+
+        Parameters
+        ----------
+        path : path-like
+            The file (a suffix other than ``.toml`` is read as JSON).
+        overrides : dict, optional
+            Values merged over the file's (:func:`galnet.config_io.merge_overrides`).
 
         Raises
         ------
         ConfigError
             Missing, unreadable, empty or unparsable file, unknown key or wrong type; the message
-            names the file and the key.
+            names the file and the key (:func:`galnet.config_io.load_config`).
         """
-        path = Path(path)
-        try:
-            text = path.read_text()
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except (OSError, ValueError) as exc:  # also non-UTF-8 bytes (UnicodeDecodeError)
-            raise ConfigError(f"{path}: cannot read the training config: {exc}") from exc
-        if path.suffix == ".toml" and "train" in data and isinstance(data["train"], dict):
-            data = data["train"]
-        if not isinstance(data, dict) or not data:
-            raise ConfigError(f"{path}: the training config is empty (or not a table of keys)")
-        try:
-            return cls.from_dict(data)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        return load_config(path, cls, overrides=overrides, what="training config", section="train",
+                           default_format="json")
 
 
 def check_model_config(model_config: Any, input_scaling: Any = None) -> None:

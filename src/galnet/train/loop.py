@@ -40,6 +40,7 @@ from .. import __version__
 from ..conventions import wrap_pa
 from ..data import read_arrays, read_meta
 from ..errors import ConfigError, InputDataError
+from ..io import atomic_write, atomic_write_text
 from ..models import GalNet, create_model, fit_output_scaling
 from ..models.scaling import N_OUTPUTS, OutputScalingConfig
 from ..params import IX_PA, IX_X, IX_Y
@@ -338,9 +339,7 @@ def _read_checkpoint_json(path: Path) -> dict:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # ============================================================================ trainer
@@ -515,9 +514,8 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         token = f"{self.state['epoch']}:{self.state['batch_in_epoch']}:{self.state['step']}"
-        tmp = self.out / f"{CHECKPOINT}.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"token": token})
-        os.replace(tmp, self.out / f"{CHECKPOINT}.safetensors")
+        atomic_write(self.out / f"{CHECKPOINT}.safetensors",
+                     lambda tmp: save_file(tensors, str(tmp), metadata={"token": token}))
         _atomic_json(self.out / f"{CHECKPOINT}.json", {
             **self.state, "token": token, "param_groups": osd["param_groups"], "optim_scalars": scalars,
             "config": self.cfg.to_dict(), "output_scaling": asdict(self.model.output_scaling.config),
@@ -560,9 +558,8 @@ class Trainer:
             return
         from safetensors.torch import save_file
 
-        tmp = self.out / "best.safetensors.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
-        os.replace(tmp, self.out / "best.safetensors")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write(self.out / "best.safetensors", lambda tmp: save_file(state, str(tmp)))
         _atomic_json(self.out / "best.json", {"epoch": self.state["epoch"], "val_loss": val_loss,
                                               "val_metrics": metrics})
 
@@ -601,11 +598,14 @@ class Trainer:
                 rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < row["epoch"]]
         rows.append(row)
         keys = list(row)
-        with open(path.with_suffix(".csv.tmp"), "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(path.with_suffix(".csv.tmp"), path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(path, write)
 
     def _on_signal(self, signum, frame) -> None:  # pragma: no cover - exercised by hand
         log.warning("signal %s: checkpointing after this step and stopping (again to abort)", signum)
