@@ -135,7 +135,7 @@ def run_methods(st: dict, mask: np.ndarray, args) -> dict:
         return np.where(np.isfinite(fr.params).all(1, keepdims=True), fr.params, start)
 
     sides = {}
-    models = {"network": args.model, **{f"network:{m}": m for m in args.compare_model}}
+    models = {"network": args.model, **{f"network:{Path(m).stem}": m for m in args.compare_model}}
     for name, model in models.items():
         network(model)  # load the model once (warm-up), then time
         sides[name] = lambda model=model: network(model)
