@@ -17,7 +17,7 @@ Methods are run through the command line (``python -m galnet.cli ...``, the same
 ``galnet`` console script) so that the benchmark measures what users run; each command is timed
 whole (process start, model load, reading, writing included):
 
-* ``network``: ``galnet predict SET -o CAT --chi2 --model MODEL --threads T``;
+* ``network``: ``galnet predict SET -o CAT --refine 0 --chi2 --model MODEL --threads T``;
 * ``fitter``: ``galnet fit SET -o CAT --start moments --workers W`` (neighbours masked, the
   default): the reference, "what the pixels hold";
 * ``hybrid``: ``galnet fit SET -o CAT --start catalog:<network catalog> --workers W``;
@@ -254,8 +254,8 @@ def parse_method(spec: str, model: str) -> Method:
 def builtin_methods(names: list[str], model: str, workers: int, threads: int) -> list[Method]:
     """The built-in ``network``, ``fitter`` and ``hybrid`` methods that are in ``names``."""
     table = {
-        "network": Method("network", "predict", ["--chi2", "--model", model, "--threads", str(threads),
-                                                 "--no-progress"]),
+        "network": Method("network", "predict", ["--refine", "0", "--chi2", "--model", model, "--threads",
+                                                 str(threads), "--no-progress"]),
         "fitter": Method("fitter", "fit", ["--start", "moments", "--workers", str(workers)]),
         "hybrid": Method("hybrid", "fit", ["--start", "catalog:{network}", "--workers", str(workers)],
                          needs_network=True),

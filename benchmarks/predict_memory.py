@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             t_write = time.perf_counter() - t0
             out.unlink(missing_ok=True)
             cmd = [sys.executable, "-m", "galnet.cli", "predict", str(cube), "--psf", str(work / "psf.fits"),
-                   "-o", str(out), "--no-progress", "--threads", str(args.threads), *args.extra.split()]
+                   "-o", str(out), "--refine", "0", "--no-progress", "--threads", str(args.threads),
+                   *args.extra.split()]
             rss, wall, how = peak_rss_of(cmd)
             rows = len(Table.read(out, memmap=True))
             results[n] = {"peak_rss_mb": round(rss, 1), "wall_s": round(wall, 1), "rows_out": rows,

@@ -194,7 +194,7 @@ def test_uncertainty_training_export_and_predict_errors(data_dir, tmp_path):
     # the catalog carries the errors of every row, in catalog units
     out = tmp_path / "cat.fits"
     assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(out), "--model",
-                     str(weights / "unc.json"), "--no-progress", "--backend", "torch"]) == 0
+                     str(weights / "unc.json"), "--refine", "0", "--no-progress", "--backend", "torch"]) == 0
     cat = read_table(out)
     assert len(cat) == 64
     for col in COLUMNS_ERR:
@@ -216,7 +216,7 @@ def test_predict_refine_cli(data_dir, small_card, tmp_path, capsys):
     # the fit refines the (untrained) network's answer: chi2nu falls towards 1 (noise is 1-3 counts)
     net = tmp_path / "net.fits"
     assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(net), "--model", small_card,
-                     "--chi2", "--no-progress"]) == 0
+                     "--refine", "0", "--chi2", "--no-progress"]) == 0
     assert np.median(cat["chi2nu"]) < np.median(read_table(net)["chi2nu"])
     # a resume with another K is refused, naming the option
     capsys.readouterr()

@@ -115,11 +115,12 @@ def _add_run_arguments(r) -> None:
     r.add_argument(
         "--refine",
         type=nonnegative_int,
-        default=0,
+        default=5,
         metavar="K",
         help="refine the network's answers with K batched Levenberg-Marquardt steps of the exact forward "
-        "model (neighbours masked as in galnet fit); writes the fit's errors and chi2nu. 0: the network "
-        "alone (default 0; see docs/network.md for the accuracy and speed of each K)",
+        "model (neighbours masked as in galnet fit); writes the fit's errors and chi2nu. Default 5: on real "
+        "HSC galaxies the fitter's median chi2nu, at a few ms per galaxy. 0: the network alone, ~20x faster "
+        "(docs/network.md: accuracy and speed of each K)",
     )
     r.add_argument(
         "--symmetries",
