@@ -327,3 +327,27 @@ def test_nmad_ratio_and_coverage_tables(tiny_set, preset):
     titles = [tb[0] for tb in _tables(ev)]
     assert any(s.startswith("NMAD divided by the 'fit'") for s in titles)
     assert any(s.startswith("Error coverage") for s in titles)
+
+
+def test_network_rows_flags_describe_the_galaxy():
+    """NON_SERSIC of network-only rows is judged on a short refinement: on single Sérsic galaxies it is
+    rare (it was set on most raw network rows), on bulge + disc galaxies it stays as frequent as the fit's."""
+    import numpy as np
+
+    from galnet.evaluate.report import MethodResult, TruthSet, evaluate_methods
+    from galnet.evaluate.residuals import calibration_set
+    from galnet.flags import Flag
+    from galnet.models import load_model
+    from galnet.simulate import load_preset
+
+    cfg = load_preset("hsc-r")
+    frac = {}
+    for kind in ("single", "bulge_disc"):
+        a = calibration_set(cfg, 60, kind, seed=3)
+        ts = TruthSet.from_arrays({**a, "ids": np.arange(60)}, zeropoint=27.0, gain=cfg.gain)
+        pred = load_model("hsc-r").predict(a["images"], a["psfs"], a["sky_sigma"])
+        ev = evaluate_methods(ts, [MethodResult("raw", pred), MethodResult("net", pred, network_only=True)])
+        frac[kind] = {k: float(np.mean(m.residual_flags & int(Flag.NON_SERSIC) != 0))
+                      for k, m in ev.methods.items()}
+    assert frac["single"]["raw"] > 0.3 and frac["single"]["net"] <= 0.05
+    assert frac["bulge_disc"]["net"] >= 0.5

@@ -172,8 +172,10 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
             time_per_galaxy = float(meta[TIME_KEYWORD]) if TIME_KEYWORD in meta else None
         except (TypeError, ValueError):
             time_per_galaxy = None
+    upper = {str(k).upper(): v for k, v in table.meta.items()}
+    network_only = str(upper.get("REFINE", "")).strip() == "0" and "niter" not in table.colnames
     return MethodResult(name=name, params=out_p, flags=out_f, time_per_galaxy=time_per_galaxy,
-                        source=str(path), errors=out_e)
+                        source=str(path), errors=out_e, network_only=network_only)
 
 
 def load_galfit_headers(directory, ids, *, name: str = "galfit", time_per_galaxy: float | None = None):

@@ -135,7 +135,7 @@ def run_demo(*, n: int = 400, fit_n: int = 100, out="galnet-demo", model: str = 
     t_net = timings["predict"] / n
     write_table(make_catalog(data["ids"], pred, pixel_scale=cfg.pixel_scale, zeropoint=cfg.zeropoint,
                              meta={"TPERGAL": t_net, "MODEL": str(model)}), out / "network.fits")
-    methods = [MethodResult("network", pred, None, t_net, str(out / "network.fits"))]
+    methods = [MethodResult("network", pred, None, t_net, str(out / "network.fits"), network_only=True)]
 
     # fits from moments and from the network (hybrid), as galnet fit does them: σ from the data (GALFIT's),
     # the other sources on each stamp masked; the catalogs hold only the fitted rows

@@ -133,6 +133,9 @@ class MethodResult:
     time_per_galaxy : float or None, seconds of wall time per galaxy
     source : str, where it came from (a file path), for the report
     errors : ndarray (B, 7) or None, the method's 1-sigma errors in catalog units (``<col>_err``)
+    network_only : bool, the rows are a network's answers without a fit (``galnet predict --refine 0``):
+        their ``NON_SERSIC`` / ``HIGH_CHI2`` are judged on a :data:`JUDGE_REFINE_STEPS`-step refinement of
+        them, so that the flags describe the galaxy, not the network's imprecision
     """
 
     name: str
@@ -141,6 +144,27 @@ class MethodResult:
     time_per_galaxy: float | None = None
     source: str = ""
     errors: np.ndarray | None = None
+    network_only: bool = False
+
+
+#: LM steps from a network-only answer before its residuals are judged (``NON_SERSIC``, ``HIGH_CHI2``):
+#: on real HSC galaxies 5 steps reach the fitter's median χ²ν (benchmarks/results/real_hsc.md).
+JUDGE_REFINE_STEPS = 5
+
+
+def judged_params(truth: TruthSet, params: np.ndarray) -> np.ndarray:
+    """A network's answers refined by :data:`JUDGE_REFINE_STEPS` LM steps on the truth stamps (neighbours
+    masked, σ of the stamps), for judging residuals; rows that do not refine keep their values."""
+    from ..fit import Refiner
+
+    p = np.array(params, dtype=np.float64, copy=True)
+    rows = np.flatnonzero(np.isfinite(p).all(axis=1))
+    if rows.size:
+        res, _ = Refiner(JUDGE_REFINE_STEPS)(truth.images[rows], truth.psfs[rows], p[rows],
+                                             sigma=truth.sigma[rows], zeropoint=truth.zeropoint)
+        good = np.isfinite(res.params).all(axis=1)
+        p[rows[good]] = res.params[good]
+    return p
 
 
 @dataclass
@@ -258,6 +282,10 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
         models = render_models(p, truth.psfs, shape=shape, zeropoint=truth.zeropoint)
         stats = residual_statistics(truth.images, models, truth.sigma, p)
         rflags = residual_flags(stats, thresholds)
+        if m.network_only:  # the flags describe the galaxy: judged on a short refinement of the answer
+            pj = judged_params(truth, p)
+            mj = render_models(pj, truth.psfs, shape=shape, zeropoint=truth.zeropoint)
+            rflags = residual_flags(residual_statistics(truth.images, mj, truth.sigma, pj), thresholds)
         t, q = truth.params, p
         rt = r & has_truth  # accuracy needs a truth: real galaxies have none (χ²ν and residuals only)
         ct = common & has_truth
