@@ -26,7 +26,8 @@ scene's full 41×41 PSF from each method's parameters. Methods:
 Prints per method the median and mean χ²ν, the per-galaxy χ²ν ratio to the baseline, the fraction of galaxies
 where the method's χ²ν is at most the baseline's, the agreement with the fitter (mag, re, n, q) and the time
 per galaxy; writes ``<out>.md``, ``<out>.json`` and image / model / residual mosaics of typical and worst
-cases (``<out>_figures/``). Last line: one JSON object.
+cases (``benchmarks/.cache/real_hsc/``: they show the scenes' pixels, which are not redistributed), and the
+``galnet evaluate`` report there. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -301,7 +302,9 @@ def evaluate_report(st: dict, res: dict, out: Path) -> Path:
     """The ``galnet evaluate`` report of every method on the real stamps (no truth: χ²ν, residuals, mosaics).
 
     Writes ``<out>_stamps.h5`` (the stamps with their σ maps and NaN true parameters), one catalog per method
-    and runs ``galnet evaluate``; returns the report folder.
+    and runs ``galnet evaluate``; returns the report folder. ``out`` is under ``benchmarks/.cache/``: the
+    stamps and mosaics show the scenes' pixels, which are not redistributed (no licence), so they stay out of
+    the repository.
     """
     import subprocess
 
@@ -426,10 +429,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if not args.quick:
         out.parent.mkdir(parents=True, exist_ok=True)
-        report = evaluate_report(st, res, out)
+        work = HERE / ".cache" / "real_hsc" / out.name
+        work.parent.mkdir(parents=True, exist_ok=True)
+        report = evaluate_report(st, res, work)
         md += f"\nThe `galnet evaluate` report (image / model / residual mosaics): `{report}`\n"
         out.with_suffix(".md").write_text(md)
-        figs = out.parent / f"{out.name}_figures"
+        figs = work.parent / f"{out.name}_figures"
         figs.mkdir(exist_ok=True)
         for name in res:
             c = np.where(np.isfinite(chi[name]), chi[name], np.inf)
