@@ -4,7 +4,8 @@ Measures, with an untrained ``galnet-psf`` network (the architecture of the ship
 depend on the weights):
 
 * the network alone on in-memory arrays (torch eager + channels_last, and ONNX Runtime);
-* a FITS cube of stamps + one PSF → FITS catalog, with each backend;
+* a FITS cube of stamps + one PSF → FITS catalog, with each backend; the same with a variance cube and a
+  bad-pixel mask cube (``--variance``, ``--mask``: the survey inputs);
 * a large FITS image + a source catalog (x/y) → catalog (stamp cutting included);
 * the same cube on a local Dask cluster of 1 and 2 worker processes (1 thread each; the start of the
   cluster and the per-worker model load are included, as a user would see them).
@@ -71,6 +72,13 @@ def _make_inputs(tmp: Path, n: int, seed: int = 0) -> dict:
         cube[s : s + k] = gal[rng.integers(0, base, k)] + rng.normal(0, 0.06, (k, 61, 61)).astype(np.float32)
     fits.PrimaryHDU(cube).writeto(tmp / "cube.fits")
     fits.PrimaryHDU(psf.astype(np.float32)).writeto(tmp / "psf.fits")
+    # survey planes for the cube: variance (sky + a bright-pixel term, a few bad pixels) and a bad-pixel mask
+    var = np.full((n, 61, 61), 0.06**2, np.float32)
+    var[:, 0, :3] = 0.0  # zero variances: masked, never divided by
+    mask = np.zeros((n, 61, 61), np.int16)
+    mask[:, 60, 57:] = 1
+    fits.PrimaryHDU(var).writeto(tmp / "variance.fits")
+    fits.PrimaryHDU(mask).writeto(tmp / "mask.fits")
     # a big image: the galaxies on a 32-px grid (stamps overlap, as in a crowded field), catalog of centres
     side = int(np.ceil(np.sqrt(n)))
     step = 32
@@ -140,6 +148,9 @@ def main() -> None:
             "e2e_cube_torch": e2e("cube.fits", sky_sigma=0.06, backend="torch"),
             "e2e_cube_onnx": e2e("cube.fits", sky_sigma=0.06, backend="onnx"),
             "e2e_cube_onnx_sky_estimated": e2e("cube.fits", backend="onnx"),
+            "e2e_cube_onnx_variance_mask": e2e("cube.fits", backend="onnx",
+                                               source_kwargs={"variance": tmp / "variance.fits",
+                                                              "mask": tmp / "mask.fits"}),
             "e2e_image_catalog_onnx": e2e("image.fits", catalog=tmp / "sources.fits", sky_sigma=0.06,
                                           backend="onnx"),
         }

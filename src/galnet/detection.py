@@ -184,20 +184,26 @@ def central_snr(images, sigma, *, mask=None) -> np.ndarray:
     sig = np.asarray(sigma, dtype=np.float64)
     if sig.ndim <= 1 and mask is None:  # one σ per stamp: S/N = (d · K) / (σ √ΣK²), one float32 product
         row = np.broadcast_to(sig, (b,))
-        flat = img.reshape(b, -1).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):
+            flat = img.reshape(b, -1).astype(np.float32, copy=False)
         if np.isfinite(row).all() and (row > 0).all() and np.isfinite(flat).all():
             snr = (flat @ k.astype(np.float32)).astype(np.float64) / (row * np.sqrt(np.sum(k * k)))
             return np.maximum(snr, 0.0)
-    img = img.astype(np.float64)
+    with np.errstate(over="ignore"):  # beyond float32: inf, then not used
+        img = img.astype(np.float32, copy=False)
+        sig = sig.astype(np.float32)
     if sig.ndim <= 1:
         sig = np.broadcast_to(np.broadcast_to(sig, (b,))[:, None, None], img.shape)
-    good = np.isfinite(img) & np.isfinite(sig) & (sig > 0)
-    if mask is not None:
-        good &= ~np.asarray(mask, dtype=bool)
     with np.errstate(all="ignore"):
-        wts = np.where(good, 1.0 / np.where(good, sig, 1.0) ** 2, 0.0)
-        num = (np.where(good, img, 0.0) * wts).reshape(b, -1) @ k
-        den = wts.reshape(b, -1) @ (k * k)
+        wts = 1.0 / (sig * sig)  # float32; inf / NaN where σ is 0 or not finite: zeroed below
+        good = np.isfinite(img) & np.isfinite(wts)
+        if mask is not None:
+            good &= ~np.asarray(mask, dtype=bool)
+        wts = np.where(good, wts, np.float32(0.0))
+        wd = np.where(good, img, np.float32(0.0)) * wts
+        k32 = k.astype(np.float32)
+        num = (wd.reshape(b, -1) @ k32).astype(np.float64)
+        den = (wts.reshape(b, -1) @ (k32 * k32)).astype(np.float64)
         snr = np.where(den > 0, num / np.sqrt(np.where(den > 0, den, 1.0)), 0.0)
     return np.where(np.isfinite(snr), np.maximum(snr, 0.0), 0.0)
 

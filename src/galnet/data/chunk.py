@@ -309,12 +309,24 @@ def _sky_from_sigma_maps(sky, sky_given, sigma_maps, mask) -> np.ndarray:
     given = np.broadcast_to(np.asarray(sky_given, dtype=bool), (b,))
     need = ~given & ~(np.isfinite(sky) & (sky > 0))
     if need.any():
-        sig = np.asarray(sigma_maps[need], dtype=np.float64)
-        ok = np.isfinite(sig) & (sig > 0)
+        sig = np.asarray(sigma_maps[need]).reshape(int(need.sum()), -1)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(sig) & (sig > 0)
         if mask is not None:
-            ok &= ~mask[need]
-        with np.errstate(all="ignore"):
-            sky[need] = np.nanmedian(np.where(ok, sig, np.nan).reshape(len(sig), -1), axis=1)
+            ok &= ~mask[need].reshape(len(sig), -1)
+        full = ok.all(axis=1)  # rows without excluded pixels: a plain median (nanmedian is slow)
+        est = np.full(len(sig), np.nan)
+        if full.any():
+            est[full] = np.median(sig[full], axis=1)
+        part = np.flatnonzero(~full)
+        if part.size:  # median of the valid pixels: the others NaN (sorted last), pick the middle
+            srt = np.sort(np.where(ok[part], sig[part], np.nan), axis=1)
+            k = ok[part].sum(axis=1)
+            r = np.arange(part.size)
+            with np.errstate(invalid="ignore"):
+                mid = 0.5 * (srt[r, np.maximum(k - 1, 0) // 2].astype(np.float64) + srt[r, k // 2 - (k == 0)])
+            est[part] = np.where(k > 0, mid, np.nan)
+        sky[need] = est
     return sky
 
 
