@@ -1,7 +1,7 @@
 """Write the training set of ``hsc-r`` v3: injected-into-real stamps and synthetic stamps, half and half.
 
 Usage: ``python docs/examples/make_training_mix.py`` (after the commands in README.md "The shipped models":
-``data/hsc200`` from ``galnet simulate`` and ``data/inj_train`` from ``galnet simulate --background-library``).
+``data/hsc200`` from ``galnet simulate``, ``data/inj_train`` from ``galnet simulate --background-library``).
 
 Writes ``data/mix/train.h5`` (the 80,000 injected training rows and the first 80,000 synthetic ones) and
 ``data/mix/val.h5`` (5,000 + 5,000), shuffled with seed 5, in the schema of ``galnet.data.h5``; ``sigma_maps``
