@@ -17,7 +17,8 @@ The same pixels for every method: the valid pixels minus galnet's own neighbour 
 scene's full 41×41 PSF from each method's parameters. Methods:
 
 * ``network``: ``galnet predict`` (:func:`galnet.predict.predict_arrays`; the stamp with its excluded pixels);
-* ``refine<K>``: K batched Levenberg–Marquardt steps from the network (:class:`galnet.fit.Refiner`);
+* ``refine<K>``: K batched Levenberg–Marquardt steps from the network (:class:`galnet.fit.Refiner`), rows
+  left above ``--refine-finish`` fitted on to convergence, as ``galnet predict --refine K`` does;
 * ``fitter``: :func:`galnet.fit.fit_stamps` from image moments (``galnet fit``'s default);
 * ``hybrid``: :func:`galnet.fit.fit_stamps` from the network's answer;
 * ``pyimfit``: the GALFIT-like baseline, PyImfit's Levenberg–Marquardt from the same moment starts, with the
@@ -130,7 +131,7 @@ def run_methods(st: dict, mask: np.ndarray, args) -> dict:
         return np.stack([np.asarray(tab[c], float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
 
     def refine(start: np.ndarray, k: int) -> np.ndarray:
-        fr, _ = Refiner(k, mask_neighbours=False)(
+        fr, _ = Refiner(k, mask_neighbours=False, finish_chi2=args.refine_finish or None)(
             filled, st["psfs"], start, sky_sigma=sky, sigma=sig, mask=mask
         )
         return np.where(np.isfinite(fr.params).all(1, keepdims=True), fr.params, start)
@@ -364,7 +365,9 @@ def main(argv=None) -> int:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--scenes", default=str(HERE / ".cache" / "hsc_cosmos"))
     p.add_argument("--n", type=int, default=None, help="only the first N scenes")
-    p.add_argument("--refine", type=int, nargs="*", default=[1, 2])
+    p.add_argument("--refine", type=int, nargs="*", default=[2, 5])
+    p.add_argument("--refine-finish", type=float, default=1.5,
+                   help="as galnet predict --refine-finish (default 1.5; 0: K steps for every row)")
     p.add_argument("--model", default="hsc-r")
     p.add_argument(
         "--compare-model",

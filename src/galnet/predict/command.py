@@ -123,6 +123,14 @@ def _add_run_arguments(r) -> None:
         "(docs/network.md: accuracy and speed of each K)",
     )
     r.add_argument(
+        "--refine-finish",
+        type=nonnegative_float,
+        default=1.5,
+        metavar="CHI2",
+        help="with --refine: rows whose chi2nu after the K steps is above this are fitted on to convergence "
+        "(as galnet fit) and keep the better answer (default 1.5; 0: K steps for every row)",
+    )
+    r.add_argument(
         "--symmetries",
         type=int,
         choices=(1, 4, 8),

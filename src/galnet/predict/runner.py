@@ -191,6 +191,7 @@ def _manifest(source: InputSource, options: PredictOptions, card: dict, card_fil
         "save_models": bool(options.save_models),
         "detect_snr": float(options.detect_snr),
         "refine": options.refine,
+        "refine_finish": getattr(options.refiner, "finish_chi2", None),
         "chi2_pixels": None if options.pixels is None else repr(options.pixels),
         "symmetries": options.symmetries,
         "output": output.name,
