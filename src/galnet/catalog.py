@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__
 from .conventions import CONVENTIONS_VERSION, DEFAULT_ZEROPOINT, HSC_PIXEL_SCALE, wrap_pa
-from .errors import InputDataError
+from .errors import GalnetError, InputDataError
 from .flags import describe as describe_flags
 from .io import atomic_write
 from .params import IX_PA, PARAMETERS
@@ -341,6 +341,42 @@ def read_table(path):
         raise
     except Exception as exc:  # astropy raises many types for corrupt files
         raise InputDataError(f"{path}: cannot read table: {exc}") from exc
+
+
+def read_fits_checked(path, label: str, reader, *, detail: str = ""):
+    """``reader(Path(path))`` with a missing, truncated or corrupt FITS file turned into one clear error.
+
+    Parameters
+    ----------
+    path : path
+    label : str
+        What the file is, first in the messages (``"PSF library"``, ``"background"``).
+    reader : callable
+        Reads the open-able file (e.g. with :func:`astropy.io.fits.open`) and returns what it read.
+    detail : str
+        Inserted after "cannot read" in the message of an unreadable file (e.g. ``" HDU 'SCI'"``).
+
+    Raises
+    ------
+    InputDataError
+        ``"{label} {path}: file not found"`` or ``"{label} {path}: cannot read{detail} (...)"``; galnet's
+        own errors raised by ``reader`` pass through unchanged.
+    """
+    import warnings
+
+    p = Path(path)
+    if not p.exists():
+        raise InputDataError(f"{label} {path}: file not found")
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
+            warnings.simplefilter("always")
+            out = reader(p)
+        raise_if_truncated(caught)
+    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
+        if isinstance(exc, GalnetError):
+            raise
+        raise InputDataError(f"{label} {path}: cannot read{detail} ({exc})") from exc
+    return out
 
 
 def raise_if_truncated(caught: list) -> None:

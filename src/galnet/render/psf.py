@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..catalog import raise_if_truncated
+from ..catalog import read_fits_checked
 from ..errors import InputDataError, PSFError
 from .fourier import analytic_spectrum, centre_phase, image_psf_spectrum, inverse_dft, stamp_inverse_dft
 from .geometry import ellipse_axes, pa_rotation
@@ -686,18 +685,7 @@ def load_psf_library(path: str, size: int, hdu: int | str | None = None) -> np.n
     PSFError
         A PSF is unusable; the message names the file and the index.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputDataError(f"PSF library {path}: file not found")
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
-            warnings.simplefilter("always")
-            stamps = _read_psf_stamps(p, path, hdu)
-        raise_if_truncated(caught)
-    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
-        if isinstance(exc, PSFError):
-            raise
-        raise InputDataError(f"PSF library {path}: cannot read ({exc})") from exc
+    stamps = read_fits_checked(path, "PSF library", lambda p: _read_psf_stamps(p, path, hdu))
     if not stamps:
         raise InputDataError(f"PSF library {path}: no image data found")
     return np.stack([recenter_psf(s, size, name=f"PSF library {path}[{i}]") for i, s in enumerate(stamps)])

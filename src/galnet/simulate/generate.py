@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..catalog import raise_if_truncated
+from ..catalog import read_fits_checked
 from ..conventions import mag_to_flux, stamp_center, wrap_pa
 from ..errors import InputDataError
 from ..params import IX_MAG, IX_N, IX_PA, IX_Q, IX_RE, IX_X, IX_Y, N_PARAMS
@@ -95,18 +94,8 @@ def load_background(path: str, stamp_size: int, image_hdu: int | str = 0,
     """
     from astropy.stats import sigma_clipped_stats
 
-    p = Path(path)
-    if not p.exists():
-        raise InputDataError(f"background {path}: file not found")
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # a truncated file is an error
-            warnings.simplefilter("always")
-            img, var = _read_background(p, image_hdu, variance_hdu)
-        raise_if_truncated(caught)
-    except (OSError, KeyError, IndexError, ValueError, TypeError) as exc:  # corrupt or truncated FITS
-        raise InputDataError(
-            f"background {path}: cannot read HDU {image_hdu!r}/{variance_hdu!r} ({exc})"
-        ) from exc
+    img, var = read_fits_checked(path, "background", lambda p: _read_background(p, image_hdu, variance_hdu),
+                                 detail=f" HDU {image_hdu!r}/{variance_hdu!r}")
     if img is None or img.ndim != 2:
         raise InputDataError(f"background {path}: HDU {image_hdu!r} is not a 2-D image")
     if min(img.shape) < stamp_size:
