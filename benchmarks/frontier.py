@@ -5,7 +5,8 @@ ratio of its NMAD to the exact fitter's on the same stamps, per bin of true magn
 Throughput is measured here, in one process, interleaved, on the same stamps:
 
 * the network alone (``Predictor``, ONNX Runtime, batch 512), with 1, 4 or 8 test-time symmetries;
-* refined modes: the network then ``galnet.fit.Refiner(K)`` (neighbours masked, K LM steps);
+* refined modes: the network then ``galnet.fit.Refiner(K)`` as ``galnet predict --refine K`` runs it
+  (neighbours masked, K LM steps, rows left above χ²ν 1.5 fitted on: ``--refine-finish``);
 * the fitter and hybrid take their time per galaxy from the limit JSON (``TPERGAL`` of their catalogs).
 
 A method is a point (galaxies per second, worst NMAD ratio); the figure shows the worst ratio over the

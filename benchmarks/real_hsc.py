@@ -311,13 +311,12 @@ def evaluate_report(st: dict, res: dict, out: Path) -> Path:
 
     from galnet.catalog import make_catalog
     from galnet.data import write_split
+    from galnet.data.hsc import centre_crop_psf
 
     b = len(st["ids"])
-    lo = (st["psfs"].shape[-1] - 25) // 2
-    psf = st["psfs"][:, lo : lo + 25, lo : lo + 25]
     arrays = {
         "images": st["images"].astype(np.float32),
-        "psfs": (psf / psf.sum(axis=(1, 2), keepdims=True)).astype(np.float32),
+        "psfs": np.stack([centre_crop_psf(p, 25) for p in st["psfs"]]),
         "sky_sigma": np.array([np.nanmedian(s) for s in st["sigma"]], np.float32),
         "params": np.full((b, 7), np.nan),
         "snr": np.full(b, np.nan, np.float32),

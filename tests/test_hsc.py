@@ -285,3 +285,23 @@ def test_evaluate_report_on_real_galaxies_without_truth(tmp_path):
     assert len(read_arrays(tmp_path / "real.h5")["ids"]) == 6
     # no outlier fraction is reported against a NaN truth (it was 1.0: every row an "outlier")
     assert "out any" in r.stdout and " 1.00 " not in r.stdout.splitlines()[-2]
+
+
+def test_backgrounds_from_an_hsc_coadd(tmp_path):
+    """galnet backgrounds --coadd: centres on unmasked, undetected pixels; the coadd's zero point."""
+    import subprocess
+    import sys
+
+    from galnet.data.hsc import read_background_library
+
+    _hsc_coadd_with_galaxy(tmp_path / "calexp.fits")
+    out = tmp_path / "bg.h5"
+    cmd = [sys.executable, "-m", "galnet", "backgrounds", "--coadd", str(tmp_path / "calexp.fits"),
+           "--psf", str(tmp_path / "psf.fits"), "-o", str(out), "--per-image", "8"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    arrays, meta = read_background_library(out)
+    assert arrays["images"].shape == (8, 61, 61) and meta["zeropoint"] == pytest.approx(27.0)
+    assert np.all(np.isfinite(arrays["images"][:, 30, 30]))  # centres are valid pixels
+    assert not np.any(arrays["images"] > 100)  # the saturated (SAT) block is excluded
+    np.testing.assert_allclose(arrays["psfs"].sum(axis=(1, 2)), 1.0, rtol=1e-5)

@@ -51,34 +51,34 @@ def _default_planes() -> tuple[str, ...]:
 
 
 def coadd_background_stamps(
-    path,
+    coadd,
     psf: np.ndarray,
     *,
     per_image: int,
     size: int = 61,
     psf_size: int = 25,
-    mask_planes: tuple[str, ...],
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Background stamps cut at random undetected, unmasked pixels of an HSC coadd.
 
+    Parameters
+    ----------
+    coadd : galnet.data.hsc.CoaddImage
+        From :func:`galnet.data.hsc.read_hsc_coadd` (its ``mask``: the excluded planes and bad variances).
+    psf : ndarray, shape (P, P)
+        The coadd's PSF image (odd, centred, P >= ``psf_size``).
+    per_image, size, psf_size, seed
+        Stamps, stamp and PSF sizes (px), seed of the centres.
+
     Returns the arrays of :func:`galnet.data.hsc.background_stamps`.
     """
-    from .hsc import cut_stamp, read_hsc_coadd
+    from .hsc import centre_crop_psf, cut_stamp
 
-    c = read_hsc_coadd(path, mask_planes=mask_planes)
-    centres = ~c.mask & ~read_hsc_coadd(path, mask_planes=("DETECTED",)).mask
-    yy, xx = np.nonzero(centres)
+    c = coadd
+    yy, xx = np.nonzero(~c.mask & ~c.planes_set(("DETECTED",)))
     if not len(xx):
-        raise InputDataError(f"{path}: no unmasked, undetected pixel to centre a background stamp on")
-    p = np.asarray(psf, dtype=np.float64)
-    if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] % 2 == 0 or p.shape[0] < psf_size:
-        raise InputDataError(
-            f"PSF for {path}: need an odd square image of at least {psf_size} px, got {p.shape}"
-        )
-    lo = (p.shape[0] - psf_size) // 2
-    p = p[lo : lo + psf_size, lo : lo + psf_size]
-    p = (p / p.sum()).astype(np.float32)
+        raise InputDataError(f"{c.path}: no unmasked, undetected pixel to centre a background stamp on")
+    p = centre_crop_psf(psf, psf_size, name=f"PSF for {c.path}")
     rng = np.random.default_rng(seed)
     out: dict[str, list] = {"images": [], "variance": [], "psfs": [], "scene_ids": []}
     for j in rng.integers(0, len(xx), per_image):
@@ -111,14 +111,14 @@ def run(args: argparse.Namespace) -> int:
         with open_fits(args.psf, "PSF") as hdul:
             psf = next((h.data for h in hdul if h.data is not None), None)
         planes = tuple(p for p in args.mask_planes.split(",") if p)
+        coadds = [read_hsc_coadd(f, mask_planes=planes) for f in args.coadd]
         parts = [
-            coadd_background_stamps(
-                f, psf, per_image=args.per_image, size=args.stamp_size, mask_planes=planes, seed=args.seed + i
-            )
-            for i, f in enumerate(args.coadd)
+            coadd_background_stamps(c, psf, per_image=args.per_image, size=args.stamp_size,
+                                    seed=args.seed + i)
+            for i, c in enumerate(coadds)
         ]
         lib = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        zps = {round(read_hsc_coadd(f, mask_planes=None).zeropoint, 6) for f in args.coadd}
+        zps = {round(c.zeropoint, 6) for c in coadds}
         if len(zps) != 1:
             raise InputDataError(
                 f"--coadd files have different zero points {sorted(zps)}; build one library each"

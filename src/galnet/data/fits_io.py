@@ -13,6 +13,7 @@ import numpy as np
 
 from ..catalog import open_fits
 from ..errors import InputDataError
+from .noise import sigma_from_variance
 
 __all__ = [
     "FITS_SUFFIXES",
@@ -184,6 +185,5 @@ class FitsPlanes:
                 raise InputDataError(f"{self.path}: cannot read {self.what}: {exc}") from exc
             del data
         if self.what == "variance":
-            with np.errstate(invalid="ignore"):
-                out = np.sqrt(np.where(out > 0, out, np.nan))
+            out = sigma_from_variance(out)
         return out

@@ -47,6 +47,8 @@ __all__ = [
     "read_hsc_coadd",
     "cut_stamp",
     "mask_plane_bits",
+    "planes_set",
+    "centre_crop_psf",
     "fetch_scenes",
     "background_stamps",
     "write_background_library",
@@ -110,6 +112,11 @@ class CoaddImage:
         Magnitude of one count: ``2.5 log10(FLUXMAG0)`` when the header has it, else 27.
     header : astropy.io.fits.Header
         Of the image HDU (holds the WCS).
+    bits : ndarray, shape (H, W), int
+        The mask HDU's bit planes as stored.
+    plane_bits : dict of str → int
+        Plane name → bit (:func:`mask_plane_bits`).
+    path : Path
     """
 
     image: np.ndarray
@@ -117,6 +124,13 @@ class CoaddImage:
     mask: np.ndarray
     zeropoint: float
     header: object
+    bits: np.ndarray
+    plane_bits: dict
+    path: Path
+
+    def planes_set(self, names) -> np.ndarray:
+        """(H, W) bool: pixels where any of the mask planes ``names`` is set (:func:`planes_set`)."""
+        return planes_set(self.bits, self.plane_bits, names)
 
 
 def scene_id(path: str | os.PathLike) -> int:
@@ -205,6 +219,32 @@ def mask_plane_bits(header) -> dict[str, int]:
     return {k[3:]: int(v) for k, v in header.items() if k.startswith("MP_")}
 
 
+def planes_set(bits: np.ndarray, plane_bits: dict[str, int], names) -> np.ndarray:
+    """Pixels of a bit-plane mask where any of the planes ``names`` is set (planes the mask does not
+    define are ignored)."""
+    value = 0
+    for name in names or ():
+        if name in plane_bits:
+            value |= 1 << plane_bits[name]
+    return (np.asarray(bits).astype(np.int64) & value) != 0
+
+
+def centre_crop_psf(psf: np.ndarray, size: int, *, name: str = "PSF") -> np.ndarray:
+    """The central ``size × size`` of an odd, centred PSF image, normalised to unit sum (float32).
+
+    Raises
+    ------
+    InputDataError
+        Not an odd square image of at least ``size`` px; the message names ``name``.
+    """
+    p = np.asarray(psf, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] % 2 == 0 or p.shape[0] < size:
+        raise InputDataError(f"{name}: need an odd square image of at least {size} px, got {p.shape}")
+    lo = (p.shape[0] - size) // 2
+    p = p[lo:lo + size, lo:lo + size]
+    return (p / p.sum()).astype(np.float32)
+
+
 def read_hsc_coadd(path: str | os.PathLike, *, mask_planes: tuple[str, ...] | None = DEFAULT_MASK_PLANES,
                    image_hdu: int | str = 1, mask_hdu: int | str = 2,
                    variance_hdu: int | str = 3) -> CoaddImage:
@@ -254,18 +294,13 @@ def read_hsc_coadd(path: str | os.PathLike, *, mask_planes: tuple[str, ...] | No
         primary = hdul[0].header
         fluxmag0 = primary.get("FLUXMAG0", header.get("FLUXMAG0"))
         plane_bits = mask_plane_bits(planes["mask"].header)
-    excluded = np.zeros(image.shape, bool)
-    if mask_planes:
-        value = 0
-        for name in mask_planes:
-            if name in plane_bits:
-                value |= 1 << plane_bits[name]
-        excluded |= (bits.astype(np.int64) & value) != 0
+    excluded = planes_set(bits, plane_bits, mask_planes)
     bad_var = ~(np.isfinite(variance) & (variance > 0))
     excluded |= bad_var | ~np.isfinite(image)
     variance = np.where(bad_var, np.nan, variance).astype(np.float32)
     zp = 2.5 * math.log10(float(fluxmag0)) if fluxmag0 and float(fluxmag0) > 0 else HSC_ZEROPOINT
-    return CoaddImage(image=image, variance=variance, mask=excluded, zeropoint=zp, header=header)
+    return CoaddImage(image=image, variance=variance, mask=excluded, zeropoint=zp, header=header, bits=bits,
+                      plane_bits=plane_bits, path=p)
 
 
 def cut_stamp(image: np.ndarray, variance: np.ndarray, x: float, y: float, size: int = 61, *,
@@ -392,12 +427,7 @@ def background_stamps(files: list[str | os.PathLike], *, per_scene: int = 50, si
             yy, xx = yy[keep], xx[keep]
         if not len(xx):
             raise InputDataError(f"{f}: no valid pixel {min_peak_distance} px away from the detected peaks")
-        p = sc.psf.shape[0]
-        if p < psf_size:
-            raise InputDataError(f"{f}: PSF is {p}x{p}, smaller than {psf_size}x{psf_size}")
-        lo = (p - psf_size) // 2
-        psf = sc.psf[lo:lo + psf_size, lo:lo + psf_size]
-        psf = (psf / psf.sum()).astype(np.float32)
+        psf = centre_crop_psf(sc.psf, psf_size, name=f"{f}: PSF")
         for j in rng.integers(0, len(xx), per_scene):
             stamp, sigma, _, _ = cut_stamp(sc.image, sc.variance, float(xx[j]), float(yy[j]), size)
             out["images"].append(stamp)

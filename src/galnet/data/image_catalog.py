@@ -17,7 +17,7 @@ from ..flags import Flag
 from ..params import catalog_columns
 from .chunk import Chunk, cut_stamps, finish_chunk
 from .fits_io import header_dict, header_meta, image_hdu, open_input_fits
-from .noise import check_sky_sigma, robust_sigma
+from .noise import check_sky_sigma, robust_sigma, sigma_from_variance
 from .psfs import psf_from_file, read_psf_file, shared_psf
 from .shards import array_digest, file_id
 from .sources import InputSource, psf_setting, sky_setting
@@ -181,18 +181,16 @@ class ImageCatalogSource(InputSource):
             data = np.asarray(h.data)
             header = h.header
         if kind == "mask":
-            from .hsc import DEFAULT_MASK_PLANES, mask_plane_bits
+            from .hsc import DEFAULT_MASK_PLANES, mask_plane_bits, planes_set
 
             bits = mask_plane_bits(header)
             if bits:
                 wanted = self.mask_plane_names if self.mask_plane_names is not None else DEFAULT_MASK_PLANES
-                value = sum(1 << bits[n] for n in wanted if n in bits)
-                plane = (data.astype(np.int64) & value) != 0
+                plane = planes_set(data, bits, wanted)
             else:
                 plane = data != 0
         elif kind == "variance":
-            with np.errstate(invalid="ignore"):
-                plane = np.sqrt(np.where(data > 0, data, np.nan)).astype(np.float32)
+            plane = sigma_from_variance(data).astype(np.float32)
         else:
             plane = np.asarray(data, dtype=np.float32)
         cache[key] = plane

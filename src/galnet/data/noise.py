@@ -8,7 +8,10 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["BORDER_WIDTH", "robust_sigma", "border_sigma", "sigma_from_data", "check_sky_sigma"]
+__all__ = [
+    "BORDER_WIDTH", "robust_sigma", "border_sigma", "sigma_from_data", "sigma_from_variance",
+    "check_sky_sigma",
+]
 
 #: Width (pixels) of the stamp border used to estimate the sky σ.
 BORDER_WIDTH = 4
@@ -126,3 +129,19 @@ def check_sky_sigma(sky_sigma, where: str):
     if not (np.isfinite(v) and v > 0):
         raise ConfigError(f"{where}: sky sigma must be a positive number (counts/px), got {sky_sigma!r}")
     return v
+
+
+def sigma_from_variance(variance: np.ndarray) -> np.ndarray:
+    """σ = √variance, NaN where the variance is zero, negative or not finite (such pixels are masked).
+
+    Parameters
+    ----------
+    variance : ndarray, counts²
+
+    Returns
+    -------
+    ndarray, counts, the input's dtype
+    """
+    v = np.asarray(variance)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.where(v > 0, v, np.nan))

@@ -160,7 +160,7 @@ def judged_params(truth: TruthSet, params: np.ndarray) -> np.ndarray:
     p = np.array(params, dtype=np.float64, copy=True)
     rows = np.flatnonzero(np.isfinite(p).all(axis=1))
     if rows.size:
-        res, _ = Refiner(JUDGE_REFINE_STEPS)(truth.images[rows], truth.psfs[rows], p[rows],
+        res, _ = Refiner(JUDGE_REFINE_STEPS, finish_chi2=None)(truth.images[rows], truth.psfs[rows], p[rows],
                                              sigma=truth.sigma[rows], zeropoint=truth.zeropoint)
         good = np.isfinite(res.params).all(axis=1)
         p[rows[good]] = res.params[good]
