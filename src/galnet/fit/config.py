@@ -6,9 +6,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from ..params import N_PARAMS
 
-__all__ = ["FitStatus", "FitConfig", "IX_SKY"]
+#: Values of :attr:`FitConfig.error_scale`.
+ERROR_SCALES = ("none", "chi2nu", "correlated")
+
+__all__ = ["FitStatus", "FitConfig", "IX_SKY", "ERROR_SCALES"]
 
 #: Column of the sky (counts / px) in the fitter's variable vectors, after the seven parameters
 #: (``galnet.params.IX_X`` .. ``IX_PA``): internal variables ``u`` (B, 8) of a fit with a fitted sky, the
@@ -69,7 +73,9 @@ class FitConfig:
     min_good_pixels : int
         Fewer good pixels than this → ``FEW_GOOD_PIXELS``, not fitted.
     error_scale : str
-        ``"none"`` (GALFIT/Imfit convention) or ``"chi2nu"`` (errors × sqrt(χ²ν)).
+        ``"none"`` (GALFIT/Imfit convention), ``"chi2nu"`` (errors × sqrt(χ²ν)) or ``"correlated"``
+        (errors × the residual-correlation factor, :func:`galnet.fit.uncertainty.residual_correlation_factor`:
+        right under correlated noise, and ``sqrt(χ²ν)`` for white residuals).
     max_batch : int
         Galaxies per tensor batch (bounds memory: the Jacobian is (batch, 8, H, W) float64).
     refit_outgrown : bool
@@ -101,3 +107,8 @@ class FitConfig:
     max_batch: int = 256
     refit_outgrown: bool = True
     flag_max_iter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.error_scale not in ERROR_SCALES:
+            raise ConfigError(f"error_scale must be one of {', '.join(ERROR_SCALES)}, "
+                              f"got {self.error_scale!r}")

@@ -190,6 +190,7 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
             dchi = chi2[acc] - chi2_try[better]
             u[acc] = u_try[better]
             chi2[acc] = chi2_try[better]
+            r[acc] = r_try[better]
             lam[acc] = (lam[acc] / cfg.lambda_down).clamp_min(1e-12)
             tiny = dchi <= cfg.rtol_chi2 * chi2[acc] + cfg.atol_chi2
             small[acc] = torch.where(tiny, small[acc] + 1, torch.zeros_like(small[acc]))
@@ -214,7 +215,7 @@ def lm_group(data: torch.Tensor, weights: torch.Tensor, psf, start: torch.Tensor
     p, sky, d = tr.to_external(u)
     cov = _final_covariance(alpha, alpha_at_u, d)
     return GroupFit(p.numpy(), (sky if fit_sky else fixed_sky).numpy(), chi2.numpy(), niter.numpy(),
-                    status.numpy(), alpha_at_u.numpy(), cov, model)
+                    status.numpy(), alpha_at_u.numpy(), cov, model, r)
 
 
 def _objective(data: torch.Tensor, sqw: torch.Tensor, model: GroupModel, tr: BoundTransform,
@@ -302,7 +303,8 @@ class GroupFit:
     of the ``has_cov`` rows: ``D α⁻¹ D`` from the normal matrix ``α`` of the last Jacobian, when it
     was computed at the final point (fits that stopped on the Gauss–Newton test, stalled or ran out
     of iterations), with ``D = ∂θ/∂u`` of the bound reparameterisation. That equals
-    ``(J_θᵀ W J_θ)⁻¹``, which :func:`covariance_errors` computes for the other rows.
+    ``(J_θᵀ W J_θ)⁻¹``, which :func:`covariance_errors` computes for the other rows. ``residuals``
+    (B, H, W) are ``(data − model) / σ`` at the final point (0 on bad pixels).
     """
 
     params: np.ndarray
@@ -313,6 +315,7 @@ class GroupFit:
     has_cov: np.ndarray
     cov: torch.Tensor
     model: GroupModel
+    residuals: torch.Tensor
 
 
 def covariance_from_normal(alpha: torch.Tensor) -> torch.Tensor:

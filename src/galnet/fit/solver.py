@@ -44,7 +44,9 @@ Errors
 At the solution the Jacobian is recomputed with respect to the *catalog* parameters, and the
 covariance is ``C = (Jᵀ W J)⁻¹`` with ``W = 1/σ²`` on good pixels (J in float32, ``Jᵀ W J`` in
 float64). Reported errors are ``sqrt(diag C)``, *not* rescaled by χ²ν — as GALFIT and Imfit (L-M)
-do, i.e. they assume the σ map is right. ``error_scale="chi2nu"`` multiplies them by ``sqrt(χ²ν)`` instead.
+do, i.e. they assume the σ map is right. ``error_scale="chi2nu"`` multiplies them by ``sqrt(χ²ν)`` instead;
+``error_scale="correlated"`` by the residual-correlation factor of :mod:`galnet.fit.uncertainty`
+(correlated noise and structured residuals; :class:`galnet.fit.Refiner`'s default).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from ..params import IX_PA, IX_RE, N_PARAMS, index
 from ..render import FOURIER_SIZES, AnalyticPSF, check_psf, psf_status, required_fourier_size
 from .config import IX_SKY, FitConfig, FitStatus
 from .lm import at_bound, covariance_errors, fit_bounds, fold_errors, lm_group
+from .uncertainty import residual_correlation_factor
 
 __all__ = ["FitResult", "fit_stamps", "fit_multistart", "pixel_weights", "start_fourier_sizes"]
 
@@ -429,9 +432,11 @@ def _run_groups(rows, sizes, img, data, weights, psf_obj, start, sky_arr, fit_sk
             ngood = (weights[sel] > 0).reshape(sel.size, -1).sum(1)
             ndof = ngood - n_free
             chi2nu = chi2 / np.maximum(ndof, 1)
-            if cfg.error_scale == "chi2nu":
-                err = err * np.sqrt(chi2nu)[:, None]
-                sky_err = sky_err * np.sqrt(chi2nu)
+            if cfg.error_scale in ("chi2nu", "correlated"):
+                scale = np.sqrt(chi2nu) if cfg.error_scale == "chi2nu" else \
+                    residual_correlation_factor(g.residuals, wts > 0).numpy()
+                err = err * scale[:, None]
+                sky_err = sky_err * scale
             flags = res.flags[sel].copy()
             if cfg.flag_max_iter:
                 flags[status == int(FitStatus.MAX_ITER)] |= Flag.NOT_CONVERGED

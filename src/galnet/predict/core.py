@@ -265,7 +265,7 @@ def _refine(chunk: Chunk, refiner, params: np.ndarray, errors: np.ndarray, flags
             sky_sigma=chunk.sky_sigma[idx],
             sigma=None if chunk.sigma_maps is None else chunk.sigma_maps[idx],
             mask=None if chunk.mask is None else chunk.mask[idx],
-            gain=gain, zeropoint=zeropoint,
+            gain=gain, zeropoint=zeropoint, start_errors=errors[idx],
         )
         good = np.all(np.isfinite(res.params), axis=1)
         params[idx[good]] = res.params[good]

@@ -103,8 +103,9 @@ class PredictOptions:
     refiner : callable, optional
         Refines the network's answers with the exact forward model: ``galnet.fit.Refiner(k)`` (K batched
         Levenberg–Marquardt steps, neighbours masked; ``galnet predict --refine K``). Called as
-        ``refiner(images, psfs, start, sky_sigma=, sigma=, mask=, gain=, zeropoint=)`` and returning
-        ``(FitResult, n_masked)``. The refined rows get the fit's parameters, covariance errors and
+        ``refiner(images, psfs, start, sky_sigma=, sigma=, mask=, gain=, zeropoint=, start_errors=)`` (the
+        network's errors) and returning ``(FitResult, n_masked)``. The refined rows get the fit's parameters,
+        errors (covariance, correlated-noise and blend terms: :mod:`galnet.fit.uncertainty`) and
         ``chi2nu`` (over the unmasked pixels, σ as ``galnet fit``'s). None: the network alone, whose errors
         are its own predicted ones (NaN for a network without an uncertainty head).
     pixels : callable, optional
