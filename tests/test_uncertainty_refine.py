@@ -22,6 +22,7 @@ import torch
 
 from galnet.catalog import read_table
 from galnet.cli import main as cli_main
+from galnet.errors import ConfigError
 from galnet.fit import FitConfig, Refiner
 from galnet.fit.uncertainty import add_blend_errors, residual_correlation_factor
 from galnet.models import create_model, load_model, save_model
@@ -116,6 +117,28 @@ def test_refine_errors_cover_the_truth_under_correlated_noise(psf):
         assert cov_plain[name]["within_1sigma"] < 0.5, (name, cov_plain[name])
         assert 0.683 - tol1 < cov[name]["within_1sigma"] < 0.683 + tol1, (name, cov[name])
         assert 0.954 - tol2 < cov[name]["within_2sigma"] < 0.954 + tol2, (name, cov[name])
+
+
+def test_refiner_workers_give_the_same_answers(psf):
+    """Two worker processes share the masks and fits (>= 32 rows) and return what one process does."""
+    rng = np.random.default_rng(5)
+    truth = _params(40, 4)
+    images = _render(truth, psf) + rng.normal(0, 2.0, (40, 61, 61))
+    start = truth.copy()
+    start[:, 2] += 0.05
+    start[:, 3] *= 1.1
+    kwargs = dict(sky_sigma=np.full(40, 2.0), start_errors=np.full((40, 7), 0.1))
+    one, nm_one = Refiner(3)(images, psf, start, **kwargs)
+    with Refiner(3, workers=2) as refiner:
+        two, nm_two = refiner(images, psf, start, **kwargs)
+        assert refiner._pool is not None
+    assert refiner._pool is None  # closed
+    np.testing.assert_array_equal(nm_one, nm_two)
+    np.testing.assert_allclose(two.params, one.params, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(two.errors, one.errors, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(two.chi2nu, one.chi2nu, rtol=1e-10)
+    with pytest.raises(ConfigError, match="workers"):
+        Refiner(3, workers=0)
 
 
 def test_blend_errors_are_added_on_blended_rows_only():

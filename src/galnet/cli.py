@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -63,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _compose(args)
-        return int(args._run(args) or 0)
+        try:
+            return int(args._run(args) or 0)
+        finally:
+            if getattr(args, "refiner", None) is not None:
+                args.refiner.close()
     except GalnetError as exc:
         print(f"galnet {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -86,8 +91,12 @@ def _compose(args: argparse.Namespace) -> None:
     if args.command == "predict" and getattr(args, "refine", 0) > 0:
         from .fit import Refiner
 
+        workers = args.refine_workers
+        if workers is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            workers = 1 if (args.workers or args.dask) else cores
         args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours),
-                               finish_chi2=args.refine_finish or None)
+                               finish_chi2=args.refine_finish or None, workers=int(workers))
     elif args.command == "predict" and (getattr(args, "chi2", False) or getattr(args, "save_models", False)):
         from .fit import FitPixels
 

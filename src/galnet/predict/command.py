@@ -131,6 +131,13 @@ def _add_run_arguments(r) -> None:
         "(as galnet fit) and keep the better answer (default 1.5; 0: K steps for every row)",
     )
     r.add_argument(
+        "--refine-workers",
+        type=positive_int,
+        metavar="N",
+        help="with --refine: worker processes (one thread each) that share the refinement; results are "
+        "identical for any N (default: the cores this process may use, 1 with --workers or --dask)",
+    )
+    r.add_argument(
         "--symmetries",
         type=int,
         choices=(1, 4, 8),
