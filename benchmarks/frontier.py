@@ -6,7 +6,8 @@ Throughput is measured here, in one process, interleaved, on the same stamps:
 
 * the network alone (``Predictor``, ONNX Runtime, batch 512), with 1, 4 or 8 test-time symmetries;
 * refined modes: the network then ``galnet.fit.Refiner(K)`` as ``galnet predict --refine K`` runs it
-  (neighbours masked, K LM steps, rows left above χ²ν 1.5 fitted on: ``--refine-finish``);
+  (neighbours masked, K LM steps, rows left above χ²ν 1.5 fitted on: ``--refine-finish``, or not), in
+  ``--refine-workers`` processes as ``galnet predict`` does;
 * the fitter and hybrid take their time per galaxy from the limit JSON (``TPERGAL`` of their catalogs).
 
 A method is a point (galaxies per second, worst NMAD ratio); the figure shows the worst ratio over the
@@ -44,9 +45,14 @@ def worst_ratio(method: dict, bins: slice | None = None) -> float:
     return float(max(vals)) if vals else float("nan")
 
 
-def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int]], repeats: int,
-               threads: int) -> dict[str, list[float]]:
-    """Seconds per galaxy of each (name, symmetries, refine K) mode, ``repeats`` interleaved rounds."""
+def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, float]], repeats: int,
+               threads: int, refine_workers: int = 1) -> dict[str, list[float]]:
+    """Seconds per galaxy of each (name, symmetries, refine K, finish χ²ν) mode, ``repeats`` interleaved
+    rounds.
+
+    The refinement runs in ``refine_workers`` single-thread processes (``galnet predict --refine-workers``),
+    started and warmed up before the clock runs.
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -59,21 +65,31 @@ def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int]]
     psfs = np.asarray(truth.psfs, dtype=np.float32)
     sky = np.asarray(truth.sky_sigma, dtype=np.float32)
     predictors = {s: load_model(model, backend="onnx", symmetries=s) for s in {m[1] for m in modes}}
-    refiners = {k: Refiner(k) for k in {m[2] for m in modes} if k > 0}
+    gain = truth.gain
+    refiners = {(k, f): Refiner(k, workers=refine_workers, finish_chi2=f or None)
+                for k, f in {(m[2], m[3]) for m in modes} if k > 0}
     for p in predictors.values():  # warm up: ONNX session, thread pools
         p.predict(images[:64], psfs[:64], sky[:64])
-    for r in refiners.values():
-        r(images[:16], psfs[:16], predictors[min(predictors)].predict(images[:16], psfs[:16], sky[:16]),
-          sky_sigma=sky[:16])
+    for r in refiners.values():  # 64 rows: the worker processes start here
+        r(images[:64], psfs[:64], predictors[min(predictors)].predict(images[:64], psfs[:64], sky[:64]),
+          sky_sigma=sky[:64], gain=gain)
     times: dict[str, list[float]] = {m[0]: [] for m in modes}
+    try:
+        _interleave(modes, repeats, predictors, refiners, images, psfs, sky, gain, times)
+    finally:
+        for r in refiners.values():
+            r.close()
+    return times
+
+
+def _interleave(modes, repeats, predictors, refiners, images, psfs, sky, gain, times) -> None:
     for _ in range(repeats):
-        for name, sym, k in modes:
+        for name, sym, k, finish in modes:
             t0 = time.perf_counter()
             start = predictors[sym].predict(images, psfs, sky)
             if k > 0:
-                refiners[k](images, psfs, start, sky_sigma=sky)
+                refiners[(k, finish)](images, psfs, start, sky_sigma=sky, gain=gain)
             times[name].append((time.perf_counter() - t0) / len(images))
-    return times
 
 
 def plot(points: dict[str, dict], path: Path) -> None:
@@ -96,7 +112,7 @@ def plot(points: dict[str, dict], path: Path) -> None:
         ax.axhline(1.1, color="tab:green", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("galaxies / s (2 threads, one process)")
+        ax.set_xlabel("galaxies / s (2 cores)")
         ax.set_title(title)
     axes[0].set_ylabel("worst NMAD / fitter's NMAD (mag, re, n, q)")
     fig.suptitle("Accuracy vs throughput (red: network goal 2×, green: refined goal 1.1×)")
@@ -109,13 +125,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", action="append", required=True, metavar="JSON",
                     help="limit.py JSON(s); methods named network*, sym4*, refine1 ... are matched to modes")
-    ap.add_argument("--mode", action="append", default=[], metavar="NAME=SYMMETRIES,K",
-                    help="a timed mode: its name in the limit JSON, symmetries (1/4/8) and refine K, "
-                         "e.g. network=1,0 (default: network=1,0 sym4=4,0 sym8=8,0 refine1=1,1 refine2=1,2)")
+    ap.add_argument("--mode", action="append", default=[], metavar="NAME=SYMMETRIES,K[,FINISH]",
+                    help="a timed mode: its name in the limit JSON, symmetries (1/4/8), refine K and the "
+                         "--refine-finish chi2nu (default 1.5; 0: K steps only), e.g. network=1,0 "
+                         "(default: network=1,0 sym4=4,0 sym8=8,0 refine1=1,1 refine2=1,2)")
     ap.add_argument("--model", default="hsc-r")
     ap.add_argument("--n", type=int, default=1000, help="stamps to time (default 1000; --quick 300)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refine-workers", type=int, default=len(os.sched_getaffinity(0)),
+                    help="processes of the refinement (default: the usable cores, as galnet predict)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for frontier.md/.png/.json")
     ap.add_argument("--figure", default=str(HERE.parent / "docs" / "img" / "frontier.png"))
@@ -127,10 +146,14 @@ def main(argv=None) -> int:
     for spec in specs:
         try:
             name, rest = spec.split("=", 1)
-            sym, k = (int(v) for v in rest.split(","))
-        except ValueError:
-            ap.error(f"--mode {spec!r}: expected NAME=SYMMETRIES,K")
-        modes.append((name, sym, k))
+            fields = rest.split(",")
+            sym, k = int(fields[0]), int(fields[1])
+            finish = float(fields[2]) if len(fields) == 3 else 1.5
+            if len(fields) > 3:
+                raise ValueError
+        except (ValueError, IndexError):
+            ap.error(f"--mode {spec!r}: expected NAME=SYMMETRIES,K[,FINISH]")
+        modes.append((name, sym, k, finish))
     methods: dict[str, dict] = {}
     data = None
     for path in args.limit:
@@ -140,8 +163,9 @@ def main(argv=None) -> int:
     if data is None or not data.is_file():
         ap.error(f"the stamps of the limit JSON are not here: {data}")
     omp = os.environ.get("OMP_NUM_THREADS")
-    print(f"threads: torch {args.threads}, OMP_NUM_THREADS={omp}; stamps {data}", flush=True)
-    times = time_modes(data, args.n, args.model, modes, args.repeats, args.threads)
+    print(f"threads: torch {args.threads}, OMP_NUM_THREADS={omp}, "
+          f"refinement processes {args.refine_workers}; stamps {data}", flush=True)
+    times = time_modes(data, args.n, args.model, modes, args.repeats, args.threads, args.refine_workers)
     points: dict[str, dict] = {}
     for name, secs in times.items():
         med, best = statistics.median(secs), min(secs)
@@ -169,7 +193,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.md").write_text(table + "\n")
     plot(points, Path(args.figure))
-    summary = {"benchmark": "frontier", "n": args.n, "threads": args.threads, "points": points}
+    summary = {"benchmark": "frontier", "n": args.n, "threads": args.threads,
+               "refine_workers": args.refine_workers, "points": points}
     (out / "frontier.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return 0

@@ -270,6 +270,14 @@ def _stat(path: Path | None) -> list | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _model_stats() -> dict[str, list[int]]:
+    """Size and modification time of each shipped model file (``--model hsc-r`` resolves to one)."""
+    import galnet
+
+    folder = Path(galnet.__file__).resolve().parent / "weights"
+    return {p.name: _stat(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
 def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | None, n: int, *,
                reuse: bool = False) -> dict:
     """Run one method's command and time it.
@@ -286,8 +294,9 @@ def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | Non
     n : int
         Number of stamps (for the time per galaxy).
     reuse : bool
-        Keep the catalog of an earlier run when its record has the same command line, stamp file
-        and network catalog (size and modification time), with the time recorded then.
+        Keep the catalog of an earlier run when its record has the same command line, stamp file,
+        network catalog and (for ``galnet predict``) shipped model files (size and modification time),
+        with the time recorded then. Changes of galnet's code are not seen: do not reuse across them.
 
     Returns
     -------
@@ -302,7 +311,8 @@ def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | Non
     shown = " ".join(shlex.quote(short.get(a, a.replace(str(network_catalog), "network.fits")))
                      for a in ["galnet", *argv[3:]])
     key = {"argv": argv[1:], "data": _stat(data),
-           "network": _stat(network_catalog) if m.needs_network else None}
+           "network": _stat(network_catalog) if m.needs_network else None,
+           "models": _model_stats() if "predict" in argv else None}
     if reuse and record.exists() and cat.exists():
         old = json.loads(record.read_text())
         if old.get("key") == key and _stat(cat) == old.get("catalog_stat"):
