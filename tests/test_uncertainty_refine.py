@@ -152,6 +152,13 @@ def test_blend_errors_are_added_on_blended_rows_only():
     assert out[2, 0] == 0.03
 
 
+def test_error_scale_is_checked():
+    with pytest.raises(ConfigError, match="error_scale must be one of none, chi2nu, correlated"):
+        FitConfig(error_scale="residual")
+    assert Refiner(2).config.error_scale == "correlated"
+    assert Refiner(2, config=FitConfig()).config.error_scale == "none"  # a given config is kept
+
+
 def test_residual_correlation_factor():
     """White residuals: ~1 (clamped at 1, so slightly above on average); 2x2-box noise: 2 (exact: 4 ones)."""
     rng = np.random.default_rng(0)
