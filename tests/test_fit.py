@@ -414,6 +414,8 @@ def test_cli_resume_refuses_other_options(tmp_path, psf, capsys):
     assert "cannot resume" in err and "max_iter" in err
     assert main([*common, "--fit-sky", "--resume"]) == 2
     assert "fit_sky" in capsys.readouterr().err
+    assert main([*common, "--error-scale", "correlated", "--resume"]) == 2
+    assert "error_scale" in capsys.readouterr().err
     assert (pdir / "part-000000000000.npz").is_file()  # a refused resume leaves the shards alone
 
     assert main([*common, "--resume", "--keep-parts"]) == 0
@@ -422,6 +424,24 @@ def test_cli_resume_refuses_other_options(tmp_path, psf, capsys):
     # without --resume, the shards of the earlier run are removed and the run starts over
     assert main(["fit", str(path), "-o", str(out), "--batch-size", "5", "--max-iter", "40"]) == 0
     assert len(read_table(out)) == 5 and not pdir.exists()
+
+
+def test_cli_error_scale_correlated(tmp_path, psf):
+    """`--error-scale correlated` changes only the errors, never below GALFIT's convention's."""
+    from galnet.catalog import read_table
+    from galnet.cli import main
+
+    path = _stamps_h5(tmp_path, psf)
+    plain, corr = tmp_path / "plain.fits", tmp_path / "corr.fits"
+    assert main(["fit", str(path), "-o", str(plain)]) == 0
+    assert main(["fit", str(path), "-o", str(corr), "--error-scale", "correlated"]) == 0
+    a, b = read_table(plain), read_table(corr)
+    for col in ("x", "mag", "re_pix", "n", "q", "chi2nu"):
+        np.testing.assert_array_equal(np.asarray(a[col]), np.asarray(b[col]))
+    ratio = np.asarray(b["mag_err"]) / np.asarray(a["mag_err"])
+    fitted = np.isfinite(ratio)  # one stamp of the file is all NaN: not fitted in either run
+    assert fitted.sum() == 4 and np.all(np.isnan(np.asarray(b["mag_err"])[~fitted]))
+    assert np.all(ratio[fitted] >= 1.0) and np.all(ratio[fitted] < 1.5), ratio  # white noise: ~1
 
 
 def test_fit_pool_cuts_only_per_stamp_arguments():

@@ -91,6 +91,9 @@ class FitOptions:
         Stamps per batch (the unit of reading, shards and resuming).
     workers : int
         Worker processes, one torch thread each (1: this process; :class:`galnet.fit.FitPool`).
+    error_scale : str
+        ``"none"`` (GALFIT's convention, default), ``"chi2nu"`` or ``"correlated"`` (× the
+        residual-correlation factor: correlated noise of coadds; :mod:`galnet.fit.uncertainty`).
     max_iter : int
         Iteration limit per galaxy.
     limit : int, optional
@@ -113,6 +116,7 @@ class FitOptions:
     batch_size: int = 256
     workers: int = 1
     max_iter: int = 100
+    error_scale: str = "none"
     limit: int | None = None
     detect_snr: float = 3.0
     keep_parts: bool = False
@@ -286,7 +290,8 @@ def _prepare(source: InputSource, output: Path, options: FitOptions) -> _Context
         read_noise=options.read_noise or number("RDNOISE", 0.0),
         pixel_scale=float(options.pixel_scale or source.meta.get("pixel_scale") or HSC_PIXEL_SCALE),
         start_table=_start_table(options.start),
-        config=FitConfig(max_iter=options.max_iter, max_batch=options.batch_size),
+        config=FitConfig(max_iter=options.max_iter, max_batch=options.batch_size,
+                         error_scale=options.error_scale),
     )
 
 
@@ -358,6 +363,7 @@ def _manifest(source: InputSource, options: FitOptions, ctx: _Context, n_rows: i
         "pixel_scale": ctx.pixel_scale,
         "mask_neighbours": bool(options.mask_neighbours),
         "max_iter": options.max_iter,
+        "error_scale": options.error_scale,
         "detect_snr": float(options.detect_snr),
         "output": output.name,
     }

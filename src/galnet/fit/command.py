@@ -14,6 +14,7 @@ import argparse
 import numpy as np
 
 from ..options import finite_float, nonnegative_float, positive_float, positive_int
+from .config import ERROR_SCALES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "torch's default threads); use the number of cores: fits scale with processes, "
                         "not threads")
     parser.add_argument("--max-iter", type=positive_int, default=100)
+    parser.add_argument("--error-scale", choices=ERROR_SCALES, default="none",
+                        help="none: covariance errors as GALFIT's (default); chi2nu: times sqrt(chi2nu); "
+                        "correlated: times the residual-correlation factor (correlated coadd noise)")
     parser.add_argument("--limit", type=positive_int, default=None, help="fit only the first N stamps")
     parser.add_argument("--detect-snr", type=nonnegative_float, default=3.0,
                         help="rows whose detection S/N near the stamp centre is below this get NO_SOURCE and "
@@ -78,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume, max_batches=args.max_batches, start=args.start, n_grid=tuple(n_grid),
         fit_sky=bool(args.fit_sky), mask_neighbours=bool(args.mask_neighbours), zeropoint=args.zeropoint,
         gain=args.gain, read_noise=args.read_noise, pixel_scale=args.pixel_scale, batch_size=args.batch_size,
-        workers=args.workers, max_iter=args.max_iter, limit=args.limit, detect_snr=args.detect_snr,
-        keep_parts=args.keep_parts,
+        workers=args.workers, max_iter=args.max_iter, error_scale=args.error_scale, limit=args.limit,
+        detect_snr=args.detect_snr, keep_parts=args.keep_parts,
     )
     if table is None:
         print(f"galnet fit: stopped after {args.max_batches} batch(es); continue with --resume")
