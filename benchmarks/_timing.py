@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from galnet.options import usable_cores
+
 __all__ = [
     "Timing",
     "add_timing_args",
@@ -110,15 +112,8 @@ def thread_settings() -> dict[str, Any]:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         out[var] = os.environ.get(var)
     out["cpu_count"] = os.cpu_count()
-    out["usable_cores"] = _usable_cores()
+    out["usable_cores"] = usable_cores()
     return out
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _loadavg() -> list[float] | None:
@@ -206,7 +201,7 @@ def machine_state(
             threads = torch.get_num_threads()
         except ImportError:
             threads = 1
-    cores = _usable_cores()
+    cores = usable_cores()
     load = _loadavg()
     others = _others_busy_cores(interval)
     share = _busy_loop_share(min(threads, cores), busy_s)

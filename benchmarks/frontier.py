@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from galnet.options import usable_cores
+
 HERE = Path(__file__).parent
 PARAMS = ("mag", "re", "n", "q")
 
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="stamps to time (default 1000; --quick 300)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--refine-workers", type=int, default=len(os.sched_getaffinity(0)),
+    ap.add_argument("--refine-workers", type=int, default=usable_cores(),
                     help="processes of the refinement (default: the usable cores, as galnet predict)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for frontier.md/.png/.json")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from . import __version__
@@ -90,11 +89,11 @@ def _compose(args: argparse.Namespace) -> None:
     """
     if args.command == "predict" and getattr(args, "refine", 0) > 0:
         from .fit import Refiner
+        from .options import usable_cores
 
         workers = args.refine_workers
         if workers is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            workers = 1 if (args.workers or args.dask) else cores
+            workers = 1 if (args.workers or args.dask) else usable_cores()
         args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours),
                                finish_chi2=args.refine_finish or None, workers=int(workers))
     elif args.command == "predict" and (getattr(args, "chi2", False) or getattr(args, "save_models", False)):

@@ -23,6 +23,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
+    "usable_cores",
     "positive_int",
     "nonnegative_int",
     "positive_float",
@@ -34,6 +35,15 @@ __all__ = [
     "check_output_path",
     "check_field_type",
 ]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it, else the CPU count): the default
+    of the worker-process options."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _number(text: str, kind: type) -> float | int:

@@ -134,8 +134,9 @@ def _add_run_arguments(r) -> None:
         "--refine-workers",
         type=positive_int,
         metavar="N",
-        help="with --refine: worker processes (one thread each) that share the refinement; results are "
-        "identical for any N (default: the cores this process may use, 1 with --workers or --dask)",
+        help="with --refine: worker processes (one thread each) that share the refinement; the same "
+        "parameters, errors and chi2nu for any N (default: the cores this process may use, 1 with --workers "
+        "or --dask)",
     )
     r.add_argument(
         "--symmetries",
