@@ -134,11 +134,11 @@ class Refiner:
         Worker processes (one torch thread each) that share the masks and fits of a call of at least
         ``2 × 16`` rows, through a :class:`galnet.fit.FitPool` started on the first such call (the
         batched solver's small tensor operations gain little from a second thread; processes scale:
-        on 2 cores, 5 steps on 1,024 GalSim stamps run at 299 gal/s in 2 processes against 218 in one
-        process of 2 threads). Parameters, errors and χ² are those of ``workers=1`` (bitwise on 2,000
-        GalSim stamps; ``niter`` differed by one on 2 rows, where a differently composed batch rounded a
-        trial step differently). Call :meth:`close` when done (or use the Refiner as a context manager);
-        otherwise the workers stop when the interpreter exits.
+        on 2 cores, ``benchmarks/frontier.py`` measured 5 fixed steps on 1,000 GalSim stamps at 273–306
+        gal/s with 2 workers against 217–221 with one process of 2 threads). Parameters, errors and χ²
+        are those of ``workers=1`` (bitwise on 2,000 GalSim stamps; ``niter`` differed by one on 2 rows,
+        where a differently composed batch rounded a trial step differently). Call :meth:`close` when done
+        (or use the Refiner as a context manager); otherwise the workers stop when the interpreter exits.
     finish_chi2 : float or None
         Rows whose χ²ν after the K steps is above this (default 1.5, ``galnet predict``'s ``HIGH_CHI2``
         threshold) are fitted on to convergence from the refined answer, as ``galnet fit`` would (its
