@@ -72,10 +72,16 @@ def test_bin_statistics_nmad_bias_outliers_ratio_and_coverage():
     assert math.isnan(allb["mag"]["cov1"]) and allb["mag"]["n_err"] == 0
     # ratios: against itself 1, against a reference twice as precise 2
     ref = limit.bin_statistics(t, t + (e - t) / 2, t[:, 2], limit.MAG_BINS)
-    limit.add_ratios(bins, ref)
+    limit.add_ratios(bins, limit.reference_nmad([ref]))
     for entry in bins:
         assert entry["params"]["re"]["ratio"] == pytest.approx(2.0, rel=1e-6)
         assert math.isnan(entry["params"]["x"]["ratio"])  # reference NMAD 0: no ratio
+    # two references: per bin and parameter the more precise one (here 4x more precise in re than est)
+    worse = limit.bin_statistics(t, t + (e - t) * 3, t[:, 2], limit.MAG_BINS)
+    better = limit.bin_statistics(t, t + (e - t) / 4, t[:, 2], limit.MAG_BINS)
+    limit.add_ratios(bins, limit.reference_nmad([worse, better]))
+    for entry in bins:
+        assert entry["params"]["re"]["ratio"] == pytest.approx(4.0, rel=1e-6)
 
 
 def test_parse_method():

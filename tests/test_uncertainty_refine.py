@@ -82,11 +82,40 @@ def test_refine_errors_cover_the_truth(psf):
     start[:, :2] = truth[:, :2] + rng.normal(0, 0.2, (400, 2))
     start[:, 2] = truth[:, 2] + rng.normal(0, 0.05, 400)
     start[:, 6] = truth[:, 6] + rng.normal(0, 3, 400)
-    res, _ = Refiner(3, mask_neighbours=False)(images, psf, start, sky_sigma=np.full(400, sky))
+    res, _ = Refiner(3, mask_neighbours=False, fit_sky=False)(images, psf, start, sky_sigma=np.full(400, sky))
     cov = coverage(truth, res.params, res.errors, mag_bins=(18.0, 21.0))["all"]
     for name in ("x", "y", "mag", "re", "n", "q", "pa"):
         assert 0.683 - 0.07 < cov[name]["within_1sigma"] < 0.683 + 0.07, (name, cov[name])
         assert 0.954 - 0.04 < cov[name]["within_2sigma"] < 0.954 + 0.04, (name, cov[name])
+
+
+def test_refine_fits_the_sky_pedestal(psf):
+    """A constant pedestal of 0.05 sigma (0.1 counts / px, ~10-40 % of the galaxies' flux over the stamp)
+    under the galaxies of the test above. Without a sky the profile absorbs it (brighter, larger: the mag
+    errors stop covering); the default fitted sky recovers the pedestal within its error and the errors
+    cover the truth again. With a free sky the pulls of re and n are not Gaussian (the sky-size degeneracy
+    is non-linear): measured 0.79 / 0.95 for re, so 1 sigma is checked within 0.61-0.83 and 2 sigma within
+    0.954 +- 0.05."""
+    rng = np.random.default_rng(7)
+    truth = _params(400, 2)
+    sky_sigma, pedestal = 2.0, 0.1
+    images = _render(truth, psf) + pedestal + rng.normal(0, sky_sigma, (400, 61, 61))
+    start = truth * (1 + rng.normal(0, 0.03, truth.shape))
+    start[:, :2] = truth[:, :2] + rng.normal(0, 0.2, (400, 2))
+    start[:, 2] = truth[:, 2] + rng.normal(0, 0.05, 400)
+    start[:, 6] = truth[:, 6] + rng.normal(0, 3, 400)
+    kw = dict(sky_sigma=np.full(400, sky_sigma))
+    plain, _ = Refiner(3, mask_neighbours=False, fit_sky=False)(images, psf, start, **kw)
+    cov = coverage(truth, plain.params, plain.errors, mag_bins=(18.0, 21.0))["all"]
+    assert np.median(plain.params[:, 2] - truth[:, 2]) < -0.05  # the pedestal's light taken as the galaxy's
+    assert cov["mag"]["within_1sigma"] < 0.3 and np.isnan(plain.sky_err).all()
+    res, _ = Refiner(3, mask_neighbours=False)(images, psf, start, **kw)  # the default: fit_sky=True
+    pull = (res.sky - pedestal) / res.sky_err
+    assert abs(np.median(pull)) < 0.2 and 0.61 < np.mean(np.abs(pull) < 1) < 0.76
+    cov = coverage(truth, res.params, res.errors, mag_bins=(18.0, 21.0))["all"]
+    for name in ("x", "y", "mag", "re", "n", "q", "pa"):
+        assert 0.683 - 0.07 < cov[name]["within_1sigma"] < 0.683 + 0.15, (name, cov[name])
+        assert 0.954 - 0.05 < cov[name]["within_2sigma"] < 0.954 + 0.04, (name, cov[name])
 
 
 def test_refine_errors_cover_the_truth_under_correlated_noise(psf):
@@ -114,7 +143,8 @@ def test_refine_errors_cover_the_truth_under_correlated_noise(psf):
     for name in ("x", "y", "mag", "re", "n", "q", "pa"):
         # mag: measured 0.62 / 0.91 (the scalar factor's known shortfall for the smoothest derivative)
         tol1, tol2 = (0.09, 0.06) if name == "mag" else (0.07, 0.04)
-        assert cov_plain[name]["within_1sigma"] < 0.5, (name, cov_plain[name])
+        # errors 2x too small: P(|Z| < 0.5) = 0.38; measured 0.39-0.50 (re, with the fitted sky: 0.50)
+        assert cov_plain[name]["within_1sigma"] < 0.55, (name, cov_plain[name])
         assert 0.683 - tol1 < cov[name]["within_1sigma"] < 0.683 + tol1, (name, cov[name])
         assert 0.954 - tol2 < cov[name]["within_2sigma"] < 0.954 + tol2, (name, cov[name])
 
@@ -304,7 +334,17 @@ def test_predict_refine_cli(data_dir, small_card, tmp_path, capsys):
     assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(net), "--model", small_card,
                      "--refine", "0", "--chi2", "--no-progress"]) == 0
     assert np.median(cat["chi2nu"]) < np.median(read_table(net)["chi2nu"])
-    # a resume with another K is refused, naming the option
+    # the sky is fitted by default (counts / px; these stamps have none: |sky| within a few sky_err);
+    # --no-refine-sky leaves the sky columns out
+    sky, sky_err = np.asarray(cat["sky"]), np.asarray(cat["sky_err"])
+    assert cat.meta["REFSKY"] and np.isfinite(sky).all() and (sky_err > 0).all()
+    assert np.median(np.abs(sky) / sky_err) < 1.5
+    nosky = tmp_path / "nosky.fits"
+    assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(nosky), "--model", small_card,
+                     "--refine", "2", "--refine-finish", "0", "--no-refine-sky", "--no-progress"]) == 0
+    nosky_cat = read_table(nosky)
+    assert "sky" not in nosky_cat.colnames and not nosky_cat.meta["REFSKY"]
+    # a resume with another K, or without the sky, is refused, naming the option
     capsys.readouterr()
     part = tmp_path / "part.fits"
     assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(part), "--model", small_card,
@@ -312,6 +352,9 @@ def test_predict_refine_cli(data_dir, small_card, tmp_path, capsys):
     assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(part), "--model", small_card,
                      "--refine", "2", "--no-progress", "--chunk-size", "16", "--resume"]) == 2
     assert "refine" in capsys.readouterr().err
+    assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(part), "--model", small_card,
+                     "--refine", "1", "--no-refine-sky", "--no-progress", "--chunk-size", "16", "--resume"]) == 2
+    assert "refine_sky" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["-1", "1.5", "two"])

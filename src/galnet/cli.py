@@ -95,7 +95,8 @@ def _compose(args: argparse.Namespace) -> None:
         if workers is None:
             workers = 1 if (args.workers or args.dask) else usable_cores()
         args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours),
-                               finish_chi2=args.refine_finish or None, workers=int(workers))
+                               finish_chi2=args.refine_finish or None, workers=int(workers),
+                               fit_sky=bool(args.refine_sky))
     elif args.command == "predict" and (getattr(args, "chi2", False) or getattr(args, "save_models", False)):
         from .fit import FitPixels
 

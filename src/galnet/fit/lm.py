@@ -319,10 +319,20 @@ class GroupFit:
 
 
 def covariance_from_normal(alpha: torch.Tensor) -> torch.Tensor:
-    """Pseudo-inverse (B, P, P) of normal matrices, through their unit-diagonal scaling (well conditioned)."""
+    """Pseudo-inverse (B, P, P) of normal matrices, through their unit-diagonal scaling (well conditioned).
+
+    Rows whose matrix is not finite (a Jacobian evaluated at a non-finite point) get NaN, instead of
+    failing the whole batch's eigendecomposition.
+    """
     dscale = torch.sqrt(torch.diagonal(alpha, dim1=1, dim2=2)).clamp_min(1e-300)
     outer = dscale[:, :, None] * dscale[:, None, :]
-    return torch.linalg.pinv(alpha / outer, hermitian=True) / outer
+    scaled = alpha / outer
+    finite = torch.isfinite(scaled).all(2).all(1)
+    if bool(finite.all()):
+        return torch.linalg.pinv(scaled, hermitian=True) / outer
+    eye = torch.eye(scaled.shape[-1], dtype=scaled.dtype).expand_as(scaled)
+    cov = torch.linalg.pinv(torch.where(finite[:, None, None], scaled, eye), hermitian=True) / outer
+    return torch.where(finite[:, None, None], cov, torch.full_like(cov, math.nan))
 
 
 def fold_errors(p_unfolded: np.ndarray, cov: np.ndarray) -> np.ndarray:

@@ -9,6 +9,9 @@ size chosen from the network's answer, no refit pass, and reaching K is not a fa
 minimum, so one or two Gauss–Newton steps take the estimate to the fitter's precision (docs/network.md
 measures it per magnitude bin).
 
+A constant sky is fitted with the galaxy by default (``fit_sky``; ``galnet predict --no-refine-sky`` turns
+it off); the catalog then has ``sky`` and ``sky_err`` columns.
+
 The errors are the fit's covariance errors at the refined point (``D α⁻¹ D`` of the last normal matrix),
 as ``galnet fit`` writes them, with two terms the covariance misses (:mod:`galnet.fit.uncertainty`):
 they are multiplied by the residual-correlation factor (correlated noise of resampled coadds), and on
@@ -145,6 +148,15 @@ class Refiner:
         iteration limit), and keep the better of the two. ``None`` or 0: K steps for every row. On the 80
         real HSC galaxies of ``benchmarks/real_hsc.py`` this finishes 31 % of the rows after 5 steps and
         brings the mean χ²ν from 2.10 to 1.91 (the fitter's 1.92); on simulated stamps few rows qualify.
+    fit_sky : bool
+        Fit a constant sky (counts / px) per stamp with the galaxy, from 0, as ``galnet fit --fit-sky``
+        (the result's ``sky`` and ``sky_err``); default yes. The local background of a survey stamp is
+        rarely zero (sky-subtraction residuals, the wings of neighbours beyond their mask, undetected
+        sources), and a Sérsic profile fitted without a sky absorbs it into its wings: brighter, larger,
+        higher n. Chosen on the validation splits (2,000 stamps each, docs/network.md): on galaxies injected
+        into real HSC backgrounds the fitted sky halves the magnitude NMAD in every bin (0.040 → 0.021 at
+        mag 18–20) and removes most of the bias; on simulated (sky-free) stamps it changes the NMAD by
+        −20 … +17 % and lowers the bias; it costs no measurable time.
     """
 
     k: int
@@ -153,6 +165,7 @@ class Refiner:
     finish_chi2: float | None = 1.5
     blend_errors: bool = True
     workers: int = 1
+    fit_sky: bool = True
     _pool: FitPool | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -220,7 +233,7 @@ class Refiner:
         )
         fitter = pool.fit_stamps if pool else fit_stamps
         res = fitter(images, psfs, sigma=sigma, mask=mask, init=start, zeropoint=zeropoint,
-                     config=self.config)
+                     config=self.config, fit_sky=bool(self.fit_sky))
         if self.finish_chi2:
             self._finish(res, images, psfs, sigma, mask, zeropoint)
         res.flags[n_masked > 0] |= int(Flag.NEIGHBOURS_MASKED)
@@ -265,7 +278,8 @@ class Refiner:
         fitter = pool.fit_stamps if pool else fit_stamps
         fin = fitter(images[rows], psf_rows, sigma=np.asarray(sigma)[rows],
                      mask=None if mask is None else np.asarray(mask)[rows], init=res.params[rows],
-                     zeropoint=zeropoint, config=self.finish_config)
+                     zeropoint=zeropoint, config=self.finish_config, fit_sky=bool(self.fit_sky),
+                     sky=np.nan_to_num(res.sky[rows]) if self.fit_sky else 0.0)
         steps = res.niter[rows] + fin.niter
         better = np.flatnonzero(np.isfinite(fin.chi2) & (fin.chi2 < res.chi2[rows]))
         res.take(fin, rows[better], better)

@@ -139,6 +139,13 @@ def _add_run_arguments(r) -> None:
         "or --dask)",
     )
     r.add_argument(
+        "--refine-sky",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --refine: fit a constant sky per stamp with the galaxy (writes sky, sky_err, counts/px); "
+        "cut-outs of survey coadds rarely have a zero local background (default: yes)",
+    )
+    r.add_argument(
         "--symmetries",
         type=int,
         choices=(1, 4, 8),

@@ -257,6 +257,8 @@ def _refine(chunk: Chunk, refiner, params: np.ndarray, errors: np.ndarray, flags
     chi2nu = np.full(b, np.nan)
     niter = np.zeros(b, dtype=np.int64)
     n_masked = np.zeros(b, dtype=np.int64)
+    fit_sky = bool(getattr(refiner, "fit_sky", False))
+    sky, sky_err = np.full(b, np.nan), np.full(b, np.nan)
     idx = np.flatnonzero(ok & np.all(np.isfinite(params), axis=1))
     if idx.size:
         psfs = chunk.psfs if chunk.psfs.ndim == 2 else chunk.psfs[idx]
@@ -274,6 +276,8 @@ def _refine(chunk: Chunk, refiner, params: np.ndarray, errors: np.ndarray, flags
         chi2nu[idx] = res.chi2nu
         niter[idx] = res.niter
         n_masked[idx] = nm
+        if fit_sky:
+            sky[idx[good]], sky_err[idx[good]] = res.sky[good], res.sky_err[good]
         # the network's answer stands where the refinement failed: not BAD_INPUT / FAILED / NO_SOURCE
         fit_flags = res.flags & ~int(Flag.BAD_INPUT | Flag.FAILED | Flag.NO_SOURCE)
         flags[idx] |= fit_flags
@@ -282,7 +286,10 @@ def _refine(chunk: Chunk, refiner, params: np.ndarray, errors: np.ndarray, flags
             log.warning("id %s: refinement failed (%s); the network's answer is kept",
                         chunk.ids[idx[i]], res.messages[i].strip().rstrip(";") or "no finite result")
     flags[np.nan_to_num(chi2nu, nan=0.0) > high_chi2] |= int(Flag.HIGH_CHI2)
-    return {"chi2nu": chi2nu, "niter": niter, "n_masked": n_masked}
+    out = {"chi2nu": chi2nu, "niter": niter, "n_masked": n_masked}
+    if fit_sky:
+        out.update(sky=sky, sky_err=sky_err)
+    return out
 
 
 def process_chunk(
@@ -326,7 +333,8 @@ def process_chunk(
     Returns
     -------
     dict of arrays: ``rows`` (B,), ``ids``, ``params`` (B, 7) in the output frame, ``errors`` (B, 7),
-    ``flags``, optional ``chi2nu``, ``niter`` and ``n_masked`` (refined runs), ``ra``, ``dec``,
+    ``flags``, optional ``chi2nu``, ``niter`` and ``n_masked`` (refined runs), ``sky`` and ``sky_err``
+    (counts / px; refined with a fitted sky), ``ra``, ``dec``,
     ``model``/``resid`` (B, S, S), and ``col:<name>`` carried columns.
     """
     b = len(chunk)
@@ -355,6 +363,9 @@ def process_chunk(
         if save_models:
             out["model"] = models
             img = np.where(chunk.mask, np.nan, chunk.images) if chunk.mask is not None else chunk.images
+            if "sky" in out:  # the refinement's fitted sky is part of its model
+                models = models + np.nan_to_num(out["sky"])[:, None, None].astype(np.float32)
+                out["model"] = models
             out["resid"] = (img - models).astype(np.float32)
     # to the output frame: position offset, zero point
     params[:, IX_X] += chunk.offset[:, 0]

@@ -193,6 +193,7 @@ def _manifest(source: InputSource, options: PredictOptions, card: dict, card_fil
         "detect_snr": float(options.detect_snr),
         "refine": options.refine,
         "refine_finish": getattr(options.refiner, "finish_chi2", None),
+        "refine_sky": bool(getattr(options.refiner, "fit_sky", False)),
         "chi2_pixels": None if options.pixels is None else repr(options.pixels),
         "symmetries": options.symmetries,
         "output": output.name,
@@ -405,7 +406,7 @@ def assemble(
     extra: dict[str, Any] = {}
     if "ra" in parts[0]:
         extra["ra"], extra["dec"] = cat("ra"), cat("dec")
-    for key in ("chi2nu", "niter", "n_masked"):
+    for key in ("chi2nu", "niter", "n_masked", "sky", "sky_err"):
         if key in parts[0]:
             extra[key] = cat(key)
     for k in parts[0]:
@@ -420,6 +421,7 @@ def assemble(
         "BACKEND": resolve_backend(options.backend),
         "NETZP": ctx["zp_model"],
         "REFINE": options.refine,
+        "REFSKY": bool(getattr(options.refiner, "fit_sky", False)),
     }
     table = make_catalog(
         cat("ids"),
