@@ -6,9 +6,10 @@ Throughput is measured here, in one process, interleaved, on the same stamps:
 
 * the network alone (``Predictor``, ONNX Runtime, batch 512), with 1, 4 or 8 test-time symmetries;
 * refined modes: the network then ``galnet.fit.Refiner(K)`` as ``galnet predict --refine K`` runs it
-  (neighbours masked, K LM steps, rows left above χ²ν 1.5 fitted on: ``--refine-finish``, or not), in
-  ``--refine-workers`` processes as ``galnet predict`` does;
-* the fitter and hybrid take their time per galaxy from the limit JSON (``TPERGAL`` of their catalogs).
+  (neighbours masked, a constant sky fitted unless the mode says ``nosky``, K LM steps, rows left above
+  χ²ν 1.5 fitted on: ``--refine-finish``, or not), in ``--refine-workers`` processes as ``galnet predict``
+  does;
+* the fitters and hybrid take their time per galaxy from the limit JSON (``TPERGAL`` of their catalogs).
 
 A method is a point (galaxies per second, worst NMAD ratio); the figure shows the worst ratio over the
 brightest bin (where the pixels hold the most and the network is furthest from them) and over all bins.
@@ -39,7 +40,8 @@ PARAMS = ("mag", "re", "n", "q")
 
 
 def worst_ratio(method: dict, bins: slice | None = None) -> float:
-    """Largest NMAD ratio to the fitter over mag, re, n, q and the selected magnitude bins."""
+    """Largest NMAD ratio to the reference (limit.py's: the better fitter) over mag, re, n, q and the
+    selected magnitude bins."""
     rows = method["bins"]["mag"]
     rows = rows[bins] if bins is not None else rows
     vals = [r["params"][p].get("ratio") for r in rows for p in PARAMS]
@@ -47,10 +49,10 @@ def worst_ratio(method: dict, bins: slice | None = None) -> float:
     return float(max(vals)) if vals else float("nan")
 
 
-def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, float]], repeats: int,
+def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, float, bool]], repeats: int,
                threads: int, refine_workers: int = 1) -> dict[str, list[float]]:
-    """Seconds per galaxy of each (name, symmetries, refine K, finish χ²ν) mode, ``repeats`` interleaved
-    rounds.
+    """Seconds per galaxy of each (name, symmetries, refine K, finish χ²ν, fitted sky) mode, ``repeats``
+    interleaved rounds.
 
     The refinement runs in ``refine_workers`` single-thread processes (``galnet predict --refine-workers``),
     started and warmed up before the clock runs.
@@ -68,8 +70,8 @@ def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, 
     sky = np.asarray(truth.sky_sigma, dtype=np.float32)
     predictors = {s: load_model(model, backend="onnx", symmetries=s) for s in {m[1] for m in modes}}
     gain = truth.gain
-    refiners = {(k, f): Refiner(k, workers=refine_workers, finish_chi2=f or None)
-                for k, f in {(m[2], m[3]) for m in modes} if k > 0}
+    refiners = {(k, f, sk): Refiner(k, workers=refine_workers, finish_chi2=f or None, fit_sky=sk)
+                for k, f, sk in {(m[2], m[3], m[4]) for m in modes} if k > 0}
     for p in predictors.values():  # warm up: ONNX session, thread pools
         p.predict(images[:64], psfs[:64], sky[:64])
     for r in refiners.values():  # 64 rows: the worker processes start here
@@ -86,11 +88,11 @@ def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, 
 
 def _interleave(modes, repeats, predictors, refiners, images, psfs, sky, gain, times) -> None:
     for _ in range(repeats):
-        for name, sym, k, finish in modes:
+        for name, sym, k, finish, fit_sky in modes:
             t0 = time.perf_counter()
             start = predictors[sym].predict(images, psfs, sky)
             if k > 0:
-                refiners[(k, finish)](images, psfs, start, sky_sigma=sky, gain=gain)
+                refiners[(k, finish, fit_sky)](images, psfs, start, sky_sigma=sky, gain=gain)
             times[name].append((time.perf_counter() - t0) / len(images))
 
 
@@ -116,7 +118,7 @@ def plot(points: dict[str, dict], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("galaxies / s (2 cores)")
         ax.set_title(title)
-    axes[0].set_ylabel("worst NMAD / fitter's NMAD (mag, re, n, q)")
+    axes[0].set_ylabel("worst NMAD / the better fitter's (mag, re, n, q)")
     fig.suptitle("Accuracy vs throughput (red: network goal 2×, green: refined goal 1.1×)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -127,9 +129,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", action="append", required=True, metavar="JSON",
                     help="limit.py JSON(s); methods named network*, sym4*, refine1 ... are matched to modes")
-    ap.add_argument("--mode", action="append", default=[], metavar="NAME=SYMMETRIES,K[,FINISH]",
-                    help="a timed mode: its name in the limit JSON, symmetries (1/4/8), refine K and the "
-                         "--refine-finish chi2nu (default 1.5; 0: K steps only), e.g. network=1,0 "
+    ap.add_argument("--mode", action="append", default=[], metavar="NAME=SYMMETRIES,K[,FINISH[,nosky]]",
+                    help="a timed mode: its name in the limit JSON, symmetries (1/4/8), refine K, the "
+                         "--refine-finish chi2nu (default 1.5; 0: K steps only) and 'nosky' for "
+                         "--no-refine-sky, e.g. network=1,0 or refine5_nosky=1,5,1.5,nosky "
                          "(default: network=1,0 sym4=4,0 sym8=8,0 refine1=1,1 refine2=1,2)")
     ap.add_argument("--model", default="hsc-r")
     ap.add_argument("--n", type=int, default=1000, help="stamps to time (default 1000; --quick 300)")
@@ -150,12 +153,13 @@ def main(argv=None) -> int:
             name, rest = spec.split("=", 1)
             fields = rest.split(",")
             sym, k = int(fields[0]), int(fields[1])
-            finish = float(fields[2]) if len(fields) == 3 else 1.5
-            if len(fields) > 3:
+            finish = float(fields[2]) if len(fields) >= 3 else 1.5
+            if len(fields) > 4 or (len(fields) == 4 and fields[3] != "nosky"):
                 raise ValueError
+            fit_sky = len(fields) < 4
         except (ValueError, IndexError):
-            ap.error(f"--mode {spec!r}: expected NAME=SYMMETRIES,K[,FINISH]")
-        modes.append((name, sym, k, finish))
+            ap.error(f"--mode {spec!r}: expected NAME=SYMMETRIES,K[,FINISH[,nosky]]")
+        modes.append((name, sym, k, finish, fit_sky))
     methods: dict[str, dict] = {}
     data = None
     for path in args.limit:
@@ -176,7 +180,7 @@ def main(argv=None) -> int:
         points[name] = {"gal_per_s": 1.0 / med, "gal_per_s_best": 1.0 / best,
                         "worst_ratio_bright": worst_ratio(m, slice(0, 1)) if known else float("nan"),
                         "worst_ratio_all": worst_ratio(m) if known else float("nan")}
-    for name in ("fitter", "hybrid"):
+    for name in ("fitter", "fitter-sky", "hybrid"):
         m = methods.get(name)
         if m and "bins" in m and m.get("tpergal_ms"):
             ms = m["tpergal_ms"]  # fitting time recorded in the catalog (the fit's 2 worker processes)

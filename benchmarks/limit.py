@@ -89,7 +89,8 @@ NB_BINS = (-0.5, 0.5, 1.5, 2.5, math.inf)
 #: Row heading and section title of each binning.
 KINDS = {"mag": ("mag bin", "true magnitude"), "snr": ("S/N bin", "S/N of the target"),
          "nb": ("neighbours", "number of neighbours on the stamp")}
-#: The fitters: the reference of the NMAD ratios is, per bin and parameter, the smaller NMAD of those run.
+#: The fitters: the reference of the NMAD ratios is, per bin and parameter, the smaller NMAD of those run
+#: (``--reference`` names others, e.g. ``fitter-sky`` alone to compare like with like).
 REFERENCES = ("fitter", "fitter-sky")
 BUILTIN = ("network", "fitter", "fitter-sky", "hybrid")
 SUBCOMMANDS = ("predict", "fit")
@@ -443,12 +444,12 @@ def _label(entry: dict, kind: str) -> str:
     return f"{lo:g}–{hi:g}"
 
 
-def key_table(results: dict, names: list[str], kind: str = "mag") -> list[str]:
+def key_table(results: dict, names: list[str], kind: str = "mag", references=REFERENCES) -> list[str]:
     """The README table: NMAD of mag, re, n, q per bin, all methods in one cell, then the ratios."""
     head = "/".join(names)
     lines = [f"| {KINDS[kind][0]} | N | "
              + " | ".join(f"{p}: {head}" for p in ("mag", "re", "n", "q"))
-             + " | " + " | ".join(f"{p} ratio: {'/'.join(x for x in names if x not in REFERENCES)}"
+             + " | " + " | ".join(f"{p} ratio: {'/'.join(x for x in names if x not in references)}"
                                   for p in ("mag", "re", "n", "q")) + " |",
              "|---|---|" + "---|" * 8]
     ref_bins = results[names[0]]["bins"][kind]
@@ -458,7 +459,7 @@ def key_table(results: dict, names: list[str], kind: str = "mag") -> list[str]:
             cells.append(" / ".join(_f(results[m]["bins"][kind][b]["params"][p]["nmad"]) for m in names))
         for p in ("mag", "re", "n", "q"):
             cells.append(" / ".join(_f(results[m]["bins"][kind][b]["params"][p]["ratio"], 2) + "×"
-                                    for m in names if m not in REFERENCES))
+                                    for m in names if m not in references))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -490,6 +491,7 @@ def detail_table(results: dict, names: list[str], kind: str, stat: str) -> list[
 def markdown(meta: dict, results: dict, names: list[str]) -> str:
     """The whole ``limit_<set>.md``."""
     ok = [m for m in names if "bins" in results[m]]
+    refs = tuple(meta.get("reference") or REFERENCES)
     lines = [f"# Information-limit benchmark: `{meta['set']}` set", "",
              f"{meta['description']}", "",
              f"{meta['n']} stamps; {meta['date']}; galnet {meta['galnet_version']} (`{meta['git']}`); "
@@ -523,10 +525,13 @@ def markdown(meta: dict, results: dict, names: list[str]) -> str:
         title = KINDS[kind][1]
         lines += [f"## NMAD per bin of {title} (fractional for re, n, q), with the ratio to the reference's",
                   ""]
-        lines += ["Reference: per bin and parameter, the smaller NMAD of "
-                  + " and ".join(f"`{m}`" for m in REFERENCES if m in ok) + ".", ""] \
-            if any(m in ok for m in REFERENCES) else []
-        lines += key_table(results, ok, kind) if any(m in ok for m in REFERENCES) else []
+        run_refs = [f"`{m}`" for m in refs if m in ok]
+        if len(run_refs) > 1:
+            lines += ["Reference: per bin and parameter, the smaller NMAD of " + " and ".join(run_refs) + ".",
+                      ""]
+        elif run_refs:
+            lines += [f"Reference: {run_refs[0]}.", ""]
+        lines += key_table(results, ok, kind, refs) if any(m in ok for m in refs) else []
         lines += ["", "All parameters (x, y in px, pa in degrees for q_true < 0.8; ratio to the reference "
                   "NMAD in brackets):", ""]
         lines += detail_table(results, ok, kind, "nmad") + [""]
@@ -590,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
                     + ",".join(BUILTIN) + ")")
     ap.add_argument("--method", action="append", default=[], metavar="NAME=SUBCOMMAND ARGS",
                     help="extra method, e.g. 'refine1=predict --refine 1'; {network} = the network's catalog")
+    ap.add_argument("--reference", default=",".join(REFERENCES),
+                    help="methods whose NMAD (per bin and parameter, the smallest) the ratios are taken to "
+                    f"(default {','.join(REFERENCES)})")
     ap.add_argument("--workers", type=int, default=2, help="galnet fit --workers (default 2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="galnet predict --threads")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for limit_<set>.md/.json")
@@ -687,7 +695,8 @@ def main(argv=None) -> int:
             models = models + np.nan_to_num(sky)[:, None, None]
         stats = residual_statistics(truth.images, models, truth.sigma, params)
         res["median_chi2nu_aperture"] = float(np.nanmedian(stats["chi2nu_ap"]))
-    refs = [results[m] for m in REFERENCES if m in results and "bins" in results[m]]
+    references = tuple(s.strip() for s in args.reference.split(",") if s.strip())
+    refs = [results[m] for m in references if m in results and "bins" in results[m]]
     for res in results.values():
         if "bins" in res:
             for k in edges:
@@ -698,7 +707,8 @@ def main(argv=None) -> int:
             "galnet_version": galnet.__version__, "git": _git_rev(), "threads": threads,
             "command": "python benchmarks/limit.py " + " ".join(shlex.quote(a) for a in _without_note(
                 argv if argv is not None else sys.argv[1:])),
-            "bins": {k: [b if np.isfinite(b) else None for b in e] for k, e in edges.items()}}
+            "bins": {k: [b if np.isfinite(b) else None for b in e] for k, e in edges.items()},
+            "reference": list(references)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(meta, results, all_names)
@@ -710,8 +720,9 @@ def main(argv=None) -> int:
     first = [i for i, line in enumerate(lines) if line.startswith("## ")]
     print("\n".join(lines[:first[0]] if first else lines))
     ok = [m for m in all_names if "bins" in results[m]]
-    if any(m in ok for m in REFERENCES):
-        print("\n".join(key_table(results, ok, "mag") + [""] + key_table(results, ok, "snr")))
+    if any(m in ok for m in references):
+        print("\n".join(key_table(results, ok, "mag", references) + [""]
+                        + key_table(results, ok, "snr", references)))
     print(f"\nwrote {out / f'limit_{args.set}.md'} and .json")
     summary = {"benchmark": "limit", "set": args.set, "n": n, "methods": {}}
     for name, res in results.items():

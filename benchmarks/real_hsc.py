@@ -13,19 +13,23 @@ scene's r-band PSF and its σ = 1/√weight map.
 
 The same pixels for every method: the valid pixels minus galnet's own neighbour mask
 (:func:`galnet.fit.neighbour_mask`, computed once per stamp). The same χ²ν for every method:
-``Σ ((image − model) / σ)² / (N − 7)`` over those pixels, the model drawn by galnet's renderer with the
+``Σ ((image − model) / σ)² / (N − p)`` over those pixels (p = 7, or 8 with a fitted sky, which is then part
+of the model), the model drawn by galnet's renderer with the
 scene's full 41×41 PSF from each method's parameters. Methods:
 
 * ``network``: ``galnet predict`` (:func:`galnet.predict.predict_arrays`; the stamp with its excluded pixels);
 * ``refine<K>``: K batched Levenberg–Marquardt steps from the network (:class:`galnet.fit.Refiner`), rows
-  left above ``--refine-finish`` fitted on to convergence, as ``galnet predict --refine K`` does;
-* ``fitter``: :func:`galnet.fit.fit_stamps` from image moments (``galnet fit``'s default);
+  left above ``--refine-finish`` fitted on to convergence, with a fitted constant sky, as
+  ``galnet predict --refine K`` does; ``refine<max K>:nosky`` without the sky (``--no-refine-sky``);
+* ``fitter``: :func:`galnet.fit.fit_stamps` from image moments (``galnet fit``'s default); ``fitter-sky``:
+  the same with a fitted constant sky (``galnet fit --fit-sky``);
 * ``hybrid``: :func:`galnet.fit.fit_stamps` from the network's answer;
 * ``pyimfit``: the GALFIT-like baseline, PyImfit's Levenberg–Marquardt from the same moment starts, with the
   same mask, σ map and PSF (``benchmarks/fit.py``'s runner), one process per thread.
 
 Prints per method the median and mean χ²ν, the per-galaxy χ²ν ratio to the baseline, the fraction of galaxies
-where the method's χ²ν is at most the baseline's, the agreement with the fitter (mag, re, n, q) and the time
+where the method's χ²ν is at most the baseline's, the agreement with the fitter of the same model (mag, re,
+n, q; ``fitter-sky`` for the methods that fit a sky) and the time
 per galaxy; writes ``<out>.md``, ``<out>.json`` and image / model / residual mosaics of typical and worst
 cases (``benchmarks/.cache/real_hsc/``: they show the scenes' pixels, which are not redistributed), and the
 ``galnet evaluate`` report there. Last line: one JSON object.
@@ -88,8 +92,9 @@ def common_mask(st: dict) -> np.ndarray:
     return st["excluded"] | nb
 
 
-def chi2nu(st: dict, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """χ²ν of each method's parameters on the common pixels, galnet's renderer with the full PSF."""
+def chi2nu(st: dict, mask: np.ndarray, params: np.ndarray, sky: np.ndarray | None = None) -> np.ndarray:
+    """χ²ν of each method's parameters (plus its fitted sky, counts / px, which then counts as an eighth free
+    parameter) on the common pixels, galnet's renderer with the full PSF."""
     import torch
 
     from galnet.render import render_sersic
@@ -107,9 +112,12 @@ def chi2nu(st: dict, mask: np.ndarray, params: np.ndarray) -> np.ndarray:
                 ).numpy()[0]
         except Exception:  # off the renderer's range: no χ² (counted as missing)
             continue
+        n_free = 7
+        if sky is not None and np.isfinite(sky[i]):
+            model, n_free = model + sky[i], 8
         good = ~mask[i]
         r = ((st["images"][i] - model) / st["sigma"][i])[good]
-        out[i] = float(np.sum(r * r) / max(good.sum() - 7, 1))
+        out[i] = float(np.sum(r * r) / max(good.sum() - n_free, 1))
     return out
 
 
@@ -130,26 +138,33 @@ def run_methods(st: dict, mask: np.ndarray, args) -> dict:
         tab = predict_arrays(st["images"], st["psfs"], sky, model=model, ids=st["ids"], threads=args.threads)
         return np.stack([np.asarray(tab[c], float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
 
-    def refine(start: np.ndarray, k: int) -> np.ndarray:
-        fr, _ = Refiner(k, mask_neighbours=False, finish_chi2=args.refine_finish or None)(
+    def refine(start: np.ndarray, k: int, fit_sky: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        fr, _ = Refiner(k, mask_neighbours=False, finish_chi2=args.refine_finish or None, fit_sky=fit_sky)(
             filled, st["psfs"], start, sky_sigma=sky, sigma=sig, mask=mask
         )
-        return np.where(np.isfinite(fr.params).all(1, keepdims=True), fr.params, start)
+        ok = np.isfinite(fr.params).all(1)
+        return np.where(ok[:, None], fr.params, start), (np.where(ok, fr.sky, np.nan) if fit_sky else None)
+
+    def fit(init=None, fit_sky: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        fr = fit_stamps(filled, st["psfs"], sigma=sig, mask=mask, init=init, config=cfg, fit_sky=fit_sky)
+        return fr.params, (fr.sky if fit_sky else None)
 
     sides = {}
     models = {"network": args.model, **{f"network:{Path(m).stem}": m for m in args.compare_model}}
     for name, model in models.items():
         network(model)  # load the model once (warm-up), then time
-        sides[name] = lambda model=model: network(model)
-    nets = {name: side() for name, side in sides.items()}
+        sides[name] = lambda model=model: (network(model), None)
+    nets = {name: side()[0] for name, side in sides.items()}
     for name, net in nets.items():
         tag = "" if name == "network" else name.split(":", 1)[1] + ":"
         for k in args.refine:
             sides[f"{tag}refine{k}"] = lambda net=net, k=k: refine(net, k)
-    sides["fitter"] = lambda: fit_stamps(filled, st["psfs"], sigma=sig, mask=mask, config=cfg).params
-    sides["hybrid"] = lambda: (
-        fit_stamps(filled, st["psfs"], sigma=sig, mask=mask, init=nets["network"], config=cfg).params
-    )
+    if args.refine:  # the largest K without the fitted sky (galnet predict --no-refine-sky)
+        k_max = max(args.refine)
+        sides[f"refine{k_max}:nosky"] = lambda: refine(nets["network"], k_max, fit_sky=False)
+    sides["fitter"] = lambda: fit()
+    sides["fitter-sky"] = lambda: fit(fit_sky=True)
+    sides["hybrid"] = lambda: fit(init=nets["network"])
     out: dict = {}
     runs = interleaved(
         {k: (lambda f=f, k=k: out.__setitem__(k, f())) for k, f in sides.items()}, repeats=args.repeats
@@ -157,12 +172,14 @@ def run_methods(st: dict, mask: np.ndarray, args) -> dict:
     for name in sides:  # a refinement's or the hybrid's time includes its network's
         net = (
             None
-            if name == "fitter" or name.startswith("network")
-            else ("network" if ":" not in name else "network:" + name.split(":")[0])
+            if name.startswith("fitter") or name.startswith("network")
+            else "network" if ":" not in name or name.endswith(":nosky")
+            else "network:" + name.split(":")[0]
         )
         extra = runs[net].median if net else 0.0
         res[name] = {
-            "params": out[name],
+            "params": out[name][0],
+            "sky": out[name][1],
             "seconds": runs[name].median + extra,
             "best_seconds": runs[name].best + (runs[net].best if net else 0.0),
         }
@@ -221,11 +238,13 @@ def summarise(st: dict, res: dict, chi: dict, baseline: str, rows: np.ndarray | 
     b = len(st["ids"])
     rows = np.arange(b) if rows is None else rows
     base = chi[baseline][rows]
-    ref = res["fitter"]["params"][rows]
     out = {}
     for name, r in res.items():
         c = chi[name][rows]
         params = r["params"][rows]
+        # agreement with the fitter of the same model: with a fitted sky, the fitter with one
+        same = "fitter-sky" if r.get("sky") is not None and "fitter-sky" in res else "fitter"
+        ref = res[same]["params"][rows]
         both = np.isfinite(c) & np.isfinite(base)
         ratio = c[both] / base[both]
         agree = {}
@@ -274,6 +293,8 @@ def mosaic(
                     torch.as_tensor(st["psfs"][i], dtype=torch.float64),
                     shape=(STAMP, STAMP),
                 ).numpy()[0]
+            if res[method].get("sky") is not None:
+                model = model + np.nan_to_num(res[method]["sky"][i])
         scale = np.nanpercentile(img, 99.5)
         soft = np.nanmedian(st["sigma"][i])
         for ax, data, title in (
@@ -400,7 +421,7 @@ def main(argv=None) -> int:
     st = load_stamps(files)
     mask = common_mask(st)
     res = run_methods(st, mask, args)
-    chi = {name: chi2nu(st, mask, r["params"]) for name, r in res.items()}
+    chi = {name: chi2nu(st, mask, r["params"], r.get("sky")) for name, r in res.items()}
     if "pyimfit" in res:  # the baseline's own model (Imfit's renderer) against the image, same pixels and σ
         chi["pyimfit:galnet-renderer"] = chi["pyimfit"]
         res["pyimfit:galnet-renderer"] = res["pyimfit"]
@@ -414,8 +435,9 @@ def main(argv=None) -> int:
             "Same pixels (valid minus galnet's neighbour mask), same σ for every method; χ²ν of galnet's "
             "renderer with the scene's 41×41 PSF for the galnet methods, of Imfit's own model for `pyimfit` "
             "(the same parameters drawn by galnet's renderer: `pyimfit:galnet-renderer`). Baseline: "
-            f"`{baseline}`. NMAD vs fitter: spread of each method's answer around the fitter's (fractional "
-            f"for re, n, q). Times: median of {args.repeats} interleaved repeats, {args.threads} thread(s) "
+            f"`{baseline}`. NMAD vs fitter: spread of each method's answer around the fitter's with the "
+            "same sky model (`fitter-sky` for methods that fit a sky; fractional for re, n, q). Times: "
+            f"median of {args.repeats} interleaved repeats, {args.threads} thread(s) "
             "(PyImfit: one run, one process per thread).",
             "",
             markdown(summary, "all scenes"),
