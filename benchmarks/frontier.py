@@ -49,10 +49,10 @@ def worst_ratio(method: dict, bins: slice | None = None) -> float:
     return float(max(vals)) if vals else float("nan")
 
 
-def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, float, bool]], repeats: int,
-               threads: int, refine_workers: int = 1) -> dict[str, list[float]]:
-    """Seconds per galaxy of each (name, symmetries, refine K, finish χ²ν, fitted sky) mode, ``repeats``
-    interleaved rounds.
+def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, float, bool, int]],
+               repeats: int, threads: int, refine_workers: int = 1) -> dict[str, list[float]]:
+    """Seconds per galaxy of each (name, symmetries, refine K, finish χ²ν, fitted sky, finish iteration
+    limit) mode, ``repeats`` interleaved rounds.
 
     The refinement runs in ``refine_workers`` single-thread processes (``galnet predict --refine-workers``),
     started and warmed up before the clock runs.
@@ -70,8 +70,9 @@ def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, 
     sky = np.asarray(truth.sky_sigma, dtype=np.float32)
     predictors = {s: load_model(model, backend="onnx", symmetries=s) for s in {m[1] for m in modes}}
     gain = truth.gain
-    refiners = {(k, f, sk): Refiner(k, workers=refine_workers, finish_chi2=f or None, fit_sky=sk)
-                for k, f, sk in {(m[2], m[3], m[4]) for m in modes} if k > 0}
+    refiners = {(k, f, sk, it): Refiner(k, workers=refine_workers, finish_chi2=f or None, fit_sky=sk,
+                                        finish_max_iter=it)
+                for k, f, sk, it in {m[2:] for m in modes} if k > 0}
     for p in predictors.values():  # warm up: ONNX session, thread pools
         p.predict(images[:64], psfs[:64], sky[:64])
     for r in refiners.values():  # 64 rows: the worker processes start here
@@ -88,11 +89,11 @@ def time_modes(data: Path, n: int, model: str, modes: list[tuple[str, int, int, 
 
 def _interleave(modes, repeats, predictors, refiners, images, psfs, sky, gain, times) -> None:
     for _ in range(repeats):
-        for name, sym, k, finish, fit_sky in modes:
+        for name, sym, k, finish, fit_sky, finish_iter in modes:
             t0 = time.perf_counter()
             start = predictors[sym].predict(images, psfs, sky)
             if k > 0:
-                refiners[(k, finish, fit_sky)](images, psfs, start, sky_sigma=sky, gain=gain)
+                refiners[(k, finish, fit_sky, finish_iter)](images, psfs, start, sky_sigma=sky, gain=gain)
             times[name].append((time.perf_counter() - t0) / len(images))
 
 
@@ -129,10 +130,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", action="append", required=True, metavar="JSON",
                     help="limit.py JSON(s); methods named network*, sym4*, refine1 ... are matched to modes")
-    ap.add_argument("--mode", action="append", default=[], metavar="NAME=SYMMETRIES,K[,FINISH[,nosky]]",
+    ap.add_argument("--mode", action="append", default=[],
+                    metavar="NAME=SYMMETRIES,K[,FINISH][,nosky][,iterN]",
                     help="a timed mode: its name in the limit JSON, symmetries (1/4/8), refine K, the "
-                         "--refine-finish chi2nu (default 1.5; 0: K steps only) and 'nosky' for "
-                         "--no-refine-sky, e.g. network=1,0 or refine5_nosky=1,5,1.5,nosky "
+                         "--refine-finish chi2nu (default 1.5; 0: K steps only), 'nosky' for "
+                         "--no-refine-sky and 'iterN' for --refine-finish-iter N (default 30), e.g. "
+                         "network=1,0 or refine5_nosky=1,5,1.5,nosky or refine5_it100=1,5,1.5,iter100 "
                          "(default: network=1,0 sym4=4,0 sym8=8,0 refine1=1,1 refine2=1,2)")
     ap.add_argument("--model", default="hsc-r")
     ap.add_argument("--n", type=int, default=1000, help="stamps to time (default 1000; --quick 300)")
@@ -153,13 +156,20 @@ def main(argv=None) -> int:
             name, rest = spec.split("=", 1)
             fields = rest.split(",")
             sym, k = int(fields[0]), int(fields[1])
-            finish = float(fields[2]) if len(fields) >= 3 else 1.5
-            if len(fields) > 4 or (len(fields) == 4 and fields[3] != "nosky"):
-                raise ValueError
-            fit_sky = len(fields) < 4
+            rest = fields[2:]
+            is_word = bool(rest) and (rest[0] == "nosky" or rest[0].startswith("iter"))
+            finish = float(rest.pop(0)) if rest and not is_word else 1.5
+            fit_sky, finish_iter = True, 30
+            for word in rest:
+                if word == "nosky":
+                    fit_sky = False
+                elif word.startswith("iter") and int(word[4:]) >= 1:
+                    finish_iter = int(word[4:])
+                else:
+                    raise ValueError
         except (ValueError, IndexError):
-            ap.error(f"--mode {spec!r}: expected NAME=SYMMETRIES,K[,FINISH[,nosky]]")
-        modes.append((name, sym, k, finish, fit_sky))
+            ap.error(f"--mode {spec!r}: expected NAME=SYMMETRIES,K[,FINISH][,nosky][,iterN]")
+        modes.append((name, sym, k, finish, fit_sky, finish_iter))
     methods: dict[str, dict] = {}
     data = None
     for path in args.limit:

@@ -336,6 +336,8 @@ PREDICT_BAD_OPTIONS = [
     ("--xy-origin", "2"),
     ("--xy-origin", "abc"),
     ("--backend", "tensorflow"),
+    ("--refine-finish-iter", "0"),
+    ("--refine-finish-iter", "2.5"),
 ]
 
 

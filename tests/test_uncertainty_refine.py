@@ -169,6 +169,9 @@ def test_refiner_workers_give_the_same_answers(psf):
     np.testing.assert_allclose(two.chi2nu, one.chi2nu, rtol=1e-10)
     with pytest.raises(ConfigError, match="workers"):
         Refiner(3, workers=0)
+    with pytest.raises(ConfigError, match="finish_max_iter"):
+        Refiner(3, finish_max_iter=0)
+    assert Refiner(3, finish_max_iter=7).finish_config.max_iter == 7
 
 
 def test_blend_errors_are_added_on_blended_rows_only():
@@ -352,9 +355,13 @@ def test_predict_refine_cli(data_dir, small_card, tmp_path, capsys):
     assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(part), "--model", small_card,
                      "--refine", "2", "--no-progress", "--chunk-size", "16", "--resume"]) == 2
     assert "refine" in capsys.readouterr().err
-    assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(part), "--model", small_card,
-                     "--refine", "1", "--no-refine-sky", "--no-progress", "--chunk-size", "16", "--resume"]) == 2
+    assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(part), "--model", small_card, "--refine",
+                     "1", "--no-refine-sky", "--no-progress", "--chunk-size", "16", "--resume"]) == 2
     assert "refine_sky" in capsys.readouterr().err
+    assert cli_main(["predict", str(data_dir / "test.h5"), "-o", str(part), "--model", small_card, "--refine",
+                     "1", "--refine-finish-iter", "10", "--no-progress", "--chunk-size", "16",
+                     "--resume"]) == 2
+    assert "refine_finish_iter" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["-1", "1.5", "two"])

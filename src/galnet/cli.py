@@ -96,7 +96,7 @@ def _compose(args: argparse.Namespace) -> None:
             workers = 1 if (args.workers or args.dask) else usable_cores()
         args.refiner = Refiner(int(args.refine), mask_neighbours=bool(args.mask_neighbours),
                                finish_chi2=args.refine_finish or None, workers=int(workers),
-                               fit_sky=bool(args.refine_sky))
+                               fit_sky=bool(args.refine_sky), finish_max_iter=int(args.refine_finish_iter))
     elif args.command == "predict" and (getattr(args, "chi2", False) or getattr(args, "save_models", False)):
         from .fit import FitPixels
 

@@ -148,6 +148,12 @@ class Refiner:
         iteration limit), and keep the better of the two. ``None`` or 0: K steps for every row. On the 80
         real HSC galaxies of ``benchmarks/real_hsc.py`` this finishes 31 % of the rows after 5 steps and
         brings the mean χ²ν from 2.10 to 1.91 (the fitter's 1.92); on simulated stamps few rows qualify.
+    finish_max_iter : int
+        Iteration limit of that finishing fit (default 30, >= 1; ``galnet fit``'s is 100). On the validation
+        splits (1,000 stamps each) 30 gave the same parameters and median χ²ν as 100 (mean χ²ν within 3 %)
+        at 20–25 % more galaxies per second: a few blends far from any single-Sérsic optimum otherwise run
+        to 100 iterations and hold their batch. On the 80 real HSC galaxies no finishing fit needs more
+        than 32.
     fit_sky : bool
         Fit a constant sky (counts / px) per stamp with the galaxy, from 0, as ``galnet fit --fit-sky``
         (the result's ``sky`` and ``sky_err``); default yes. The local background of a survey stamp is
@@ -164,6 +170,7 @@ class Refiner:
     mask_neighbours: bool = True
     config: FitConfig | None = None
     finish_chi2: float | None = 1.5
+    finish_max_iter: int = 30
     blend_errors: bool = True
     workers: int = 1
     fit_sky: bool = True
@@ -174,10 +181,13 @@ class Refiner:
             raise ConfigError(f"refine: K must be an integer >= 1, got {self.k!r}")
         if self.finish_chi2 is not None and not (np.isfinite(self.finish_chi2) and self.finish_chi2 >= 0):
             raise ConfigError(f"refine: finish_chi2 must be a number >= 0 or None, got {self.finish_chi2!r}")
+        if not _is_positive_int(self.finish_max_iter):
+            raise ConfigError(
+                f"refine: finish_max_iter must be an integer >= 1, got {self.finish_max_iter!r}")
         if not _is_positive_int(self.workers):
             raise ConfigError(f"refine: workers must be an integer >= 1, got {self.workers!r}")
         base = self.config or FitConfig(error_scale="correlated")
-        self.finish_config = base
+        self.finish_config = dataclasses.replace(base, max_iter=int(self.finish_max_iter))
         self.config = dataclasses.replace(
             base, max_iter=int(self.k), refit_outgrown=False, flag_max_iter=False
         )

@@ -131,6 +131,13 @@ def _add_run_arguments(r) -> None:
         "(as galnet fit) and keep the better answer (default 1.5; 0: K steps for every row)",
     )
     r.add_argument(
+        "--refine-finish-iter",
+        type=positive_int,
+        default=30,
+        metavar="N",
+        help="with --refine: iteration limit of that finishing fit (default 30; galnet fit's is 100)",
+    )
+    r.add_argument(
         "--refine-workers",
         type=positive_int,
         metavar="N",

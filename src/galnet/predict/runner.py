@@ -194,6 +194,7 @@ def _manifest(source: InputSource, options: PredictOptions, card: dict, card_fil
         "refine": options.refine,
         "refine_finish": getattr(options.refiner, "finish_chi2", None),
         "refine_sky": bool(getattr(options.refiner, "fit_sky", False)),
+        "refine_finish_iter": getattr(options.refiner, "finish_max_iter", None),
         "chi2_pixels": None if options.pixels is None else repr(options.pixels),
         "symmetries": options.symmetries,
         "output": output.name,
