@@ -140,9 +140,13 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
     if all(c in table.colnames for c in err_cols):  # 1-sigma errors in catalog units
         errors = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in err_cols])
         errors[bad] = np.nan
+    sky = np.array(table["sky"], dtype=np.float64) if "sky" in table.colnames else None
+    if sky is not None:
+        sky[bad] = np.nan
     b = len(ids)
     out_p, out_f = np.full((b, N_PARAMS), np.nan), np.zeros(b, dtype=np.int64)
     out_e = None if errors is None else np.full((b, N_PARAMS), np.nan)
+    out_s = None if sky is None else np.full(b, np.nan)
     if "id" in table.colnames:
         dups = duplicate_ids(table["id"])
         if dups:
@@ -160,10 +164,12 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
         out_p[hit], out_f[hit] = params[idx[hit]], flags[idx[hit]]
         if out_e is not None:
             out_e[hit] = errors[idx[hit]]
+        if out_s is not None:
+            out_s[hit] = sky[idx[hit]]
         if (~hit).any():
             log.info("%s: %d of %d truth ids not in the catalog (not measured)", path, int((~hit).sum()), b)
     elif len(table) == b:
-        out_p, out_f, out_e = params, flags, errors
+        out_p, out_f, out_e, out_s = params, flags, errors, sky
     else:
         raise InputDataError(f"{path}: no 'id' column and {len(table)} rows for {b} truth stamps")
     if time_per_galaxy is None:
@@ -175,7 +181,7 @@ def load_catalog(name: str, path, ids, *, time_per_galaxy: float | None = None):
     upper = {str(k).upper(): v for k, v in table.meta.items()}
     network_only = str(upper.get("REFINE", "")).strip() == "0" and "niter" not in table.colnames
     return MethodResult(name=name, params=out_p, flags=out_f, time_per_galaxy=time_per_galaxy,
-                        source=str(path), errors=out_e, network_only=network_only)
+                        source=str(path), errors=out_e, network_only=network_only, sky=out_s)
 
 
 def load_galfit_headers(directory, ids, *, name: str = "galfit", time_per_galaxy: float | None = None):

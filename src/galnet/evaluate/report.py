@@ -136,6 +136,9 @@ class MethodResult:
     network_only : bool, the rows are a network's answers without a fit (``galnet predict --refine 0``):
         their ``NON_SERSIC`` / ``HIGH_CHI2`` are judged on a :data:`JUDGE_REFINE_STEPS`-step refinement of
         them, so that the flags describe the galaxy, not the network's imprecision
+    sky : ndarray (B,) or None, counts / px: the constant sky the method fitted with each galaxy (a
+        catalog's ``sky`` column: ``galnet predict --refine K``, ``galnet fit --fit-sky``), part of its
+        model image; NaN rows and None: no sky
     """
 
     name: str
@@ -145,6 +148,7 @@ class MethodResult:
     source: str = ""
     errors: np.ndarray | None = None
     network_only: bool = False
+    sky: np.ndarray | None = None
 
 
 #: LM steps from a network-only answer before its residuals are judged (``NON_SERSIC``, ``HIGH_CHI2``):
@@ -152,19 +156,30 @@ class MethodResult:
 JUDGE_REFINE_STEPS = 5
 
 
-def judged_params(truth: TruthSet, params: np.ndarray) -> np.ndarray:
+def judged_params(truth: TruthSet, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A network's answers refined by :data:`JUDGE_REFINE_STEPS` LM steps on the truth stamps (neighbours
-    masked, σ of the stamps), for judging residuals; rows that do not refine keep their values."""
+    masked, σ of the stamps, a constant sky fitted as ``galnet predict --refine`` does), for judging
+    residuals: parameters (B, 7) and sky (B,) counts / px; rows that do not refine keep their values
+    (sky NaN)."""
     from ..fit import Refiner
 
     p = np.array(params, dtype=np.float64, copy=True)
+    sky = np.full(len(p), np.nan)
     rows = np.flatnonzero(np.isfinite(p).all(axis=1))
     if rows.size:
         res, _ = Refiner(JUDGE_REFINE_STEPS, finish_chi2=None)(truth.images[rows], truth.psfs[rows], p[rows],
                                              sigma=truth.sigma[rows], zeropoint=truth.zeropoint)
         good = np.isfinite(res.params).all(axis=1)
         p[rows[good]] = res.params[good]
-    return p
+        sky[rows[good]] = res.sky[good]
+    return p, sky
+
+
+def _with_sky(models: np.ndarray, sky: np.ndarray | None) -> np.ndarray:
+    """Model images (B, H, W) plus a per-row constant sky (B,) where it is finite."""
+    if sky is None:
+        return models
+    return models + np.nan_to_num(np.asarray(sky, dtype=np.float64), nan=0.0)[:, None, None]
 
 
 @dataclass
@@ -279,12 +294,12 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
     for m in tqdm(methods, desc="evaluate", unit="method", disable=not progress):
         p = np.asarray(m.params, dtype=np.float64).copy()
         r = rows[m.name]
-        models = render_models(p, truth.psfs, shape=shape, zeropoint=truth.zeropoint)
+        models = _with_sky(render_models(p, truth.psfs, shape=shape, zeropoint=truth.zeropoint), m.sky)
         stats = residual_statistics(truth.images, models, truth.sigma, p)
         rflags = residual_flags(stats, thresholds)
         if m.network_only:  # the flags describe the galaxy: judged on a short refinement of the answer
-            pj = judged_params(truth, p)
-            mj = render_models(pj, truth.psfs, shape=shape, zeropoint=truth.zeropoint)
+            pj, sky_j = judged_params(truth, p)
+            mj = _with_sky(render_models(pj, truth.psfs, shape=shape, zeropoint=truth.zeropoint), sky_j)
             rflags = residual_flags(residual_statistics(truth.images, mj, truth.sigma, pj), thresholds)
         t, q = truth.params, p
         rt = r & has_truth  # accuracy needs a truth: real galaxies have none (χ²ν and residuals only)
