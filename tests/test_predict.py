@@ -335,6 +335,14 @@ def test_predict_arrays_flags(stamps, model_path):
     assert any_set(f, Flag.NAN_PIXELS).tolist() == [False, True, True, False, False, False]
     assert any_set(f, Flag.BAD_INPUT).tolist() == [False, False, True, False, False, False]
     assert np.isfinite(cat["mag"][1]) and np.isnan(cat["mag"][2])
+    # the network's errors come with the answers: NaN here (this model has no uncertainty head); with the
+    # shipped hsc-r, finite and positive on every measured row, NaN on the row not measured
+    assert "mag_err" in cat.colnames and np.isnan(np.asarray(cat["mag_err"])).all()
+    shipped = predict_arrays(bad, _gauss_psf(), 0.05, model="hsc-r")
+    for col in ("x_err", "mag_err", "re_pix_err", "re_arcsec_err", "n_err", "q_err", "pa_err"):
+        err = np.asarray(shipped[col])
+        measured = np.delete(err, 2)
+        assert np.isnan(err[2]) and np.isfinite(measured).all() and (measured > 0).all(), col
 
 
 def test_chi2_of_the_truth_is_one(stamps):

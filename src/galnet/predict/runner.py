@@ -583,7 +583,8 @@ def predict_arrays(
 
     Returns
     -------
-    astropy.table.Table: ``id, x, y`` (1-based stamp frame), ``mag, re_pix, re_arcsec, n, q, pa``,
+    astropy.table.Table: ``id, x, y`` (1-based stamp frame), ``mag, re_pix, re_arcsec, n, q, pa``, their
+    ``<column>_err`` (the network's calibrated 1-σ errors, as ``galnet predict --refine 0`` writes them),
     [``chi2nu``], ``flags``.
     """
     from ..conventions import HSC_PIXEL_SCALE
@@ -602,6 +603,7 @@ def predict_arrays(
     return make_catalog(
         res["ids"],
         res["params"],
+        errors=res.get("errors"),
         flags=res["flags"],
         pixel_scale=pixel_scale or HSC_PIXEL_SCALE,
         zeropoint=ctx["zp_in"],
