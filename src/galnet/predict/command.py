@@ -101,7 +101,8 @@ def _add_input_arguments(g) -> None:
 
 
 def _add_run_arguments(r) -> None:
-    """Options of the run: model runtime, sizes, refinement, χ², shards, Dask, progress."""
+    """Options of the run: model runtime, sizes, refinement (:func:`_add_refine_arguments`), χ², shards,
+    Dask, progress."""
     r.add_argument(
         "--backend",
         default="auto",
@@ -112,46 +113,7 @@ def _add_run_arguments(r) -> None:
     r.add_argument("--threads", type=positive_int, help="network threads (default: torch's)")
     r.add_argument("--batch-size", type=positive_int, default=512)
     r.add_argument("--chunk-size", type=positive_int, default=4096, help="rows per shard / Dask task")
-    r.add_argument(
-        "--refine",
-        type=nonnegative_int,
-        default=5,
-        metavar="K",
-        help="refine the network's answers with K batched Levenberg-Marquardt steps of the exact forward "
-        "model (neighbours masked as in galnet fit); writes the fit's errors and chi2nu. Default 5: on real "
-        "HSC galaxies the fitter's median chi2nu, at a few ms per galaxy. 0: the network alone, ~20x faster "
-        "(docs/network.md: accuracy and speed of each K)",
-    )
-    r.add_argument(
-        "--refine-finish",
-        type=nonnegative_float,
-        default=1.5,
-        metavar="CHI2",
-        help="with --refine: rows whose chi2nu after the K steps is above this are fitted on to convergence "
-        "(as galnet fit) and keep the better answer (default 1.5; 0: K steps for every row)",
-    )
-    r.add_argument(
-        "--refine-finish-iter",
-        type=positive_int,
-        default=30,
-        metavar="N",
-        help="with --refine: iteration limit of that finishing fit (default 30; galnet fit's is 100)",
-    )
-    r.add_argument(
-        "--refine-workers",
-        type=positive_int,
-        metavar="N",
-        help="with --refine: worker processes (one thread each) that share the refinement; the same "
-        "parameters, errors and chi2nu for any N (default: the cores this process may use, 1 with --workers "
-        "or --dask)",
-    )
-    r.add_argument(
-        "--refine-sky",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="with --refine: fit a constant sky per stamp with the galaxy (writes sky, sky_err, counts/px); "
-        "cut-outs of survey coadds rarely have a zero local background (default: yes)",
-    )
+    _add_refine_arguments(r)
     r.add_argument(
         "--symmetries",
         type=int,
@@ -203,6 +165,51 @@ def _add_run_arguments(r) -> None:
         help="also draw a quick-look plot (image + ellipses for an "
         "image input, else stamps / models / residuals)",
     )
+
+
+def _add_refine_arguments(r) -> None:
+    """Options of the refinement (``--refine K`` and what it does with each row)."""
+    r.add_argument(
+        "--refine",
+        type=nonnegative_int,
+        default=5,
+        metavar="K",
+        help="refine the network's answers with K batched Levenberg-Marquardt steps of the exact forward "
+        "model (neighbours masked as in galnet fit); writes the fit's errors and chi2nu. Default 5: on real "
+        "HSC galaxies the fitter's median chi2nu, at a few ms per galaxy. 0: the network alone, ~20x faster "
+        "(docs/network.md: accuracy and speed of each K)",
+    )
+    r.add_argument(
+        "--refine-finish",
+        type=nonnegative_float,
+        default=1.5,
+        metavar="CHI2",
+        help="with --refine: rows whose chi2nu after the K steps is above this are fitted on to convergence "
+        "(as galnet fit) and keep the better answer (default 1.5; 0: K steps for every row)",
+    )
+    r.add_argument(
+        "--refine-finish-iter",
+        type=positive_int,
+        default=30,
+        metavar="N",
+        help="with --refine: iteration limit of that finishing fit (default 30; galnet fit's is 100)",
+    )
+    r.add_argument(
+        "--refine-workers",
+        type=positive_int,
+        metavar="N",
+        help="with --refine: worker processes (one thread each) that share the refinement; the same "
+        "parameters, errors and chi2nu for any N (default: the cores this process may use, 1 with --workers "
+        "or --dask)",
+    )
+    r.add_argument(
+        "--refine-sky",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --refine: fit a constant sky per stamp with the galaxy (writes sky, sky_err, counts/px); "
+        "cut-outs of survey coadds rarely have a zero local background (default: yes)",
+    )
+
 
 
 def _hdu(value):
