@@ -62,6 +62,15 @@ def brightest_peak(scene) -> int:
     return int(np.argmax(flux))
 
 
+def scene_files(folder: Path) -> list[Path]:
+    """The even-id scene files in ``folder``, downloaded there first when it has none (odd ids: never)."""
+    from galnet.data.hsc import fetch_scenes, list_scenes
+
+    if not folder.is_dir() or not any(folder.glob("*.npz")):
+        fetch_scenes(folder, parity="even")
+    return list_scenes(folder, parity="even")
+
+
 def load_stamps(files: list[Path]) -> dict:
     """Stamps, σ maps, excluded pixels, PSFs and ids of each scene's brightest galaxy."""
     from galnet.data.hsc import cut_stamp, read_scene
@@ -410,12 +419,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from galnet.data.hsc import fetch_scenes, list_scenes
-
-    scenes = Path(args.scenes)
-    if not scenes.is_dir() or not any(scenes.glob("*.npz")):
-        fetch_scenes(scenes, parity="even")
-    files = list_scenes(scenes, parity="even")
+    files = scene_files(Path(args.scenes))
     if args.quick or args.n:
         files = files[: args.n or 12]
     st = load_stamps(files)

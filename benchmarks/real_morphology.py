@@ -174,11 +174,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     import limit
     import real_hsc
-    from galnet.data.hsc import fetch_scenes, list_scenes
-    scenes = Path(args.scenes)
-    if not scenes.is_dir() or not any(scenes.glob("*.npz")):
-        fetch_scenes(scenes, parity="even")
-    files = list_scenes(scenes, parity="even")
+
+    files = real_hsc.scene_files(Path(args.scenes))
     if args.quick:
         files, args.realisations = files[:12], min(args.realisations, 3)
     st = real_hsc.load_stamps(files)
