@@ -144,10 +144,11 @@ class Refiner:
         (or use the Refiner as a context manager); otherwise the workers stop when the interpreter exits.
     finish_chi2 : float or None
         Rows whose χ²ν after the K steps is above this (default 1.5, ``galnet predict``'s ``HIGH_CHI2``
-        threshold) are fitted on to convergence from the refined answer, as ``galnet fit`` would (its
-        iteration limit), and keep the better of the two. ``None`` or 0: K steps for every row. On the 80
-        real HSC galaxies of ``benchmarks/real_hsc.py`` this finishes 31 % of the rows after 5 steps and
-        brings the mean χ²ν from 2.10 to 1.91 (the fitter's 1.92); on simulated stamps few rows qualify.
+        threshold) are fitted on to convergence from the refined answer, as ``galnet fit`` would (at most
+        ``finish_max_iter`` iterations), and keep the better of the two. ``None`` or 0: K steps for every
+        row. On the 80 real HSC galaxies of ``benchmarks/real_hsc.py`` (without the sky) this finishes 31 %
+        of the rows after 5 steps and brings the mean χ²ν from 2.10 to 1.91 (the fitter's 1.92); on
+        simulated stamps few rows qualify.
     finish_max_iter : int
         Iteration limit of that finishing fit (default 30, >= 1; ``galnet fit``'s is 100). On the validation
         splits (1,000 stamps each) 30 gave the same parameters and median χ²ν as 100 (mean χ²ν within 3 %)
