@@ -690,9 +690,8 @@ def main(argv=None) -> int:
         res.update(extra)
         res["has_errors"] = errors is not None
         res["bins"] = {k: bin_statistics(truth.params, params, by[k], edges[k], errors=errors) for k in edges}
-        models = render_models(params, truth.psfs, shape=truth.images.shape[1:], zeropoint=truth.zeropoint)
-        if sky is not None:  # a fitted sky is part of the method's model
-            models = models + np.nan_to_num(sky)[:, None, None]
+        models = render_models(params, truth.psfs, shape=truth.images.shape[1:], zeropoint=truth.zeropoint,
+                               sky=sky)  # a fitted sky is part of the method's model
         stats = residual_statistics(truth.images, models, truth.sigma, params)
         res["median_chi2nu_aperture"] = float(np.nanmedian(stats["chi2nu_ap"]))
     references = tuple(s.strip() for s in args.reference.split(",") if s.strip())

@@ -71,6 +71,22 @@ def scene_files(folder: Path) -> list[Path]:
     return list_scenes(folder, parity="even")
 
 
+def stamp_noise(st: dict) -> np.ndarray:
+    """The median σ (B,) of each stamp's valid pixels: the sky σ the network is given."""
+    return np.array([np.nanmedian(np.where(ex, np.nan, sg)) for ex, sg in zip(st["excluded"], st["sigma"])])
+
+
+def network_answers(images: np.ndarray, psfs: np.ndarray, sky: np.ndarray, model: str, threads: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``galnet predict --refine 0``'s parameters (B, 7) and errors (B, 7), catalog conventions."""
+    from galnet.predict import predict_arrays
+
+    tab = predict_arrays(images, psfs, sky, model=model, ids=np.arange(len(images)), threads=threads)
+    cols = ("x", "y", "mag", "re_pix", "n", "q", "pa")
+    return (np.stack([np.asarray(tab[c], float) for c in cols], 1),
+            np.stack([np.asarray(tab[f"{c}_err"], float) for c in cols], 1))
+
+
 def load_stamps(files: list[Path]) -> dict:
     """Stamps, σ maps, excluded pixels, PSFs and ids of each scene's brightest galaxy."""
     from galnet.data.hsc import cut_stamp, read_scene
@@ -134,18 +150,15 @@ def run_methods(st: dict, mask: np.ndarray, args) -> dict:
     """Parameters (B, 7) and seconds of every method; galnet's timed interleaved (``--repeats``)."""
     from _timing import interleaved
     from galnet.fit import FitConfig, Refiner, fit_stamps, moments_start
-    from galnet.predict import predict_arrays
 
-    b = len(st["ids"])
     filled = np.where(mask, 0.0, st["images"]).astype(np.float32)
     sig = np.where(mask, 1.0, st["sigma"]).astype(np.float32)
-    sky = np.array([np.nanmedian(np.where(st["excluded"][i], np.nan, st["sigma"][i])) for i in range(b)])
+    sky = stamp_noise(st)
     cfg = FitConfig(max_iter=100)
     res: dict = {}
 
     def network(model: str) -> np.ndarray:
-        tab = predict_arrays(st["images"], st["psfs"], sky, model=model, ids=st["ids"], threads=args.threads)
-        return np.stack([np.asarray(tab[c], float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
+        return network_answers(st["images"], st["psfs"], sky, model, args.threads)[0]
 
     def refine(start: np.ndarray, k: int, fit_sky: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         fr, _ = Refiner(k, mask_neighbours=False, finish_chi2=args.refine_finish or None, fit_sky=fit_sky)(

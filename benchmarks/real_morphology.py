@@ -65,21 +65,16 @@ def reobserve(st: dict, realisations: int, noise: float, seed: int) -> dict:
             "excluded": st["excluded"][rows], "psfs": st["psfs"][rows], "ids": st["ids"][rows]}
 
 
-def reference_fit(st: dict, filled: np.ndarray, sigma: np.ndarray, mask: np.ndarray, *, fit_sky: bool,
-                  threads: int) -> np.ndarray:
+def reference_fit(st: dict, filled: np.ndarray, sigma: np.ndarray, mask: np.ndarray, net: np.ndarray, *,
+                  fit_sky: bool) -> np.ndarray:
     """The best Sérsic fit (B, 7) of each original stamp: ``galnet fit`` from the moments and from the
-    network's answer, the lower χ² of the two kept. A real galaxy's χ² surface can have more than one
-    minimum (a bulge-like and a disc-like fit); the reference should be the deeper one, whichever start
-    a method uses. Rows whose kept fit ends against a parameter bound (``AT_BOUND``: no Sérsic answer to
+    network's answer ``net`` (B, 7), the lower χ² of the two kept. A real galaxy's χ² surface can have more
+    than one minimum (a bulge-like and a disc-like fit); the reference should be the deeper one, whichever
+    start a method uses. Rows whose kept fit ends against a parameter bound (``AT_BOUND``: no Sérsic answer to
     compare with) or fails are NaN."""
     from galnet.fit import FitConfig, fit_stamps
     from galnet.flags import Flag
-    from galnet.predict import predict_arrays
 
-    b = len(st["ids"])
-    sky = np.array([np.nanmedian(np.where(st["excluded"][i], np.nan, st["sigma"][i])) for i in range(b)])
-    tab = predict_arrays(st["images"], st["psfs"], sky, model="hsc-r", ids=np.arange(b), threads=threads)
-    net = np.stack([np.asarray(tab[c], float) for c in ("x", "y", "mag", "re_pix", "n", "q", "pa")], 1)
     cfg = FitConfig(max_iter=100)
     a = fit_stamps(filled, st["psfs"], sigma=sigma, mask=mask, config=cfg, fit_sky=fit_sky)
     c = fit_stamps(filled, st["psfs"], sigma=sigma, mask=mask, config=cfg, fit_sky=fit_sky,
@@ -94,16 +89,12 @@ def reference_fit(st: dict, filled: np.ndarray, sigma: np.ndarray, mask: np.ndar
 def run_methods(obs: dict, mask: np.ndarray, threads: int) -> dict[str, dict]:
     """Parameters (N, 7), errors (N, 7) or None of each method on the re-observations."""
     from galnet.fit import FitConfig, Refiner, fit_stamps
-    from galnet.predict import predict_arrays
+    from real_hsc import network_answers, stamp_noise
 
-    n = len(obs["rows"])
     filled = np.where(mask, 0.0, obs["images"]).astype(np.float32)
     sig = np.where(mask, 1.0, obs["sigma"]).astype(np.float32)
-    sky = np.array([np.nanmedian(np.where(obs["excluded"][i], np.nan, obs["sigma"][i])) for i in range(n)])
-    cols = ("x", "y", "mag", "re_pix", "n", "q", "pa")
-    tab = predict_arrays(obs["images"], obs["psfs"], sky, model="hsc-r", ids=np.arange(n), threads=threads)
-    net = np.stack([np.asarray(tab[c], float) for c in cols], 1)
-    net_err = np.stack([np.asarray(tab[f"{c}_err"], float) for c in cols], 1)
+    sky = stamp_noise(obs)
+    net, net_err = network_answers(obs["images"], obs["psfs"], sky, "hsc-r", threads)
     out = {"network": {"params": net, "errors": net_err}}
     for name, fit_sky in (("refined", True), ("refined-nosky", False)):
         with Refiner(5, mask_neighbours=False, fit_sky=fit_sky, workers=max(threads, 1)) as refiner:
@@ -182,8 +173,9 @@ def main(argv=None) -> int:
     mask0 = real_hsc.common_mask(st)
     filled0 = np.where(mask0, 0.0, st["images"]).astype(np.float32)
     sig0 = np.where(mask0, 1.0, st["sigma"]).astype(np.float32)
-    refs_fit = {sky: reference_fit(st, filled0, sig0, mask0, fit_sky=sky, threads=args.threads)
-                for sky in (False, True)}
+    net0, _ = real_hsc.network_answers(st["images"], st["psfs"], real_hsc.stamp_noise(st), "hsc-r",
+                                       args.threads)
+    refs_fit = {sky: reference_fit(st, filled0, sig0, mask0, net0, fit_sky=sky) for sky in (False, True)}
     obs = reobserve(st, args.realisations, args.noise, args.seed)
     rows = obs["rows"]
     results = run_methods(obs, mask0[rows], args.threads)

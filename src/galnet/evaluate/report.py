@@ -175,12 +175,6 @@ def judged_params(truth: TruthSet, params: np.ndarray) -> tuple[np.ndarray, np.n
     return p, sky
 
 
-def _with_sky(models: np.ndarray, sky: np.ndarray | None) -> np.ndarray:
-    """Model images (B, H, W) plus a per-row constant sky (B,) where it is finite."""
-    if sky is None:
-        return models
-    return models + np.nan_to_num(np.asarray(sky, dtype=np.float64), nan=0.0)[:, None, None]
-
 
 @dataclass
 class MethodEvaluation:
@@ -294,12 +288,12 @@ def evaluate_methods(truth: TruthSet, methods: list[MethodResult], *,
     for m in tqdm(methods, desc="evaluate", unit="method", disable=not progress):
         p = np.asarray(m.params, dtype=np.float64).copy()
         r = rows[m.name]
-        models = _with_sky(render_models(p, truth.psfs, shape=shape, zeropoint=truth.zeropoint), m.sky)
+        models = render_models(p, truth.psfs, shape=shape, zeropoint=truth.zeropoint, sky=m.sky)
         stats = residual_statistics(truth.images, models, truth.sigma, p)
         rflags = residual_flags(stats, thresholds)
         if m.network_only:  # the flags describe the galaxy: judged on a short refinement of the answer
             pj, sky_j = judged_params(truth, p)
-            mj = _with_sky(render_models(pj, truth.psfs, shape=shape, zeropoint=truth.zeropoint), sky_j)
+            mj = render_models(pj, truth.psfs, shape=shape, zeropoint=truth.zeropoint, sky=sky_j)
             rflags = residual_flags(residual_statistics(truth.images, mj, truth.sigma, pj), thresholds)
         t, q = truth.params, p
         rt = r & has_truth  # accuracy needs a truth: real galaxies have none (χ²ν and residuals only)

@@ -112,8 +112,8 @@ DEFAULT_THRESHOLDS = ResidualThresholds()
 
 
 def render_models(params, psfs, *, shape: tuple[int, int] = (61, 61), zeropoint: float = DEFAULT_ZEROPOINT,
-                  chunk: int = 256) -> np.ndarray:
-    """Model images of a parameter table, with :func:`galnet.render.render_sersic`.
+                  chunk: int = 256, sky=None) -> np.ndarray:
+    """Model images of a parameter table, with :func:`galnet.render.render_sersic`, plus a fitted sky.
 
     Parameters
     ----------
@@ -128,6 +128,9 @@ def render_models(params, psfs, *, shape: tuple[int, int] = (61, 61), zeropoint:
         Magnitude zero point.
     chunk : int
         Galaxies rendered per call (bounds memory).
+    sky : array_like, shape (B,), optional
+        A constant sky per row, counts / px, added to its image (a catalog's ``sky`` column:
+        ``galnet predict --refine K``, ``galnet fit --fit-sky``); non-finite entries add nothing.
 
     Returns
     -------
@@ -153,6 +156,8 @@ def render_models(params, psfs, *, shape: tuple[int, int] = (61, 61), zeropoint:
             img = render_sersic(torch.as_tensor(p[sel]), torch.as_tensor(ps), shape=shape,
                                 zeropoint=zeropoint)
         out[sel] = img.numpy()
+    if sky is not None:
+        out += np.nan_to_num(np.asarray(sky, dtype=np.float64).reshape(b), nan=0.0)[:, None, None]
     return out
 
 

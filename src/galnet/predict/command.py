@@ -211,7 +211,6 @@ def _add_refine_arguments(r) -> None:
     )
 
 
-
 def _hdu(value):
     if value is None:
         return None
