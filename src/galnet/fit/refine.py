@@ -163,7 +163,7 @@ class Refiner:
         higher n. Chosen on the validation splits (2,000 stamps each, docs/network.md): on galaxies injected
         into real HSC backgrounds the fitted sky halves the magnitude NMAD in every bin (0.040 → 0.021 at
         mag 18–20) and removes most of the bias; on simulated stamps it changes the NMAD by −18 … +24 %
-        and lowers the bias. It costs 3–7 % of the refinement's time on simulated stamps, 20 % on real
+        and lowers the bias. It costs 3–7 % of the refinement's time on simulated stamps, 20–26 % on real
         HSC galaxies.
     """
 
