@@ -12,11 +12,13 @@ Usage::
 
     python benchmarks/network.py --quick          # < 1 minute
     python benchmarks/network.py --model galnet-psf --threads 2 --batch 512
+    python benchmarks/network.py --model-config '{"widths": [32, 64, 128, 192]}'   # a variant
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -36,6 +38,8 @@ MATMUL_N = 2048
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="galnet-psf")
+    ap.add_argument("--model-config", default="{}", metavar="JSON",
+                    help="overrides of the network config, as galnet train --model-config takes them")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--train-batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -45,8 +49,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     state = check_machine(args, threads=args.threads)
+    try:
+        overrides = json.loads(args.model_config)
+    except json.JSONDecodeError as exc:
+        ap.error(f"--model-config is not JSON: {exc}")
+    if not isinstance(overrides, dict):
+        ap.error(f"--model-config must be a JSON object, got {args.model_config!r}")
+
+    def build():
+        return create_model(args.model, **overrides)
+
     torch.manual_seed(0)
-    model = create_model(args.model).eval()
+    model = build().eval()
     macs, n_params = count_macs(model), count_parameters(model)
     b = 128 if args.quick and args.batch == 512 else args.batch
     tb = 64 if args.quick and args.train_batch == 256 else args.train_batch
@@ -54,14 +68,15 @@ def main(argv: list[str] | None = None) -> dict:
     psf = torch.rand(b, 25, 25)
     psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
     sky = torch.full((b,), 2.0)
-    res: dict = {"model": args.model, "params": n_params, "macs_per_galaxy": macs, "batch": b,
+    res: dict = {"model": args.model, "model_config": overrides, "params": n_params, "macs_per_galaxy": macs,
+                 "batch": b,
                  "train_batch": tb, "threads": args.threads, "torch": torch.__version__,
                  "repeats": args.repeats}
     mn = MATMUL_N // 2 if args.quick else MATMUL_N
     ma, mb = torch.randn(mn, mn), torch.randn(mn, mn)
-    cl = create_model(args.model).eval().to(memory_format=torch.channels_last)
+    cl = build().eval().to(memory_format=torch.channels_last)
     cl.load_state_dict(model.state_dict())
-    tm = create_model(args.model).train().to(memory_format=torch.channels_last)
+    tm = build().train().to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(tm.parameters(), lr=1e-3)
     timg, tpsf, tsky = img[:tb].clone(), psf[:tb].clone(), sky[:tb].clone()
     target = torch.randn(tb, 8)
