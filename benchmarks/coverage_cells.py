@@ -14,7 +14,8 @@ the truths within 1 err and 93–97 % within 2 err: the fractions of a Gaussian.
 3. with the network's own errors (``--network-catalog``, a ``--refine 0`` catalog of the same stamps; run
    here when the refined catalog is), candidate blend rules: the fit's errors are recovered from the
    catalog (the shipped rule adds the network's error in quadrature on rows with ``n_masked > 0``) and the
-   network's error is added with the weight ``clip((χ²ν − 1) / s, 0, 1)`` instead. For each rule: the
+   network's error is added with the weight ``clip((χ²ν − 1) / s, 0, 1)`` instead, on every row or only
+   where ``n_masked > 0``. For each rule: the
    cells within the goal and, per row type, the 68.3 % quantile of |Δmag| / err (1 when calibrated).
 
 Usage::
@@ -114,6 +115,9 @@ def compare_blend_rules(delta: dict, err: dict, net_err: dict, n_masked: np.ndar
         w = np.where(np.isfinite(chi2), np.clip((chi2 - 1.0) / s, 0.0, 1.0), 0.0)
         rules[f"+ net · clip((χ²ν − 1) / {s}, 0, 1)"] = {p: np.sqrt(fit[p] ** 2 + w * net[p] ** 2)
                                                          for p in INDEX}
+        wm = w * masked[:, 0]
+        rules[f"+ net · clip((χ²ν − 1) / {s}, 0, 1) where n_masked > 0"] = {
+            p: np.sqrt(fit[p] ** 2 + wm * net[p] ** 2) for p in INDEX}
     out = {}
     for name, e in rules.items():
         res = {p: {"bins": [list(_fractions(delta[p][mag_bin == k], e[p][mag_bin == k]))
