@@ -43,7 +43,17 @@ import h5py
 import numpy as np
 
 from _common import emit
-from limit import CACHE, INDEX, MAG_BINS, absolute_deltas, bin_index, coverage, read_method, subset_file
+from limit import (
+    CACHE,
+    INDEX,
+    MAG_BINS,
+    absolute_deltas,
+    aligned_column,
+    bin_index,
+    coverage,
+    read_method,
+    subset_file,
+)
 
 #: Parameters counted against the goal (as the README's coverage table).
 GOAL_PARAMS = ("mag", "re", "n", "q")
@@ -76,7 +86,7 @@ def rescaled_coverage(delta: dict, err: dict, cells: np.ndarray, mag_bin: np.nda
 
     Returns ``{param: {"scales": [...], "tail_ratio": r, "bins": [[f1, f2], ...]}}``: ``r`` is the 95.4 %
     quantile of the test rows' ``|Δ| / err`` over their 68.3 % quantile (2 for a Gaussian). A cell with
-    fewer than 20 fitted rows keeps its errors.
+    fewer than 20 fitted rows keeps its errors, as do rows in a negative cell (all −1: no rescaling).
     """
     out = {}
     test = ~fit_rows
@@ -106,16 +116,16 @@ def compare_blend_rules(delta: dict, err: dict, net_err: dict, n_masked: np.ndar
     ``net_err`` the network's; ``mag`` the measured magnitudes.
     Returns ``{rule: {"goal": [n1, n2], "types": {name: [q68, N]}}}``.
     """
-    masked = (n_masked > 0)[:, None]
+    masked = n_masked > 0
     net = {p: np.where(np.isfinite(net_err[p]), net_err[p], 0.0) for p in INDEX}
-    fit = {p: np.where(masked[:, 0], np.sqrt(np.clip(err[p] ** 2 - net[p] ** 2, 0.0, None)), err[p])
+    fit = {p: np.where(masked, np.sqrt(np.clip(err[p] ** 2 - net[p] ** 2, 0.0, None)), err[p])
            for p in INDEX}
     rules = {"shipped: + net where n_masked > 0": err}
     for s in CHI2_RULE_SCALES:
         w = np.where(np.isfinite(chi2), np.clip((chi2 - 1.0) / s, 0.0, 1.0), 0.0)
         rules[f"+ net · clip((χ²ν − 1) / {s}, 0, 1)"] = {p: np.sqrt(fit[p] ** 2 + w * net[p] ** 2)
                                                          for p in INDEX}
-        wm = w * masked[:, 0]
+        wm = w * masked
         rules[f"+ net · clip((χ²ν − 1) / {s}, 0, 1) where n_masked > 0"] = {
             p: np.sqrt(fit[p] ** 2 + wm * net[p] ** 2) for p in INDEX}
     out = {}
@@ -224,10 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = read_table(args.catalog)
     if "n_masked" not in table.colnames or "chi2nu" not in table.colnames:
         raise SystemExit(f"{args.catalog}: needs n_masked and chi2nu (a galnet predict --refine catalog)")
-    lookup = {str(v).strip(): i for i, v in enumerate(np.asarray(table["id"]))}
-    row = np.array([lookup[i] for i in ids])
-    n_masked = np.asarray(table["n_masked"])[row]
-    chi2 = np.asarray(table["chi2nu"], dtype=np.float64)[row]
+    n_masked = aligned_column(table, ids, "n_masked")
+    chi2 = aligned_column(table, ids, "chi2nu")
     delta = absolute_deltas(truth, est)
     err = {p: np.asarray(errors[p], dtype=np.float64) for p in INDEX}
     split = split_coverage(delta, err, {
@@ -238,13 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
     cells = (((n_masked > 0).astype(int) * (len(CHI2_EDGES) + 1) + np.digitize(chi2, CHI2_EDGES))
              * len(MAG_BINS) + measured_bin)
     even = np.arange(len(ids)) % 2 == 0
-    ones = np.zeros(len(ids), dtype=int)
-    before = rescaled_coverage(delta, err, ones, mag_bin, np.zeros(len(ids), bool))
+    # "as catalogued": no cell rescaled, on the same odd rows as the rescaled figures
+    before = rescaled_coverage(delta, err, np.full(len(ids), -1), mag_bin, even)
     after = rescaled_coverage(delta, err, cells, mag_bin, even)
-    for k in range(len(MAG_BINS) - 1):  # "as catalogued" on the same odd rows as the rescaled figures
-        for p in INDEX:
-            rows = ~even & (mag_bin == k)
-            before[p]["bins"][k] = list(_fractions(delta[p][rows], err[p][rows]))
     rules = None
     if args.network_catalog:
         _, net_errors, _, _ = read_method(args.network_catalog, ids)

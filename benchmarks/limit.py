@@ -367,6 +367,18 @@ def run_method(m: Method, data: Path, workdir: Path, network_catalog: Path | Non
     return res
 
 
+def aligned_column(table, ids: np.ndarray, name: str) -> np.ndarray:
+    """Column ``name`` of a catalog table as float64, row ``i`` for ``ids[i]`` (matched on the table's ``id``
+    column, else by position); NaN for an id the table lacks."""
+    lookup = {str(v).strip(): i for i, v in enumerate(np.asarray(table["id"]))} if "id" in table.colnames \
+        else {str(v): i for i, v in enumerate(ids)}
+    idx = np.array([lookup.get(str(v).strip(), -1) for v in ids])
+    col = np.full(len(ids), np.nan)
+    hit = idx >= 0
+    col[hit] = np.asarray(table[name], dtype=np.float64)[idx[hit]]
+    return col
+
+
 def read_method(path: str, ids: np.ndarray
                 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None, dict, np.ndarray | None]:
     """A catalog's parameters (B, 7), its errors (or None), scalar extras and its fitted sky (B,) (or None:
@@ -376,15 +388,9 @@ def read_method(path: str, ids: np.ndarray
 
     mr = load_catalog("m", path, ids)
     table = read_table(path)
-    lookup = {str(v).strip(): i for i, v in enumerate(np.asarray(table["id"]))} if "id" in table.colnames \
-        else {str(v): i for i, v in enumerate(ids)}
-    idx = np.array([lookup.get(str(v).strip(), -1) for v in ids])
 
     def column(name):
-        col = np.full(len(ids), np.nan)
-        hit = idx >= 0
-        col[hit] = np.asarray(table[name], dtype=np.float64)[idx[hit]]
-        return col
+        return aligned_column(table, ids, name)
 
     errors = None
     if all(c in table.colnames for c in ERR_COLUMNS.values()):

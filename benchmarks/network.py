@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
     sky = torch.full((b,), 2.0)
     res: dict = {"model": args.model, "model_config": overrides, "params": n_params, "macs_per_galaxy": macs,
-                 "batch": b,
-                 "train_batch": tb, "threads": args.threads, "torch": torch.__version__,
+                 "batch": b, "train_batch": tb, "threads": args.threads, "torch": torch.__version__,
                  "repeats": args.repeats}
     mn = MATMUL_N // 2 if args.quick else MATMUL_N
     ma, mb = torch.randn(mn, mn), torch.randn(mn, mn)

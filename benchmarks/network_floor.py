@@ -23,13 +23,11 @@ import h5py
 import numpy as np
 
 from _common import emit
+from limit import MAG_BINS, deltas
+from real_hsc import network_answers
 
-MAG_BINS = ((17.0, 18.0), (18.0, 20.0), (20.0, 21.5), (21.5, 22.5), (22.5, 23.3), (23.3, 24.0))
-
-
-def nmad(d: np.ndarray) -> float:
-    d = d[np.isfinite(d)]
-    return float(1.4826 * np.median(np.abs(d - np.median(d)))) if d.size else float("nan")
+#: The information-limit bins, with the brightest magnitudes of the hsc-r prior (17–18) in front.
+BINS = ((17.0, MAG_BINS[0]), *zip(MAG_BINS[:-1], MAG_BINS[1:]))
 
 
 def cell_index(values: np.ndarray, n_cells: int = 12) -> np.ndarray:
@@ -48,17 +46,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="2,000 stamps")
     args = ap.parse_args(argv)
     n = 2000 if args.quick else args.n
-    from galnet.predict import predict_arrays
+    from galnet.conventions import DEFAULT_ZEROPOINT
+    from galnet.data import read_meta
+    from galnet.train.metrics import nmad
 
+    zp = float(read_meta(args.data).get("zeropoint") or DEFAULT_ZEROPOINT)
     with h5py.File(args.data, "r") as f:
         images = np.asarray(f["images"][:n], dtype=np.float32)
         psfs, sky = f["psfs"][:n], f["sky_sigma"][:n]
         truth = np.asarray(f["params"][:n], dtype=np.float64)
         n_nb = np.asarray(f["n_neighbours"][:n]) if "n_neighbours" in f else np.zeros(len(truth), int)
-        zp = 27.0
-    cat = predict_arrays(images, psfs, sky, model=args.model, threads=args.threads)
-    net = np.stack([np.asarray(cat[c], dtype=np.float64) for c in ("x", "mag", "re_pix")], 1)
-    d_mag, d_re, d_x = net[:, 1] - truth[:, 2], net[:, 2] / truth[:, 3] - 1, net[:, 0] - truth[:, 0]
+    est, _ = network_answers(images, psfs, sky, args.model, args.threads)
+    d = deltas(truth, est)
+    d_mag, d_re, d_x = d["mag"], d["re"], d["x"]
     bright = truth[:, 2] < args.bright
     by_neighbours = []
     for k in range(int(n_nb.max()) + 1):
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             correction[c] = np.median((truth[:, 2] - mag_ap)[rows])
     d_ap = mag_ap + correction[cell] - truth[:, 2]
     aperture = []
-    for lo, hi in MAG_BINS:
+    for lo, hi in BINS:
         rows = ~even & (truth[:, 2] >= lo) & (truth[:, 2] < hi)
         aperture.append({"bin": [lo, hi], "n": int(rows.sum()), "network_mag": nmad(d_mag[rows]),
                          "aperture_true_profile_mag": nmad(d_ap[rows])})
